@@ -1,0 +1,92 @@
+//! `pyro-agent`: the guest agent binary. It only runs the init steps in order and then serves;
+//! each failure names its step before exiting.
+
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use pyro_agent::{init, reaper, server};
+
+const USAGE: &str = "usage: pyro-agent --listen unix:PATH [--workdir DIR]";
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pyro-agent: {e}");
+            if std::process::id() == 1 {
+                init::power_off();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    let mut listen = None;
+    let mut workdir = PathBuf::from("/workspace");
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--listen" => listen = args.next(),
+            "--workdir" => workdir = args.next().map(PathBuf::from).ok_or(USAGE)?,
+            "--version" => {
+                println!(
+                    "pyro-agent {} (protocol {})",
+                    env!("CARGO_PKG_VERSION"),
+                    pyro_protocol::PROTOCOL_VERSION
+                );
+                return Ok(());
+            }
+            _ => return Err(format!("unknown argument {a:?}\n{USAGE}")),
+        }
+    }
+    let listen = listen.ok_or(USAGE)?;
+    let path = listen
+        .strip_prefix("unix:")
+        .ok_or_else(|| format!("unsupported listen address {listen:?}\n{USAGE}"))?;
+    let pid1 = std::process::id() == 1;
+
+    if pid1 {
+        for (spec, outcome) in init::setup_mounts() {
+            if let init::MountOutcome::Failed(e) = outcome {
+                eprintln!(
+                    "pyro-agent: init: mount {} on {}: {e} (continuing)",
+                    spec.fstype, spec.target
+                );
+            }
+        }
+        signals::forward_termination();
+    }
+    std::fs::create_dir_all(&workdir)
+        .map_err(|e| format!("init: create {}: {e}", workdir.display()))?;
+    reaper::start();
+
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).map_err(|e| format!("listen: bind {path}: {e}"))?;
+    server::serve(listener, server::ServerConfig { workdir, pid1 })
+        .map_err(|e| format!("serve: {e}"))
+}
+
+mod signals {
+    //! PID 1 gets no default signal actions, so TERM, INT and PWR from the runtime would be
+    //! ignored; a thread waits for them and powers off.
+    use nix::sys::signal::{SigSet, Signal};
+
+    pub fn forward_termination() {
+        let mut set = SigSet::empty();
+        for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGPWR] {
+            set.add(s);
+        }
+        // Blocked in this (main) thread before any other thread exists, so every thread inherits
+        // the mask and only the waiter below receives them. Children get a clean mask from std.
+        if set.thread_block().is_err() {
+            return;
+        }
+        std::thread::spawn(move || {
+            if set.wait().is_ok() {
+                pyro_agent::init::power_off();
+            }
+        });
+    }
+}

@@ -1,0 +1,296 @@
+//! Runs one command: `sh -lc` over the POSIX-quoted argv, in its own session and process group,
+//! with output streamed to the host up to a cap and a timeout that kills the whole group.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use pyro_protocol::{join_argv, ExecOutcome, ExecRequest, FrameKind};
+
+use crate::reaper::{self, Exit};
+
+/// The environment every command starts from, before the request's own variables.
+pub const BASE_ENV: &[(&str, &str)] = &[
+    (
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ),
+    ("HOME", "/root"),
+    ("USER", "root"),
+    ("LANG", "C.UTF-8"),
+];
+
+/// After the command's main process ends, how long to wait for its pipes to close. Background
+/// jobs that keep the pipes open past this are left running, but their output is no longer read.
+const DRAIN_GRACE: Duration = Duration::from_millis(200);
+
+/// Why an exec could not run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The request itself was invalid.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The shell could not be started.
+    #[error("cannot start /bin/sh: {0}")]
+    Spawn(io::Error),
+}
+
+/// Where output frames go; the server passes the connection.
+pub trait FrameSink {
+    /// Sends one frame; an error means the host has gone away.
+    fn send(&mut self, kind: FrameKind, bytes: &[u8]) -> io::Result<()>;
+}
+
+impl<W: Write> FrameSink for W {
+    fn send(&mut self, kind: FrameKind, bytes: &[u8]) -> io::Result<()> {
+        pyro_protocol::write_frame(self, kind, bytes).map_err(|e| match e {
+            pyro_protocol::ProtocolError::Io(e) => e,
+            other => io::Error::other(other.to_string()),
+        })
+    }
+}
+
+struct Stream {
+    fd: OwnedFd,
+    kind: FrameKind,
+    cap: u64,
+    total: u64,
+    open: bool,
+}
+
+impl Stream {
+    fn truncated(&self) -> bool {
+        self.total > self.cap
+    }
+}
+
+/// Runs a command, streaming output frames to `sink`, and returns how it ended.
+pub fn run(
+    req: &ExecRequest,
+    default_cwd: &Path,
+    sink: &mut dyn FrameSink,
+) -> Result<ExecOutcome, ExecError> {
+    if req.argv.is_empty() {
+        return Err(ExecError::BadRequest("command is empty".into()));
+    }
+    let line = join_argv(&req.argv).ok_or_else(|| {
+        ExecError::BadRequest("command arguments may not contain NUL bytes".into())
+    })?;
+    let cwd = req.cwd.as_deref().map(Path::new).unwrap_or(default_cwd);
+    if !cwd.is_dir() {
+        return Err(ExecError::BadRequest(format!(
+            "working directory {} does not exist",
+            cwd.display()
+        )));
+    }
+    for k in req.env.keys() {
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
+            return Err(ExecError::BadRequest(format!(
+                "invalid environment variable name {k:?}"
+            )));
+        }
+    }
+
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-lc")
+        .arg(&line)
+        .current_dir(cwd)
+        .env_clear()
+        .envs(BASE_ENV.iter().copied())
+        .envs(&req.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(io::Error::from)?;
+            Ok(())
+        });
+    }
+    let start = Instant::now();
+    let mut child = cmd.spawn().map_err(ExecError::Spawn)?;
+    let pid = child.id() as i32;
+    reaper::want(pid);
+    let pidfd = pidfd_open(pid);
+
+    let mut streams = Vec::with_capacity(2);
+    if let Some(out) = child.stdout.take() {
+        streams.push(Stream {
+            fd: out.into(),
+            kind: FrameKind::Stdout,
+            cap: req.max_stdout,
+            total: 0,
+            open: true,
+        });
+    }
+    if let Some(err) = child.stderr.take() {
+        streams.push(Stream {
+            fd: err.into(),
+            kind: FrameKind::Stderr,
+            cap: req.max_stderr,
+            total: 0,
+            open: true,
+        });
+    }
+    // The child is reaped through the reaper, never through `Child::wait`.
+    drop(child);
+    for s in &streams {
+        set_nonblocking(s.fd.as_raw_fd());
+    }
+
+    let deadline = req.timeout_ms.map(|ms| start + Duration::from_millis(ms));
+    let mut timed_out = false;
+    let mut exited = pidfd.is_none();
+    let mut drain_until: Option<Instant> = None;
+    let mut host_gone = false;
+    let mut buf = vec![0u8; 64 * 1024];
+
+    loop {
+        let now = Instant::now();
+        if !timed_out && deadline.is_some_and(|d| now >= d) {
+            timed_out = true;
+        }
+        if timed_out || host_gone {
+            // Keep killing: a fork bomb may add members between two kills.
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        let any_open = streams.iter().any(|s| s.open);
+        if exited && (!any_open || drain_until.is_some_and(|d| now >= d)) {
+            break;
+        }
+        if !exited && !any_open && pidfd.is_none() {
+            break;
+        }
+
+        let mut wait = Duration::from_secs(3600);
+        if let Some(d) = deadline.filter(|_| !timed_out) {
+            wait = wait.min(d.saturating_duration_since(now));
+        }
+        if let Some(d) = drain_until {
+            wait = wait.min(d.saturating_duration_since(now));
+        }
+        if timed_out || host_gone {
+            wait = wait.min(Duration::from_millis(20));
+        }
+
+        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(3);
+        for s in streams.iter().filter(|s| s.open) {
+            fds.push(libc::pollfd {
+                fd: s.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        let pidfd_slot = match (&pidfd, exited) {
+            (Some(p), false) => {
+                fds.push(libc::pollfd {
+                    fd: p.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+                Some(fds.len() - 1)
+            }
+            _ => None,
+        };
+        let ms = wait.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: `fds` is a valid, exclusively borrowed array of pollfd for the whole call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if n < 0 {
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            break;
+        }
+        if let Some(i) = pidfd_slot {
+            if fds[i].revents != 0 {
+                exited = true;
+                drain_until = Some(Instant::now() + DRAIN_GRACE);
+            }
+        }
+        for pfd in fds.iter().filter(|p| p.revents != 0) {
+            let Some(s) = streams
+                .iter_mut()
+                .find(|s| s.open && s.fd.as_raw_fd() == pfd.fd)
+            else {
+                continue;
+            };
+            // Read until the pipe is empty so that a chatty command is not throttled by poll.
+            loop {
+                match read_fd(s.fd.as_raw_fd(), &mut buf) {
+                    Ok(0) => {
+                        s.open = false;
+                        break;
+                    }
+                    Ok(n) => {
+                        let keep = s.cap.saturating_sub(s.total).min(n as u64) as usize;
+                        s.total += n as u64;
+                        if keep > 0 && !host_gone && sink.send(s.kind, &buf[..keep]).is_err() {
+                            // Nobody is listening any more: stop the command.
+                            host_gone = true;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        s.open = false;
+                        break;
+                    }
+                }
+            }
+        }
+        if !exited && pidfd.is_none() && streams.iter().all(|s| !s.open) {
+            exited = true;
+        }
+    }
+    let exit = reaper::wait_for(pid);
+    let duration_ms = start.elapsed().as_millis() as u64;
+    let (exit_code, signal) = match exit {
+        Exit::Code(c) => (Some(c), None),
+        Exit::Signal(s) => (None, Some(s)),
+    };
+    let find = |k: FrameKind| streams.iter().find(|s| s.kind == k);
+    let out = find(FrameKind::Stdout);
+    let err = find(FrameKind::Stderr);
+    Ok(ExecOutcome {
+        exit_code,
+        signal,
+        timed_out,
+        stdout_truncated: out.is_some_and(Stream::truncated),
+        stderr_truncated: err.is_some_and(Stream::truncated),
+        stdout_bytes: out.map_or(0, |s| s.total),
+        stderr_bytes: err.map_or(0, |s| s.total),
+        duration_ms,
+    })
+}
+
+fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory is shared.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the kernel just returned this fd to us and nothing else owns it.
+    Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+fn set_nonblocking(fd: RawFd) {
+    // SAFETY: fcntl on an fd we own, with integer arguments only.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+    }
+}
+
+fn read_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the file is borrowed only for this call; `ManuallyDrop` keeps it from closing fd.
+    let mut f = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
+    f.read(buf)
+}

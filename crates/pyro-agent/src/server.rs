@@ -1,0 +1,138 @@
+//! Serves host requests: one thread per connection, one call per connection.
+
+use std::io::{self, BufReader, BufWriter};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use pyro_protocol::{
+    read_frame, write_json, AgentInfo, FrameKind, Request, Response, PROTOCOL_VERSION,
+};
+
+use crate::exec;
+
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 256;
+
+/// What the server needs to know about its sandbox.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Default working directory for exec (`/workspace`).
+    pub workdir: PathBuf,
+    /// Whether this agent is PID 1 (and so must power off on shutdown).
+    pub pid1: bool,
+}
+
+/// Accepts connections until a shutdown request; then stops everything and returns (or powers
+/// off when PID 1).
+pub fn serve(listener: UnixListener, config: ServerConfig) -> io::Result<()> {
+    let active = Arc::new(AtomicUsize::new(0));
+    let (shutdown_tx, shutdown_rx) = std::sync::mpsc::channel::<()>();
+    let cfg = Arc::new(config);
+    std::thread::spawn({
+        let cfg = cfg.clone();
+        move || {
+            if shutdown_rx.recv().is_ok() {
+                shutdown(&cfg);
+            }
+        }
+    });
+    for conn in listener.incoming() {
+        let stream = match conn {
+            Ok(s) => s,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        while active.load(Ordering::Acquire) >= MAX_CONNECTIONS {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        active.fetch_add(1, Ordering::AcqRel);
+        let active = active.clone();
+        let cfg = cfg.clone();
+        let shutdown_tx = shutdown_tx.clone();
+        std::thread::spawn(move || {
+            if let Err(e) = handle(stream, &cfg, &shutdown_tx) {
+                eprintln!("pyro-agent: connection failed: {e}");
+            }
+            active.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+    Ok(())
+}
+
+fn shutdown(cfg: &ServerConfig) {
+    if cfg.pid1 {
+        crate::init::power_off();
+    }
+    std::process::exit(0);
+}
+
+fn error(kind: &str, message: impl Into<String>) -> Response {
+    Response::Error {
+        kind: kind.into(),
+        message: message.into(),
+    }
+}
+
+fn handle(
+    stream: UnixStream,
+    cfg: &ServerConfig,
+    shutdown_tx: &std::sync::mpsc::Sender<()>,
+) -> io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = BufWriter::new(stream);
+    let to_io = |e: pyro_protocol::ProtocolError| io::Error::other(e.to_string());
+
+    let first = read_request(&mut reader);
+    match first {
+        Ok(Request::Hello { protocol_version }) if protocol_version == PROTOCOL_VERSION => {
+            let info = AgentInfo {
+                protocol_version: PROTOCOL_VERSION,
+                agent_version: env!("CARGO_PKG_VERSION").into(),
+                pid1: cfg.pid1,
+            };
+            write_json(&mut writer, &Response::Hello(info)).map_err(to_io)?;
+        }
+        Ok(Request::Hello { protocol_version }) => {
+            let msg =
+                format!("host speaks protocol {protocol_version}, agent speaks {PROTOCOL_VERSION}");
+            return write_json(&mut writer, &error("protocol_version", msg)).map_err(to_io);
+        }
+        Ok(_) => {
+            return write_json(
+                &mut writer,
+                &error("bad_request", "a connection must open with hello"),
+            )
+            .map_err(to_io)
+        }
+        Err(e) => return write_json(&mut writer, &error("bad_request", e)).map_err(to_io),
+    }
+
+    let response = match read_request(&mut reader) {
+        Err(e) => error("bad_request", e),
+        Ok(Request::Hello { .. }) => error("bad_request", "hello was already sent"),
+        Ok(Request::Ping) => Response::Pong,
+        Ok(Request::Exec(req)) => match exec::run(&req, &cfg.workdir, &mut writer) {
+            Ok(outcome) => Response::ExecDone(outcome),
+            Err(exec::ExecError::BadRequest(m)) => error("bad_request", m),
+            Err(e @ exec::ExecError::Spawn(_)) => error("spawn", e.to_string()),
+        },
+        Ok(Request::Shutdown) => {
+            write_json(&mut writer, &Response::Ok).map_err(to_io)?;
+            let _ = shutdown_tx.send(());
+            return Ok(());
+        }
+    };
+    write_json(&mut writer, &response).map_err(to_io)
+}
+
+fn read_request(r: &mut impl io::Read) -> Result<Request, String> {
+    match read_frame(r) {
+        Ok((FrameKind::Json, payload)) => {
+            serde_json::from_slice(&payload).map_err(|e| format!("malformed request: {e}"))
+        }
+        Ok((kind, _)) => Err(format!("unexpected {kind:?} frame from host")),
+        Err(e) => Err(e.to_string()),
+    }
+}

@@ -1,0 +1,329 @@
+//! The wire protocol between the pyro host and the pyro guest agent.
+//!
+//! One connection carries one call. The client opens with [`Request::Hello`] carrying
+//! [`PROTOCOL_VERSION`]; the agent answers [`Response::Hello`] (or [`Response::Error`] with kind
+//! `protocol_version`), then the client sends exactly one request and reads frames until the
+//! final response. See `VERSIONING.md` beside this crate for the compatibility rules.
+//!
+//! Framing: every frame is a one-byte [`FrameKind`], a big-endian `u32` payload length, and the
+//! payload. Control messages are JSON ([`FrameKind::Json`]); command output travels as raw bytes
+//! ([`FrameKind::Stdout`], [`FrameKind::Stderr`]) so binary output needs no re-encoding. No
+//! payload may exceed [`MAX_FRAME_LEN`]; both sides refuse larger frames before allocating.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version spoken by this build. Bumped on any incompatible change.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The largest payload a frame may carry (1 MiB): big enough for any control message and for
+/// output chunks, small enough that a hostile peer cannot make the other side allocate much.
+pub const MAX_FRAME_LEN: u32 = 1 << 20;
+
+/// The default cap on each of stdout and stderr kept for one exec (1 MiB).
+pub const DEFAULT_OUTPUT_CAP: u64 = 1 << 20;
+
+/// Length of a frame header: kind byte plus `u32` length.
+pub const HEADER_LEN: usize = 5;
+
+/// What a frame's payload is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    /// A JSON-encoded [`Request`] or [`Response`].
+    Json,
+    /// Raw bytes the command wrote to stdout.
+    Stdout,
+    /// Raw bytes the command wrote to stderr.
+    Stderr,
+}
+
+impl FrameKind {
+    /// The byte that tags this kind on the wire.
+    pub fn tag(self) -> u8 {
+        match self {
+            FrameKind::Json => 0,
+            FrameKind::Stdout => 1,
+            FrameKind::Stderr => 2,
+        }
+    }
+
+    /// The kind for a tag byte, if it is one.
+    pub fn from_tag(tag: u8) -> Option<Self> {
+        match tag {
+            0 => Some(FrameKind::Json),
+            1 => Some(FrameKind::Stdout),
+            2 => Some(FrameKind::Stderr),
+            _ => None,
+        }
+    }
+}
+
+/// Errors in framing or decoding.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    /// The underlying stream failed.
+    #[error("i/o error on the agent connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// A frame declared a payload larger than [`MAX_FRAME_LEN`].
+    #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME_LEN} bytes")]
+    FrameTooLarge(u32),
+    /// A frame had an unknown kind byte.
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    /// A JSON payload did not decode.
+    #[error("malformed message: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The peer closed the connection before a complete frame.
+    #[error("connection closed by peer")]
+    Closed,
+}
+
+/// Builds the header for a frame.
+pub fn encode_header(kind: FrameKind, len: u32) -> [u8; HEADER_LEN] {
+    let l = len.to_be_bytes();
+    [kind.tag(), l[0], l[1], l[2], l[3]]
+}
+
+/// Parses and checks a frame header.
+pub fn decode_header(h: [u8; HEADER_LEN]) -> Result<(FrameKind, u32), ProtocolError> {
+    let kind = FrameKind::from_tag(h[0]).ok_or(ProtocolError::UnknownKind(h[0]))?;
+    let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]);
+    if len > MAX_FRAME_LEN {
+        return Err(ProtocolError::FrameTooLarge(len));
+    }
+    Ok((kind, len))
+}
+
+/// Writes one frame to a blocking stream. Payloads over [`MAX_FRAME_LEN`] are split by the
+/// caller; this refuses them.
+pub fn write_frame<W: Write>(
+    w: &mut W,
+    kind: FrameKind,
+    payload: &[u8],
+) -> Result<(), ProtocolError> {
+    let len = u32::try_from(payload.len()).map_err(|_| ProtocolError::FrameTooLarge(u32::MAX))?;
+    if len > MAX_FRAME_LEN {
+        return Err(ProtocolError::FrameTooLarge(len));
+    }
+    w.write_all(&encode_header(kind, len))?;
+    w.write_all(payload)?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Writes a JSON message as one frame.
+pub fn write_json<W: Write, T: Serialize>(w: &mut W, msg: &T) -> Result<(), ProtocolError> {
+    let bytes = serde_json::to_vec(msg)?;
+    write_frame(w, FrameKind::Json, &bytes)
+}
+
+/// Reads one frame from a blocking stream.
+pub fn read_frame<R: Read>(r: &mut R) -> Result<(FrameKind, Vec<u8>), ProtocolError> {
+    let mut h = [0u8; HEADER_LEN];
+    read_exact_or_closed(r, &mut h)?;
+    let (kind, len) = decode_header(h)?;
+    let mut buf = vec![0u8; len as usize];
+    read_exact_or_closed(r, &mut buf)?;
+    Ok((kind, buf))
+}
+
+fn read_exact_or_closed<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<(), ProtocolError> {
+    r.read_exact(buf).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            ProtocolError::Closed
+        } else {
+            ProtocolError::Io(e)
+        }
+    })
+}
+
+/// A message from the host to the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Request {
+    /// Opens every connection.
+    Hello {
+        /// The client's [`PROTOCOL_VERSION`].
+        protocol_version: u32,
+    },
+    /// Run a command and stream its output.
+    Exec(ExecRequest),
+    /// Answer with [`Response::Pong`]; used to prove readiness.
+    Ping,
+    /// Stop every process and power off (or, outside PID 1, exit).
+    Shutdown,
+}
+
+/// How to run one command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// The command as an argv; the agent joins it with POSIX quoting and runs it with `sh -lc`.
+    pub argv: Vec<String>,
+    /// Extra environment variables, on top of the agent's base environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory; defaults to the agent's workspace directory (`/workspace`).
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Kill the whole process group after this many milliseconds.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Bytes of stdout to keep and forward; the rest is read and dropped.
+    #[serde(default = "default_cap")]
+    pub max_stdout: u64,
+    /// Bytes of stderr to keep and forward; the rest is read and dropped.
+    #[serde(default = "default_cap")]
+    pub max_stderr: u64,
+}
+
+fn default_cap() -> u64 {
+    DEFAULT_OUTPUT_CAP
+}
+
+/// How a command ended. Output arrived earlier as stdout/stderr frames.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecOutcome {
+    /// The exit code, when the command exited normally.
+    pub exit_code: Option<i32>,
+    /// The terminating signal number, when a signal ended it.
+    pub signal: Option<i32>,
+    /// Whether the timeout fired and the process group was killed.
+    pub timed_out: bool,
+    /// Whether stdout went over its cap.
+    pub stdout_truncated: bool,
+    /// Whether stderr went over its cap.
+    pub stderr_truncated: bool,
+    /// Total bytes the command wrote to stdout, kept or not.
+    pub stdout_bytes: u64,
+    /// Total bytes the command wrote to stderr, kept or not.
+    pub stderr_bytes: u64,
+    /// Wall time from spawn to the end of output, in milliseconds.
+    pub duration_ms: u64,
+}
+
+/// Facts the agent reports in its hello.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    /// The agent's [`PROTOCOL_VERSION`].
+    pub protocol_version: u32,
+    /// The agent's crate version.
+    pub agent_version: String,
+    /// Whether the agent runs as PID 1.
+    pub pid1: bool,
+}
+
+/// A message from the agent to the host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Response {
+    /// Answer to [`Request::Hello`].
+    Hello(AgentInfo),
+    /// Final message of an exec.
+    ExecDone(ExecOutcome),
+    /// Answer to [`Request::Ping`].
+    Pong,
+    /// The request was accepted and carried out (for example a shutdown).
+    Ok,
+    /// The request failed.
+    Error {
+        /// A stable machine-readable kind, such as `protocol_version`, `bad_request`, `spawn`.
+        kind: String,
+        /// A human-readable message.
+        message: String,
+    },
+}
+
+/// POSIX-quotes an argv into one shell command line, the way `shlex.join` does.
+///
+/// Returns `None` when an argument holds a NUL byte, which no shell string can carry.
+pub fn join_argv(argv: &[String]) -> Option<String> {
+    let mut out = String::new();
+    for (i, a) in argv.iter().enumerate() {
+        if a.contains('\0') {
+            return None;
+        }
+        if i > 0 {
+            out.push(' ');
+        }
+        out.push_str(&quote(a));
+    }
+    Some(out)
+}
+
+/// Quotes one word for a POSIX shell. Safe words pass through unchanged so that command lines
+/// stay readable in logs; everything else is single-quoted.
+pub fn quote(word: &str) -> String {
+    let safe = !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"@%+=:,./-_".contains(&b));
+    if safe {
+        return word.to_string();
+    }
+    format!("'{}'", word.replace('\'', r#"'"'"'"#))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let mut buf = Vec::new();
+        write_json(&mut buf, &Request::Ping).unwrap();
+        write_frame(&mut buf, FrameKind::Stdout, b"\xff\x00bytes").unwrap();
+        let mut r = &buf[..];
+        let (k, p) = read_frame(&mut r).unwrap();
+        assert_eq!(k, FrameKind::Json);
+        assert_eq!(
+            serde_json::from_slice::<Request>(&p).unwrap(),
+            Request::Ping
+        );
+        let (k, p) = read_frame(&mut r).unwrap();
+        assert_eq!(k, FrameKind::Stdout);
+        assert_eq!(p, b"\xff\x00bytes");
+        assert!(matches!(read_frame(&mut r), Err(ProtocolError::Closed)));
+    }
+
+    #[test]
+    fn oversized_and_unknown_frames_are_refused_before_allocating() {
+        let h = encode_header(FrameKind::Json, MAX_FRAME_LEN + 1);
+        assert!(matches!(
+            decode_header(h),
+            Err(ProtocolError::FrameTooLarge(_))
+        ));
+        let mut h = encode_header(FrameKind::Json, 1);
+        h[0] = 9;
+        assert!(matches!(
+            decode_header(h),
+            Err(ProtocolError::UnknownKind(9))
+        ));
+    }
+
+    #[test]
+    fn quoting_matches_posix_shell_rules() {
+        let check = |argv: &[&str], want: &str| {
+            let v: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+            assert_eq!(join_argv(&v).unwrap(), want);
+        };
+        check(&["git", "--version"], "git --version");
+        check(&["echo", "a b"], "echo 'a b'");
+        check(&["echo", "it's"], r#"echo 'it'"'"'s'"#);
+        check(&["echo", ""], "echo ''");
+        check(
+            &["echo", "$(rm -rf /)", ";", "|"],
+            "echo '$(rm -rf /)' ';' '|'",
+        );
+        assert!(join_argv(&["a\0b".to_string()]).is_none());
+    }
+
+    #[test]
+    fn exec_request_defaults_caps() {
+        let r: ExecRequest = serde_json::from_str(r#"{"argv":["true"]}"#).unwrap();
+        assert_eq!(r.max_stdout, DEFAULT_OUTPUT_CAP);
+        assert_eq!(r.max_stderr, DEFAULT_OUTPUT_CAP);
+        assert!(r.env.is_empty());
+    }
+}
