@@ -1,0 +1,2 @@
+//! Environments: the catalog of recipes, builds into an OCI image layout, and unpacked root
+//! filesystems.

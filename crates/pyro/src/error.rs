@@ -1,0 +1,148 @@
+//! The library's error type. Every error maps to a stable `kind` string and, where one helps, a
+//! `hint` saying what to do next; the CLI prints them as `{"error": {kind, message, hint}}`.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in pyro.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request was malformed (empty command, bad limits, bad names).
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// No environment of this name is in the catalog.
+    #[error("unknown environment {name:?}")]
+    UnknownEnvironment {
+        /// The name that was asked for.
+        name: String,
+        /// The names that exist.
+        known: Vec<String>,
+    },
+    /// The environment exists in the catalog but is not built in the cache.
+    #[error("environment {0} is not built yet")]
+    EnvironmentNotBuilt(String),
+    /// Building an environment failed.
+    #[error("building environment {name} failed: {message}")]
+    Build {
+        /// The environment.
+        name: String,
+        /// What failed, with the tail of the builder's output.
+        message: String,
+    },
+    /// The cache holds something unreadable or inconsistent.
+    #[error("environment cache is corrupt at {path}: {message}")]
+    CorruptCache {
+        /// Where.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The host cannot give the requested isolation level.
+    #[error("isolation level {requested} is not available on this host: {reason}")]
+    IsolationUnavailable {
+        /// The level asked for.
+        requested: String,
+        /// Why not.
+        reason: String,
+        /// The levels this host can give.
+        available: Vec<String>,
+    },
+    /// A backend operation failed (runtime, mounts, processes).
+    #[error("{backend} backend: {message}")]
+    Backend {
+        /// Which backend.
+        backend: &'static str,
+        /// What failed.
+        message: String,
+    },
+    /// Talking to the guest agent failed.
+    #[error("guest agent: {0}")]
+    Agent(String),
+    /// The guest agent answered with an error.
+    #[error("guest agent refused the request ({kind}): {message}")]
+    AgentRefused {
+        /// The agent's error kind.
+        kind: String,
+        /// The agent's message.
+        message: String,
+    },
+    /// No such sandbox.
+    #[error("no sandbox with id {0}")]
+    SandboxNotFound(String),
+    /// The state database failed.
+    #[error("state database: {0}")]
+    Store(#[from] rusqlite::Error),
+    /// A file operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What pyro was doing.
+        context: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The operation was interrupted (SIGINT or SIGTERM); everything it started was cleaned up.
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl Error {
+    /// The stable machine-readable kind of this error.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::InvalidRequest(_) => "invalid_request",
+            Error::UnknownEnvironment { .. } => "unknown_environment",
+            Error::EnvironmentNotBuilt(_) => "environment_not_built",
+            Error::Build { .. } => "build_failed",
+            Error::CorruptCache { .. } => "corrupt_cache",
+            Error::IsolationUnavailable { .. } => "isolation_unavailable",
+            Error::Backend { .. } => "backend_error",
+            Error::Agent(_) => "agent_error",
+            Error::AgentRefused { .. } => "agent_refused",
+            Error::SandboxNotFound(_) => "not_found",
+            Error::Store(_) => "state_error",
+            Error::Io { .. } => "io_error",
+            Error::Interrupted => "interrupted",
+        }
+    }
+
+    /// A next step for the user, where one helps.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Error::UnknownEnvironment { known, .. } => Some(format!(
+                "known environments: {}; see `pyro env list`",
+                known.join(", ")
+            )),
+            Error::EnvironmentNotBuilt(name) => Some(format!("run `pyro env build {name}`")),
+            Error::IsolationUnavailable { available, .. } if available.is_empty() => {
+                Some("no isolation level is usable on this host; run `pyro doctor`".into())
+            }
+            Error::IsolationUnavailable { available, .. } => Some(format!(
+                "this host can give: {}; pass --isolation {} or see `pyro doctor`",
+                available.join(", "),
+                available[0]
+            )),
+            Error::Build { .. } => Some("check network access to the Debian mirror and that mmdebstrap is installed (`pyro doctor`)".into()),
+            Error::CorruptCache { .. } => Some("run `pyro env prune` and build the environment again".into()),
+            Error::Backend { backend: "container", .. } => Some("run `pyro doctor` to check the container runtime".into()),
+            Error::SandboxNotFound(_) => Some("it may have been deleted or reaped; see `pyro gc`".into()),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Io { context: context.into(), source }
+    }
+}
+
+/// `Result` with pyro's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Adds context to I/O results.
+pub(crate) trait IoContext<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error::io(context(), e))
+    }
+}

@@ -1,0 +1,65 @@
+//! Where pyro keeps things, and every environment variable pyro reads (one home for them all).
+
+use std::path::{Path, PathBuf};
+
+/// Every environment variable pyro reads, with what it does. `pyro doctor --json` and the README
+/// list the same set.
+pub const ENV_VARS: &[(&str, &str)] = &[
+    ("PYRO_HOME", "state directory: SQLite database, sandbox writable layers (default ~/.local/share/pyro)"),
+    ("PYRO_CACHE_DIR", "environment cache: OCI image layout and unpacked root filesystems (default ~/.cache/pyro)"),
+    ("PYRO_RUN_DIR", "runtime directory for sandbox bundles and sockets; must be traversable by the sandbox's mapped root (default /run/pyro)"),
+    ("PYRO_ISOLATION", "default isolation level: microvm, vm-emulated or container (default microvm)"),
+    ("PYRO_AGENT", "path to the statically linked pyro-agent binary (default: next to the pyro executable)"),
+    ("PYRO_RUNC", "path to the runc binary (default: runc on PATH)"),
+    ("PYRO_DEBIAN_MIRROR", "Debian mirror URL for environment builds (default: mmdebstrap's default, deb.debian.org)"),
+    ("PYRO_LOG", "log filter for pyro's own diagnostics on stderr, e.g. debug (default warn)"),
+];
+
+/// The directories pyro uses.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// `$PYRO_HOME`.
+    pub home: PathBuf,
+    /// `$PYRO_CACHE_DIR`.
+    pub cache: PathBuf,
+    /// `$PYRO_RUN_DIR`.
+    pub run: PathBuf,
+}
+
+fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from)
+}
+
+fn home_dir() -> PathBuf {
+    env_path("HOME").unwrap_or_else(|| PathBuf::from("/root"))
+}
+
+impl Paths {
+    /// Paths from the environment, with the documented defaults.
+    pub fn from_env() -> Paths {
+        let home = env_path("PYRO_HOME").unwrap_or_else(|| home_dir().join(".local/share/pyro"));
+        let cache = env_path("PYRO_CACHE_DIR").unwrap_or_else(|| home_dir().join(".cache/pyro"));
+        let run = env_path("PYRO_RUN_DIR").unwrap_or_else(|| PathBuf::from("/run/pyro"));
+        Paths { home, cache, run }
+    }
+
+    /// Paths under one root, for tests and embedding.
+    pub fn under(root: &Path) -> Paths {
+        Paths { home: root.join("home"), cache: root.join("cache"), run: root.join("run") }
+    }
+
+    /// The SQLite database.
+    pub fn db(&self) -> PathBuf {
+        self.home.join("pyro.db")
+    }
+
+    /// Per-sandbox persistent state (writable layers, logs).
+    pub fn sandbox_state(&self, id: &str) -> PathBuf {
+        self.home.join("sandboxes").join(id)
+    }
+
+    /// Per-sandbox runtime directory (bundle, sockets).
+    pub fn sandbox_run(&self, id: &str) -> PathBuf {
+        self.run.join("sandboxes").join(id)
+    }
+}
