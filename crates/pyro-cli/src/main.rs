@@ -1,1 +1,42 @@
-fn main() {}
+//! The `pyro` binary: parse, call the library, print. No business logic lives here.
+
+mod cli;
+mod commands;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    init_logging();
+    let json = args.json_requested();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            return output::fail(
+                json,
+                &anyhow::anyhow!("cannot start the async runtime: {e}"),
+            )
+        }
+    };
+    match runtime.block_on(commands::dispatch(args)) {
+        Ok(code) => code,
+        Err(e) => output::fail(json, &e),
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PYRO_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

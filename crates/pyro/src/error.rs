@@ -36,6 +36,15 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// An archive (an image layer, a seed or an upload) holds an entry that would escape its
+    /// destination: an absolute path, a `..` component, or a link leaving the tree.
+    #[error("refusing unsafe archive entry {entry:?}: {reason}")]
+    UnsafeArchive {
+        /// The entry's path as written in the archive.
+        entry: String,
+        /// Why it was refused.
+        reason: String,
+    },
     /// The host cannot give the requested isolation level.
     #[error("isolation level {requested} is not available on this host: {reason}")]
     IsolationUnavailable {
@@ -93,6 +102,7 @@ impl Error {
             Error::EnvironmentNotBuilt(_) => "environment_not_built",
             Error::Build { .. } => "build_failed",
             Error::CorruptCache { .. } => "corrupt_cache",
+            Error::UnsafeArchive { .. } => "unsafe_archive",
             Error::IsolationUnavailable { .. } => "isolation_unavailable",
             Error::Backend { .. } => "backend_error",
             Error::Agent(_) => "agent_error",
@@ -129,7 +139,10 @@ impl Error {
     }
 
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Error {
-        Error::Io { context: context.into(), source }
+        Error::Io {
+            context: context.into(),
+            source,
+        }
     }
 }
 

@@ -27,7 +27,9 @@ pub struct Paths {
 }
 
 fn env_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from)
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
 }
 
 fn home_dir() -> PathBuf {
@@ -45,7 +47,11 @@ impl Paths {
 
     /// Paths under one root, for tests and embedding.
     pub fn under(root: &Path) -> Paths {
-        Paths { home: root.join("home"), cache: root.join("cache"), run: root.join("run") }
+        Paths {
+            home: root.join("home"),
+            cache: root.join("cache"),
+            run: root.join("run"),
+        }
     }
 
     /// The SQLite database.

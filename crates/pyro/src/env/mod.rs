@@ -1,2 +1,1108 @@
 //! Environments: the catalog of recipes, builds into an OCI image layout, and unpacked root
 //! filesystems.
+//!
+//! Everything lives under one cache directory (`$PYRO_CACHE_DIR`, e.g. `~/.cache/pyro`):
+//!
+//! - `oci/`: an OCI image layout (`oci-layout`, `index.json`, `blobs/sha256/`) holding one image
+//!   per built environment, named by the `org.opencontainers.image.ref.name` annotation and tagged
+//!   with the recipe hash it was built from;
+//! - `rootfs/<manifest-hex>-u<shift>/`: root filesystems unpacked once per manifest digest and uid
+//!   shift, never modified afterwards (sandboxes put an overlay on top);
+//! - `locks/`: flock files serializing builds per environment and unpacks per rootfs;
+//! - `tmp/`: build scratch directories, each held by a flock while its build runs;
+//! - `logs/`: mmdebstrap logs, one per environment and recipe hash.
+//!
+//! All of it is blocking code; async callers run it on a blocking thread.
+
+mod build;
+mod oci;
+mod recipe;
+mod unpack;
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{lchown, DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::Serialize;
+
+pub use recipe::{catalog, host_arch, Recipe, BUILDER_VERSION};
+pub use unpack::{unpack_layer, UnpackStats};
+
+use crate::error::{Error, IoContext, Result};
+use oci::{Descriptor, Index, OciLayout, ANN_CREATED, ANN_RECIPE_HASH, ANN_REF_NAME};
+
+/// Logs older than this are removed by [`EnvCache::prune`].
+const LOG_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// A scratch directory whose lock is free is only treated as abandoned once it is this old, so
+/// that one created a moment ago, whose owner has not yet taken the lock, is left alone.
+const TMP_MIN_AGE: Duration = Duration::from_secs(60);
+
+/// How to build an environment.
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// Build again even when an image from the current recipe is already in the cache.
+    pub force: bool,
+    /// Debian mirror passed to mmdebstrap (callers default it from `PYRO_DEBIAN_MIRROR`); `None`
+    /// uses mmdebstrap's default.
+    pub mirror: Option<String>,
+}
+
+/// One catalog environment and its state in the cache.
+#[derive(Debug, Clone, Serialize)]
+pub struct EnvInfo {
+    /// The environment's name, e.g. `debian:12`.
+    pub name: String,
+    /// What is in it.
+    pub description: String,
+    /// The distribution it is built from (`debian`).
+    pub distribution: String,
+    /// The distribution suite, e.g. `bookworm`.
+    pub suite: String,
+    /// Packages added to the base variant.
+    pub packages: Vec<String>,
+    /// The hash of the current recipe.
+    pub recipe_hash: String,
+    /// Whether an image of this environment is in the cache (current or stale).
+    pub installed: bool,
+    /// Whether the cached image was built from an older recipe; `resolve` refuses it until it is
+    /// built again.
+    pub stale: bool,
+    /// The cached image's manifest digest, `sha256:<hex>`.
+    pub digest: Option<String>,
+    /// Total size of the image's blobs (manifest, config and layers) in bytes.
+    pub size_bytes: Option<u64>,
+    /// When the cached image was built, RFC 3339 UTC.
+    pub built_at: Option<String>,
+    /// The OCI image layout holding the cache's images.
+    pub oci_layout: PathBuf,
+}
+
+/// A built environment, ready to be unpacked or handed to a backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedEnv {
+    /// The environment's name.
+    pub name: String,
+    /// The image's manifest digest, `sha256:<hex>`.
+    pub manifest_digest: String,
+    /// Layer blobs (uncompressed tars), bottom layer first.
+    pub layers: Vec<PathBuf>,
+}
+
+/// What [`EnvCache::prune`] removed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PruneResult {
+    /// One line per removed thing: a path relative to the cache directory, or an index entry.
+    pub removed: Vec<String>,
+    /// Bytes of file content freed.
+    pub freed_bytes: u64,
+}
+
+/// The environment cache: builds, lookups, unpacked root filesystems and pruning.
+#[derive(Debug, Clone)]
+pub struct EnvCache {
+    root: PathBuf,
+}
+
+impl EnvCache {
+    /// The cache rooted at `root` (pyro's cache directory). Nothing is created until needed.
+    pub fn new(root: impl Into<PathBuf>) -> EnvCache {
+        EnvCache { root: root.into() }
+    }
+
+    /// The cache directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn layout(&self) -> OciLayout {
+        OciLayout::new(self.root.join("oci"))
+    }
+
+    /// Every catalog environment, installed or not, in catalog order.
+    pub fn list(&self) -> Result<Vec<EnvInfo>> {
+        let index = self.layout().read_index()?;
+        Ok(catalog()
+            .iter()
+            .map(|recipe| self.info(recipe, &index))
+            .collect())
+    }
+
+    /// One catalog environment; [`Error::UnknownEnvironment`] for names not in the catalog.
+    pub fn inspect(&self, name: &str) -> Result<EnvInfo> {
+        let recipe = recipe::find(name)?;
+        let index = self.layout().read_index()?;
+        Ok(self.info(&recipe, &index))
+    }
+
+    /// Builds an environment with mmdebstrap into the OCI layout, unless an image from the
+    /// current recipe is already there and `opts.force` is false. Concurrent builds of one
+    /// environment run one after the other, so the second finds the first one's image.
+    /// `progress` gets short phase descriptions.
+    pub fn build(
+        &self,
+        name: &str,
+        opts: &BuildOptions,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<EnvInfo> {
+        let recipe = recipe::find(name)?;
+        let lock_path = self
+            .root
+            .join("locks")
+            .join(format!("env-{}.lock", sanitize(name)));
+        let _env_lock = match try_lock_exclusive(&lock_path)? {
+            Some(lock) => lock,
+            None => {
+                progress(&format!("waiting for another build of {name}"));
+                lock_exclusive(&lock_path)?
+            }
+        };
+        if !opts.force {
+            let info = self.info(&recipe, &self.layout().read_index()?);
+            if info.installed && !info.stale {
+                progress(&format!("{name} is already built"));
+                return Ok(info);
+            }
+        }
+        let tmp = ScratchDir::create(&self.root.join("tmp"), &format!("build-{}", sanitize(name)))?;
+        let layer = tmp.path().join("layer.tar");
+        let log = self.root.join("logs").join(format!(
+            "build-{}-{}.log",
+            sanitize(name),
+            &recipe.hash()[..12]
+        ));
+        build::run_mmdebstrap(&recipe, opts, &layer, &log, progress)?;
+        let info = self.install_layer(&recipe, &layer, progress)?;
+        progress(&format!("built {name}"));
+        Ok(info)
+    }
+
+    /// The current image of a catalog environment. [`Error::EnvironmentNotBuilt`] when there is
+    /// none built from the current recipe; [`Error::CorruptCache`] when a blob is missing or has
+    /// the wrong size (contents are only re-hashed by [`EnvCache::verify`]).
+    pub fn resolve(&self, name: &str) -> Result<ResolvedEnv> {
+        let recipe = recipe::find(name)?;
+        let layout = self.layout();
+        let index = layout.read_index()?;
+        let hash = recipe.hash();
+        let entry = index
+            .manifests
+            .iter()
+            .rev()
+            .find(|d| {
+                d.annotation(ANN_REF_NAME) == Some(name)
+                    && d.annotation(ANN_RECIPE_HASH) == Some(&hash)
+            })
+            .ok_or_else(|| Error::EnvironmentNotBuilt(name.to_owned()))?;
+        let manifest = layout.read_manifest(entry)?;
+        let mut layers = Vec::with_capacity(manifest.layers.len());
+        for layer in &manifest.layers {
+            let path = layout.blob_path(&layer.digest)?;
+            if !oci::is_tar_layer(&layer.media_type) {
+                return Err(Error::CorruptCache {
+                    path,
+                    message: format!("unsupported layer media type {}", layer.media_type),
+                });
+            }
+            match fs::metadata(&path) {
+                Ok(meta) if meta.is_file() && meta.len() == layer.size => {}
+                Ok(meta) => {
+                    return Err(Error::CorruptCache {
+                        path,
+                        message: format!("layer is {} bytes, expected {}", meta.len(), layer.size),
+                    })
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(Error::CorruptCache {
+                        path,
+                        message: "layer blob is missing".into(),
+                    })
+                }
+                Err(e) => return Err(Error::io(format!("checking {}", path.display()), e)),
+            }
+            layers.push(path);
+        }
+        Ok(ResolvedEnv {
+            name: name.to_owned(),
+            manifest_digest: entry.digest.clone(),
+            layers,
+        })
+    }
+
+    /// Re-hashes every blob of an environment's current image (slow: reads every layer).
+    pub fn verify(&self, name: &str) -> Result<()> {
+        let resolved = self.resolve(name)?;
+        let layout = self.layout();
+        let index = layout.read_index()?;
+        let entry = index
+            .manifests
+            .iter()
+            .find(|d| d.digest == resolved.manifest_digest)
+            .ok_or_else(|| Error::EnvironmentNotBuilt(name.to_owned()))?;
+        let manifest = layout.read_manifest(entry)?;
+        for blob in manifest.blobs() {
+            layout.verify_blob(blob)?;
+        }
+        Ok(())
+    }
+
+    /// The environment's root filesystem with owners shifted by `uid_shift`, at
+    /// `<root>/rootfs/<manifest-hex>-u<shift>/`. It is unpacked on first use into a scratch
+    /// directory and renamed into place, so it either exists complete or not at all; concurrent
+    /// callers wait for one unpack. Callers must treat it as read-only.
+    pub fn rootfs(&self, env: &ResolvedEnv, uid_shift: u32) -> Result<PathBuf> {
+        let hex = oci::sha256_hex(&env.manifest_digest).ok_or_else(|| {
+            Error::InvalidRequest(format!(
+                "malformed manifest digest {:?}",
+                env.manifest_digest
+            ))
+        })?;
+        let dir_name = format!("{hex}-u{uid_shift}");
+        let rootfs_dir = self.root.join("rootfs");
+        let target = rootfs_dir.join(&dir_name);
+        if target.is_dir() {
+            return Ok(target);
+        }
+        let _lock = lock_exclusive(
+            &self
+                .root
+                .join("locks")
+                .join(format!("rootfs-{dir_name}.lock")),
+        )?;
+        if target.is_dir() {
+            return Ok(target);
+        }
+        let scratch = ScratchDir::create(&rootfs_dir, &format!(".tmp-{dir_name}"))?;
+        let fs_dir = scratch.path().join("fs");
+        fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&fs_dir)
+            .ctx(|| format!("creating {}", fs_dir.display()))?;
+        for layer in &env.layers {
+            let file = File::open(layer).ctx(|| format!("opening layer {}", layer.display()))?;
+            unpack_layer(
+                io::BufReader::with_capacity(1 << 20, file),
+                &fs_dir,
+                uid_shift,
+            )?;
+        }
+        lchown(&fs_dir, Some(uid_shift), Some(uid_shift))
+            .ctx(|| format!("changing owner of {}", fs_dir.display()))?;
+        fs::set_permissions(&fs_dir, fs::Permissions::from_mode(0o755))
+            .ctx(|| format!("setting mode of {}", fs_dir.display()))?;
+        // Flush the tree before it becomes visible, so that a crash cannot leave a rootfs in
+        // place with files missing (it would never be unpacked again).
+        let dir = File::open(&fs_dir).ctx(|| format!("opening {}", fs_dir.display()))?;
+        nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir))
+            .map_err(|e| Error::io(format!("syncing {}", fs_dir.display()), e.into()))?;
+        fs::rename(&fs_dir, &target).ctx(|| format!("renaming {} into place", fs_dir.display()))?;
+        oci::sync_dir(&rootfs_dir)?;
+        Ok(target)
+    }
+
+    /// Removes what no current environment needs: index entries built from stale recipes (or
+    /// whose manifest is unreadable), blobs no remaining entry references, unpacked root
+    /// filesystems whose manifest digest is neither current nor in `keep` (the digests of live
+    /// sandboxes, `sha256:<hex>`), scratch directories of dead builds and unpacks, and logs older
+    /// than a week. Images added by other tools (without pyro's recipe annotation) are kept.
+    pub fn prune(&self, keep: &[String]) -> Result<PruneResult> {
+        let mut result = PruneResult::default();
+        let layout = self.layout();
+        let mut referenced_manifests: HashSet<String> = HashSet::new();
+        if layout.dir().is_dir() {
+            // Held throughout, so no build adds blobs that are not yet in the index.
+            let _lock = layout.lock()?;
+            let mut index = layout.read_index()?;
+            let current: Vec<(String, String)> = catalog()
+                .iter()
+                .map(|r| (r.name().to_owned(), r.hash()))
+                .collect();
+            let mut referenced_blobs: HashSet<String> = HashSet::new();
+            let before = index.manifests.len();
+            index.manifests.retain(|entry| {
+                let name = entry.annotation(ANN_REF_NAME).unwrap_or("<unnamed>");
+                if let Some(hash) = entry.annotation(ANN_RECIPE_HASH) {
+                    if !current.iter().any(|(n, h)| n == name && h == hash) {
+                        result.removed.push(format!(
+                            "index entry {name} {} (stale recipe)",
+                            entry.digest
+                        ));
+                        return false;
+                    }
+                }
+                match layout.read_manifest(entry) {
+                    Ok(manifest) => {
+                        referenced_blobs.insert(entry.digest.clone());
+                        referenced_blobs.extend(manifest.blobs().map(|d| d.digest.clone()));
+                        referenced_manifests.insert(entry.digest.clone());
+                        true
+                    }
+                    Err(_) => {
+                        result.removed.push(format!(
+                            "index entry {name} {} (unreadable manifest)",
+                            entry.digest
+                        ));
+                        false
+                    }
+                }
+            });
+            if index.manifests.len() != before {
+                layout.write_index(&index)?;
+            }
+            let blobs = layout.blobs_dir();
+            for (path, name) in read_dir_names(&blobs)? {
+                let leftover = name.starts_with(".tmp-");
+                let wanted = referenced_blobs.contains(&format!("sha256:{name}"));
+                if leftover || !wanted {
+                    self.remove(&path, &mut result)?;
+                }
+            }
+            for (path, name) in read_dir_names(layout.dir())? {
+                if name.starts_with(".tmp-") {
+                    self.remove(&path, &mut result)?;
+                }
+            }
+        }
+
+        let keep_hex: HashSet<&str> = keep
+            .iter()
+            .chain(referenced_manifests.iter())
+            .map(|d| oci::sha256_hex(d).unwrap_or(d.as_str()))
+            .collect();
+        let rootfs_dir = self.root.join("rootfs");
+        for (path, name) in read_dir_names(&rootfs_dir)? {
+            if name.starts_with(".tmp-") {
+                if scratch_is_abandoned(&path)? {
+                    self.remove(&path, &mut result)?;
+                }
+                continue;
+            }
+            if name.starts_with(".trash-") {
+                // Left by a prune that died while deleting.
+                self.remove(&path, &mut result)?;
+                continue;
+            }
+            let Some((hex, _shift)) = name.split_once("-u") else {
+                continue;
+            };
+            if oci::sha256_hex(&format!("sha256:{hex}")).is_none() || keep_hex.contains(hex) {
+                continue;
+            }
+            let lock_path = self.root.join("locks").join(format!("rootfs-{name}.lock"));
+            let Some(_lock) = try_lock_exclusive(&lock_path)? else {
+                continue;
+            };
+            // Renamed away first, so a rootfs is never visible half deleted.
+            let trash = rootfs_dir.join(format!(".trash-{}", unique_suffix()));
+            fs::rename(&path, &trash).ctx(|| format!("moving {} away", path.display()))?;
+            result.freed_bytes += tree_size(&trash);
+            fs::remove_dir_all(&trash).ctx(|| format!("removing {}", trash.display()))?;
+            result.removed.push(format!("rootfs/{name}"));
+        }
+
+        for (path, _) in read_dir_names(&self.root.join("tmp"))? {
+            if scratch_is_abandoned(&path)? {
+                self.remove(&path, &mut result)?;
+            }
+        }
+        let now = SystemTime::now();
+        for (path, name) in read_dir_names(&self.root.join("logs"))? {
+            let old = fs::symlink_metadata(&path)
+                .and_then(|m| m.modified())
+                .map(|t| now.duration_since(t).unwrap_or_default() > LOG_MAX_AGE)
+                .unwrap_or(false);
+            if old && name.ends_with(".log") {
+                self.remove(&path, &mut result)?;
+            }
+        }
+        Ok(result)
+    }
+
+    /// Removes a file or tree, recording it in `result`.
+    fn remove(&self, path: &Path, result: &mut PruneResult) -> Result<()> {
+        let size = tree_size(path);
+        let removed = match fs::symlink_metadata(path) {
+            Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
+            Ok(_) => fs::remove_file(path),
+            Err(e) => Err(e),
+        };
+        match removed {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io(format!("removing {}", path.display()), e)),
+        }
+        result.freed_bytes += size;
+        let shown = path.strip_prefix(&self.root).unwrap_or(path);
+        result.removed.push(shown.display().to_string());
+        Ok(())
+    }
+
+    /// The catalog entry `recipe` with its state in `index`. An image whose manifest cannot be
+    /// read still shows as installed, without size or build time; `resolve` reports the damage.
+    fn info(&self, recipe: &Recipe, index: &Index) -> EnvInfo {
+        let hash = recipe.hash();
+        let named: Vec<&Descriptor> = index
+            .manifests
+            .iter()
+            .filter(|d| d.annotation(ANN_REF_NAME) == Some(recipe.name()))
+            .collect();
+        let entry = named
+            .iter()
+            .rev()
+            .find(|d| d.annotation(ANN_RECIPE_HASH) == Some(&hash))
+            .or_else(|| named.last())
+            .copied();
+        let manifest = entry.and_then(|e| self.layout().read_manifest(e).ok());
+        EnvInfo {
+            name: recipe.name().to_owned(),
+            description: recipe.description().to_owned(),
+            distribution: "debian".to_owned(),
+            suite: recipe.suite().to_owned(),
+            packages: recipe.packages().to_vec(),
+            recipe_hash: hash.clone(),
+            installed: entry.is_some(),
+            stale: entry.is_some_and(|e| e.annotation(ANN_RECIPE_HASH) != Some(&hash)),
+            digest: entry.map(|e| e.digest.clone()),
+            size_bytes: entry
+                .zip(manifest.as_ref())
+                .map(|(e, m)| e.size + m.blobs().map(|d| d.size).sum::<u64>()),
+            built_at: manifest
+                .as_ref()
+                .and_then(|m| m.annotations.get(ANN_CREATED).cloned()),
+            oci_layout: self.layout().dir().to_path_buf(),
+        }
+    }
+}
+
+/// An environment name as a file name component: `debian:12` becomes `debian-12`.
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// A suffix no other temp name in this cache has: pid, a per-process counter and the time.
+pub(crate) fn unique_suffix() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{}-{}-{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A held exclusive flock; released on drop (or when the process dies, however it dies).
+#[derive(Debug)]
+pub(crate) struct FileLock {
+    _flock: Flock<File>,
+}
+
+fn open_lock_file(path: &Path) -> Result<File> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+    }
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .ctx(|| format!("opening lock {}", path.display()))
+}
+
+/// Takes an exclusive flock on `path` (created if missing), waiting as long as it takes.
+pub(crate) fn lock_exclusive(path: &Path) -> Result<FileLock> {
+    let mut file = open_lock_file(path)?;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusive) {
+            Ok(flock) => return Ok(FileLock { _flock: flock }),
+            Err((f, nix::errno::Errno::EINTR)) => file = f,
+            Err((_, errno)) => {
+                return Err(Error::io(
+                    format!("locking {}", path.display()),
+                    errno.into(),
+                ))
+            }
+        }
+    }
+}
+
+/// Takes an exclusive flock on `path` if nobody holds it.
+pub(crate) fn try_lock_exclusive(path: &Path) -> Result<Option<FileLock>> {
+    let file = open_lock_file(path)?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(flock) => Ok(Some(FileLock { _flock: flock })),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, errno)) => Err(Error::io(
+            format!("locking {}", path.display()),
+            errno.into(),
+        )),
+    }
+}
+
+/// A scratch directory that exists while its owner runs: it holds `.lock` (flocked) and is
+/// removed on drop. One whose lock is free belongs to a dead process, and prune removes it.
+struct ScratchDir {
+    path: PathBuf,
+    _lock: FileLock,
+}
+
+impl ScratchDir {
+    fn create(parent: &Path, prefix: &str) -> Result<ScratchDir> {
+        fs::create_dir_all(parent).ctx(|| format!("creating {}", parent.display()))?;
+        let path = parent.join(format!("{prefix}-{}", unique_suffix()));
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .ctx(|| format!("creating {}", path.display()))?;
+        match lock_exclusive(&path.join(".lock")) {
+            Ok(lock) => Ok(ScratchDir { path, _lock: lock }),
+            Err(e) => {
+                let _ = fs::remove_dir_all(&path);
+                Err(e)
+            }
+        }
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        // Best effort: a failure leaves a directory with a free lock, which prune removes.
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Whether a scratch directory's owner is gone: its lock is free and it is not brand new.
+fn scratch_is_abandoned(path: &Path) -> Result<bool> {
+    let age = fs::symlink_metadata(path)
+        .and_then(|m| m.modified())
+        .map(|t| SystemTime::now().duration_since(t).unwrap_or_default())
+        .unwrap_or_default();
+    if age < TMP_MIN_AGE {
+        return Ok(false);
+    }
+    let lock = path.join(".lock");
+    if !lock.exists() {
+        return Ok(true);
+    }
+    Ok(try_lock_exclusive(&lock)?.is_some())
+}
+
+/// The entries of a directory as (path, file name); a missing directory has none.
+fn read_dir_names(dir: &Path) -> Result<Vec<(PathBuf, String)>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(format!("listing {}", dir.display()), e)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.ctx(|| format!("listing {}", dir.display()))?;
+        names.push((
+            entry.path(),
+            entry.file_name().to_string_lossy().into_owned(),
+        ));
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Bytes of regular file content under `path`, each inode counted once (hard links share).
+fn tree_size(path: &Path) -> u64 {
+    fn walk(path: &Path, seen: &mut HashSet<(u64, u64)>) -> u64 {
+        let Ok(meta) = fs::symlink_metadata(path) else {
+            return 0;
+        };
+        if meta.is_file() {
+            return if seen.insert((meta.dev(), meta.ino())) {
+                meta.len()
+            } else {
+                0
+            };
+        }
+        if !meta.is_dir() {
+            return 0;
+        }
+        let Ok(entries) = fs::read_dir(path) else {
+            return 0;
+        };
+        entries.flatten().map(|e| walk(&e.path(), seen)).sum()
+    }
+    walk(path, &mut HashSet::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::FileTimes;
+    use tar::{Builder, EntryType, Header};
+
+    fn cache() -> (tempfile::TempDir, EnvCache) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cache = EnvCache::new(tmp.path().join("cache"));
+        (tmp, cache)
+    }
+
+    /// Tests that chown need root; they say so and pass elsewhere.
+    fn is_root() -> bool {
+        let root = nix::unistd::geteuid().is_root();
+        if !root {
+            eprintln!("skipping: changing file owners needs root");
+        }
+        root
+    }
+
+    /// A tiny layer tar in `dir`, with `marker` as the content of `etc/marker`.
+    fn fake_layer(dir: &Path, marker: &str) -> PathBuf {
+        let mut builder = Builder::new(Vec::new());
+        let mut add = |path: &str, kind: EntryType, mode: u32, data: &[u8], link: Option<&str>| {
+            let mut header = Header::new_gnu();
+            header.set_path(path).expect("path");
+            header.set_entry_type(kind);
+            header.set_mode(mode);
+            header.set_uid(0);
+            header.set_gid(0);
+            header.set_mtime(1_700_000_000);
+            header.set_size(data.len() as u64);
+            if let Some(link) = link {
+                header.set_link_name(link).expect("link");
+            }
+            header.set_cksum();
+            builder.append(&header, data).expect("append");
+        };
+        add("./", EntryType::Directory, 0o755, b"", None);
+        add("./etc/", EntryType::Directory, 0o755, b"", None);
+        add(
+            "./etc/marker",
+            EntryType::Regular,
+            0o644,
+            marker.as_bytes(),
+            None,
+        );
+        add("./usr/bin/", EntryType::Directory, 0o755, b"", None);
+        add("./usr/bin/sh", EntryType::Regular, 0o755, b"#!fake\n", None);
+        add("./bin", EntryType::Symlink, 0o777, b"", Some("usr/bin"));
+        add("./dev/null", EntryType::Char, 0o666, b"", None);
+        let path = dir.join(format!("layer-{marker}.tar"));
+        fs::write(&path, builder.into_inner().expect("finish")).expect("write layer");
+        path
+    }
+
+    fn install(cache: &EnvCache, recipe: &Recipe, marker: &str) -> EnvInfo {
+        let layer = fake_layer(cache.root().parent().expect("parent"), marker);
+        let info = cache
+            .install_layer(recipe, &layer, &mut |_| {})
+            .expect("install");
+        assert!(!layer.exists(), "the layer file is moved into the store");
+        info
+    }
+
+    fn current(name: &str) -> Recipe {
+        recipe::find(name).expect("in catalog")
+    }
+
+    fn read_json(path: &Path) -> serde_json::Value {
+        serde_json::from_slice(&fs::read(path).expect("read")).expect("json")
+    }
+
+    fn set_mtime(path: &Path, ago: Duration) {
+        let time = SystemTime::now() - ago;
+        File::open(path)
+            .and_then(|f| f.set_times(FileTimes::new().set_modified(time).set_accessed(time)))
+            .expect("set mtime");
+    }
+
+    #[test]
+    fn install_then_resolve_list_and_layout_contents() {
+        let (_tmp, cache) = cache();
+        let recipe = current("debian:12");
+        let info = install(&cache, &recipe, "one");
+        assert!(info.installed && !info.stale);
+        assert_eq!(info.recipe_hash, recipe.hash());
+        assert_eq!(info.distribution, "debian");
+        assert_eq!(info.oci_layout, cache.root().join("oci"));
+        let built_at = info.built_at.clone().expect("built_at");
+        assert!(
+            built_at.len() == 20 && built_at.ends_with('Z') && built_at.starts_with("20"),
+            "{built_at}"
+        );
+
+        let resolved = cache.resolve("debian:12").expect("resolve");
+        assert_eq!(Some(&resolved.manifest_digest), info.digest.as_ref());
+        assert_eq!(resolved.name, "debian:12");
+        assert_eq!(resolved.layers.len(), 1);
+        cache.verify("debian:12").expect("verify");
+
+        let oci = cache.root().join("oci");
+        assert_eq!(
+            read_json(&oci.join("oci-layout"))["imageLayoutVersion"],
+            "1.0.0"
+        );
+        let index = read_json(&oci.join("index.json"));
+        assert_eq!(index["schemaVersion"], 2);
+        let entries = index["manifests"].as_array().expect("manifests");
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0]["digest"], resolved.manifest_digest.as_str());
+        assert_eq!(entries[0]["mediaType"], oci::MEDIA_MANIFEST);
+        assert_eq!(entries[0]["annotations"][ANN_REF_NAME], "debian:12");
+        assert_eq!(
+            entries[0]["annotations"][ANN_RECIPE_HASH],
+            recipe.hash().as_str()
+        );
+
+        let blob = |digest: &str| {
+            oci.join("blobs/sha256")
+                .join(oci::sha256_hex(digest).expect("digest"))
+        };
+        let manifest = read_json(&blob(&resolved.manifest_digest));
+        assert_eq!(manifest["schemaVersion"], 2);
+        assert_eq!(manifest["mediaType"], oci::MEDIA_MANIFEST);
+        assert_eq!(manifest["annotations"][ANN_REF_NAME], "debian:12");
+        assert_eq!(manifest["annotations"][ANN_CREATED], built_at.as_str());
+        assert_eq!(manifest["layers"][0]["mediaType"], oci::MEDIA_LAYER_TAR);
+        let layer_digest = manifest["layers"][0]["digest"]
+            .as_str()
+            .expect("layer digest");
+        assert_eq!(resolved.layers[0], blob(layer_digest));
+        let config = read_json(&blob(
+            manifest["config"]["digest"]
+                .as_str()
+                .expect("config digest"),
+        ));
+        assert_eq!(config["architecture"], host_arch());
+        assert_eq!(config["os"], "linux");
+        assert_eq!(config["rootfs"]["diff_ids"][0], layer_digest);
+        assert_eq!(config["config"]["WorkingDir"], "/workspace");
+        assert!(config["config"]["Env"][0]
+            .as_str()
+            .expect("env")
+            .starts_with("PATH="));
+        assert_eq!(
+            config["config"]["Labels"]["io.pyro.environment"],
+            "debian:12"
+        );
+        assert_eq!(
+            config["config"]["Labels"][ANN_RECIPE_HASH],
+            recipe.hash().as_str()
+        );
+
+        let size: u64 = [
+            &resolved.manifest_digest,
+            layer_digest,
+            manifest["config"]["digest"].as_str().expect("c"),
+        ]
+        .iter()
+        .map(|d| fs::metadata(blob(d)).expect("blob").len())
+        .sum();
+        assert_eq!(info.size_bytes, Some(size));
+
+        let list = cache.list().expect("list");
+        let names: Vec<&str> = list.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["debian:12", "debian:12-base", "debian:12-build"]);
+        assert!(list[0].installed);
+        assert!(!list[1].installed && list[1].digest.is_none() && list[1].size_bytes.is_none());
+        assert_eq!(
+            cache.inspect("debian:12").expect("inspect").digest,
+            info.digest
+        );
+    }
+
+    #[test]
+    fn lookups_report_unknown_not_built_and_corrupt() {
+        let (_tmp, cache) = cache();
+        assert!(matches!(
+            cache.resolve("nope"),
+            Err(Error::UnknownEnvironment { .. })
+        ));
+        assert!(matches!(
+            cache.inspect("nope"),
+            Err(Error::UnknownEnvironment { .. })
+        ));
+        assert!(
+            matches!(cache.resolve("debian:12"), Err(Error::EnvironmentNotBuilt(n)) if n == "debian:12")
+        );
+        assert_eq!(cache.list().expect("empty cache lists").len(), 3);
+
+        install(&cache, &current("debian:12"), "one");
+        assert!(matches!(
+            cache.resolve("debian:12-base"),
+            Err(Error::EnvironmentNotBuilt(_))
+        ));
+        let resolved = cache.resolve("debian:12").expect("resolve");
+
+        // Same size, different bytes: resolve does not notice, verify does.
+        let layer = &resolved.layers[0];
+        let mut bytes = fs::read(layer).expect("read");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        fs::write(layer, &bytes).expect("tamper");
+        cache
+            .resolve("debian:12")
+            .expect("resolve does not re-hash");
+        assert_eq!(
+            cache.verify("debian:12").expect_err("verify").kind(),
+            "corrupt_cache"
+        );
+
+        fs::remove_file(layer).expect("remove");
+        assert_eq!(
+            cache.resolve("debian:12").expect_err("missing").kind(),
+            "corrupt_cache"
+        );
+    }
+
+    #[test]
+    fn rebuild_replaces_index_entry_and_prune_drops_old_blobs() {
+        let (_tmp, cache) = cache();
+        let recipe = current("debian:12");
+        install(&cache, &current("debian:12-base"), "base");
+        let first = install(&cache, &recipe, "one");
+        let first_layers = cache.resolve("debian:12").expect("resolve").layers;
+        let second = install(&cache, &recipe, "two");
+        assert_ne!(first.digest, second.digest);
+
+        let index = cache.layout().read_index().expect("index");
+        let names: Vec<_> = index
+            .manifests
+            .iter()
+            .filter_map(|d| d.annotation(ANN_REF_NAME))
+            .collect();
+        assert_eq!(names, ["debian:12-base", "debian:12"]);
+        assert_eq!(Some(&index.manifests[1].digest), second.digest.as_ref());
+        assert!(first_layers[0].exists(), "old blobs stay until prune");
+
+        let result = cache.prune(&[]).expect("prune");
+        assert!(!first_layers[0].exists());
+        let first_hex = oci::sha256_hex(first.digest.as_deref().expect("d")).expect("hex");
+        assert!(
+            result.removed.iter().any(|r| r.ends_with(first_hex)),
+            "{:?}",
+            result.removed
+        );
+        // The old manifest, config and layer; the config differs because it records the layer.
+        assert_eq!(result.removed.len(), 3, "{:?}", result.removed);
+        assert!(result.freed_bytes > 0);
+        cache.verify("debian:12").expect("current image intact");
+        cache.verify("debian:12-base").expect("other image intact");
+        assert!(cache.prune(&[]).expect("prune again").removed.is_empty());
+    }
+
+    #[test]
+    fn stale_recipe_builds_are_listed_refused_and_pruned() {
+        let (_tmp, cache) = cache();
+        let old = Recipe::parse(&format!(
+            "{}# an older revision\n",
+            current("debian:12").text()
+        ))
+        .expect("parse");
+        install(&cache, &old, "old");
+        let info = cache.inspect("debian:12").expect("inspect");
+        assert!(info.installed && info.stale, "{info:?}");
+        assert!(matches!(
+            cache.resolve("debian:12"),
+            Err(Error::EnvironmentNotBuilt(_))
+        ));
+
+        let result = cache.prune(&[]).expect("prune");
+        assert!(
+            result
+                .removed
+                .iter()
+                .any(|r| r.starts_with("index entry debian:12")),
+            "{:?}",
+            result.removed
+        );
+        assert_eq!(
+            result.removed.len(),
+            4,
+            "entry plus three blobs: {:?}",
+            result.removed
+        );
+        let info = cache.inspect("debian:12").expect("inspect");
+        assert!(!info.installed && !info.stale);
+        let blobs = fs::read_dir(cache.root().join("oci/blobs/sha256"))
+            .expect("ls")
+            .count();
+        assert_eq!(blobs, 0);
+    }
+
+    #[test]
+    fn build_returns_a_current_image_without_rebuilding() {
+        let (_tmp, cache) = cache();
+        let installed = install(&cache, &current("debian:12-base"), "base");
+        let mut phases = Vec::new();
+        let opts = BuildOptions {
+            force: false,
+            mirror: Some("http://unreachable.invalid/debian".into()),
+        };
+        let info = cache
+            .build("debian:12-base", &opts, &mut |p| phases.push(p.to_owned()))
+            .expect("build");
+        assert_eq!(info.digest, installed.digest);
+        assert_eq!(phases, ["debian:12-base is already built"]);
+        assert!(matches!(
+            cache.build("nope", &opts, &mut |_| {}),
+            Err(Error::UnknownEnvironment { .. })
+        ));
+    }
+
+    #[test]
+    fn rootfs_is_unpacked_once_per_digest_and_shift() {
+        if !is_root() {
+            return;
+        }
+        let (_tmp, cache) = cache();
+        install(&cache, &current("debian:12"), "one");
+        let resolved = cache.resolve("debian:12").expect("resolve");
+        let hex = oci::sha256_hex(&resolved.manifest_digest).expect("hex");
+
+        let path = cache.rootfs(&resolved, 0).expect("rootfs");
+        assert_eq!(path, cache.root().join("rootfs").join(format!("{hex}-u0")));
+        assert_eq!(
+            fs::read_to_string(path.join("etc/marker")).expect("marker"),
+            "one"
+        );
+        assert!(!path.join("dev/null").exists());
+        assert_eq!(
+            fs::read_link(path.join("bin")).expect("bin"),
+            Path::new("usr/bin")
+        );
+        // Not unpacked again: a change made after the first call survives the second.
+        fs::write(path.join("probe"), b"x").expect("probe");
+        assert_eq!(cache.rootfs(&resolved, 0).expect("again"), path);
+        assert!(path.join("probe").exists());
+
+        let shift = 100_000;
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (cache, resolved) = (cache.clone(), resolved.clone());
+                std::thread::spawn(move || cache.rootfs(&resolved, shift))
+            })
+            .collect();
+        let paths: Vec<PathBuf> = threads
+            .into_iter()
+            .map(|t| t.join().expect("join").expect("rootfs"))
+            .collect();
+        assert!(paths.iter().all(|p| *p == paths[0]));
+        let top = fs::metadata(&paths[0]).expect("top");
+        assert_eq!(
+            (top.uid(), top.gid(), top.mode() & 0o7777),
+            (shift, shift, 0o755)
+        );
+        let sh = fs::metadata(paths[0].join("usr/bin/sh")).expect("sh");
+        assert_eq!((sh.uid(), sh.mode() & 0o7777), (shift, 0o755));
+        let names: Vec<String> = read_dir_names(&cache.root().join("rootfs"))
+            .expect("ls")
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect();
+        assert_eq!(names, [format!("{hex}-u0"), format!("{hex}-u{shift}")]);
+        assert!(read_dir_names(&cache.root().join("tmp"))
+            .expect("ls")
+            .is_empty());
+
+        let bogus = ResolvedEnv {
+            manifest_digest: "sha256:../../x".into(),
+            ..resolved
+        };
+        assert_eq!(
+            cache.rootfs(&bogus, 0).expect_err("bogus").kind(),
+            "invalid_request"
+        );
+    }
+
+    #[test]
+    fn prune_keeps_live_rootfs_and_clears_dead_scratch_and_old_logs() {
+        if !is_root() {
+            return;
+        }
+        let (_tmp, cache) = cache();
+        let recipe = current("debian:12");
+        install(&cache, &recipe, "one");
+        let old = cache.resolve("debian:12").expect("resolve");
+        let old_rootfs = cache.rootfs(&old, 0).expect("rootfs");
+        install(&cache, &recipe, "two");
+        let new_rootfs = cache
+            .rootfs(&cache.resolve("debian:12").expect("resolve"), 0)
+            .expect("rootfs");
+
+        // A live sandbox still uses the old image: its rootfs stays, its blobs need not.
+        cache
+            .prune(std::slice::from_ref(&old.manifest_digest))
+            .expect("prune");
+        assert!(old_rootfs.is_dir() && new_rootfs.is_dir());
+        assert!(!old.layers[0].exists());
+
+        let dead = cache.root().join("tmp/build-debian-12-dead");
+        fs::create_dir_all(&dead).expect("mkdir");
+        fs::write(dead.join(".lock"), b"").expect("lock file");
+        fs::write(dead.join("layer.tar"), vec![0u8; 1000]).expect("partial layer");
+        set_mtime(&dead, Duration::from_secs(3600));
+        let live = ScratchDir::create(&cache.root().join("tmp"), "build-live").expect("scratch");
+        set_mtime(live.path(), Duration::from_secs(3600));
+        let young_dead = cache.root().join("tmp/build-just-created");
+        fs::create_dir_all(&young_dead).expect("mkdir");
+        let dead_unpack = cache.root().join("rootfs/.tmp-abc-u0-1-2-3");
+        fs::create_dir_all(dead_unpack.join("fs")).expect("mkdir");
+        set_mtime(&dead_unpack, Duration::from_secs(3600));
+        let logs = cache.root().join("logs");
+        fs::create_dir_all(&logs).expect("mkdir");
+        fs::write(logs.join("build-old.log"), b"old").expect("log");
+        set_mtime(
+            &logs.join("build-old.log"),
+            Duration::from_secs(8 * 24 * 3600),
+        );
+        fs::write(logs.join("build-new.log"), b"new").expect("log");
+        fs::write(cache.root().join("oci/blobs/sha256/.tmp-leftover"), b"x").expect("leftover");
+
+        let result = cache.prune(&[]).expect("prune");
+        assert!(
+            !old_rootfs.exists() && new_rootfs.is_dir(),
+            "{:?}",
+            result.removed
+        );
+        assert!(!dead.exists() && !dead_unpack.exists());
+        assert!(live.path().is_dir(), "a running build's scratch dir stays");
+        assert!(
+            young_dead.is_dir(),
+            "a scratch dir younger than a minute stays"
+        );
+        assert!(!logs.join("build-old.log").exists() && logs.join("build-new.log").exists());
+        assert!(!cache.root().join("oci/blobs/sha256/.tmp-leftover").exists());
+        assert!(result.freed_bytes >= 1000);
+        let old_hex = oci::sha256_hex(&old.manifest_digest).expect("hex");
+        let expected = [
+            "oci/blobs/sha256/.tmp-leftover".to_owned(),
+            "rootfs/.tmp-abc-u0-1-2-3".to_owned(),
+            format!("rootfs/{old_hex}-u0"),
+            "tmp/build-debian-12-dead".to_owned(),
+            "logs/build-old.log".to_owned(),
+        ];
+        assert_eq!(result.removed, expected);
+        cache.verify("debian:12").expect("current image intact");
+    }
+
+    #[test]
+    fn names_become_safe_file_names() {
+        assert_eq!(sanitize("debian:12"), "debian-12");
+        assert_eq!(sanitize("a/../b c"), "a-..-b-c");
+        assert_ne!(unique_suffix(), unique_suffix());
+    }
+}

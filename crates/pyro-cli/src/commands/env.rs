@@ -1,0 +1,121 @@
+//! `pyro env`.
+
+use std::process::ExitCode;
+
+use pyro::Pyro;
+
+use crate::cli::{EnvArgs, EnvCommand};
+use crate::output::{print_json, BuildProgress};
+
+fn size(bytes: Option<u64>) -> String {
+    match bytes {
+        Some(b) => format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)),
+        None => "-".into(),
+    }
+}
+
+fn describe(e: &pyro::env::EnvInfo) {
+    println!("Environment: {}", e.name);
+    println!("Description: {}", e.description);
+    println!("Distribution: {} {}", e.distribution, e.suite);
+    println!(
+        "Packages: {}",
+        if e.packages.is_empty() {
+            "(minimal)".to_string()
+        } else {
+            e.packages.join(", ")
+        }
+    );
+    println!(
+        "Installed: {}",
+        if e.installed {
+            "yes"
+        } else if e.stale {
+            "stale (recipe changed; rebuild)"
+        } else {
+            "no"
+        }
+    );
+    println!("Recipe hash: {}", e.recipe_hash);
+    if let Some(d) = &e.digest {
+        println!("Digest: {d}");
+    }
+    println!("Size: {}", size(e.size_bytes));
+    if let Some(t) = &e.built_at {
+        println!("Built at: {t}");
+    }
+    println!("OCI layout: {}", e.oci_layout.display());
+}
+
+pub async fn env(pyro: &Pyro, a: EnvArgs) -> anyhow::Result<ExitCode> {
+    match a.command {
+        EnvCommand::List(o) => {
+            let list = pyro.env_list()?;
+            if o.json {
+                print_json(&serde_json::json!({"environments": list}))?;
+            } else {
+                for e in &list {
+                    let state = if e.installed {
+                        "installed"
+                    } else if e.stale {
+                        "stale"
+                    } else {
+                        "not installed"
+                    };
+                    let digest = e
+                        .digest
+                        .as_deref()
+                        .map(|d| &d[..d.len().min(19)])
+                        .unwrap_or("-");
+                    println!(
+                        "{:<16} {:<14} {:<20} {:>10}  {}",
+                        e.name,
+                        state,
+                        digest,
+                        size(e.size_bytes),
+                        e.description
+                    );
+                }
+            }
+        }
+        EnvCommand::Inspect(n) => {
+            let e = pyro.env_inspect(&n.name)?;
+            if n.out.json {
+                print_json(&e)?;
+            } else {
+                describe(&e);
+            }
+        }
+        EnvCommand::Build(b) => {
+            let progress = std::sync::Arc::new(BuildProgress::new());
+            let p = progress.clone();
+            let name = b.name.clone();
+            let e = pyro
+                .env_build(&b.name, b.force, Box::new(move |m: &str| p.step(&name, m)))
+                .await;
+            progress.finish();
+            let e = e?;
+            if b.out.json {
+                print_json(&e)?;
+            } else {
+                describe(&e);
+            }
+        }
+        EnvCommand::Prune(o) => {
+            let r = pyro.env_prune()?;
+            if o.json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "Removed {} cache entries, freed {}.",
+                    r.removed.len(),
+                    size(Some(r.freed_bytes))
+                );
+                for x in &r.removed {
+                    println!("- {x}");
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

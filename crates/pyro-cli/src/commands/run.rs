@@ -1,0 +1,134 @@
+//! `pyro run`.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use pyro::{OutputSink, OutputStream, Pyro, RunRequest};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::cli::RunArgs;
+use crate::output::{phase_line, print_json, BuildProgress};
+
+/// Renders run phases on stderr and build progress.
+struct RunObserver {
+    phases: bool,
+    build: BuildProgress,
+}
+
+impl pyro::Observer for RunObserver {
+    fn phase(&self, phase: &str, fields: &[(&str, String)]) {
+        self.build.finish();
+        if self.phases {
+            let mut all = vec![("phase", phase.to_string())];
+            all.extend(fields.iter().map(|(k, v)| (*k, v.clone())));
+            phase_line("run", &all);
+        }
+    }
+    fn build(&self, env: &str, message: &str) {
+        self.build.step(env, message);
+    }
+}
+
+/// Passes guest output straight through to our own stdout and stderr.
+struct Passthrough;
+
+impl OutputSink for Passthrough {
+    fn output(&mut self, stream: OutputStream, bytes: &[u8]) {
+        // A closed stdout (e.g. `| head`) must not abort the run: the sandbox still gets
+        // cleaned up and the exit code still reported.
+        let _ = match stream {
+            OutputStream::Stdout => std::io::stdout()
+                .lock()
+                .write_all(bytes)
+                .and_then(|_| std::io::stdout().flush()),
+            OutputStream::Stderr => std::io::stderr().lock().write_all(bytes),
+        };
+    }
+}
+
+fn parse_env(pairs: &[String]) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    pairs
+        .iter()
+        .map(|p| {
+            let (k, v) = p
+                .split_once('=')
+                .with_context(|| format!("--env {p:?} is not KEY=VALUE"))?;
+            Ok((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+pub async fn run(pyro: &Pyro, a: RunArgs) -> anyhow::Result<ExitCode> {
+    let mut req = RunRequest::new(a.environment.clone(), a.command.clone());
+    req.isolation = a.isolation.as_deref().map(str::parse).transpose()?;
+    req.vcpus = a.vcpu;
+    req.mem_mib = a.mem;
+    req.timeout = Duration::from_secs(a.timeout);
+    req.env = parse_env(&a.env)?;
+    req.build_missing = !a.no_build;
+    req.max_output_bytes = a.max_output_bytes;
+    let observer = Arc::new(RunObserver {
+        phases: !a.json,
+        build: BuildProgress::new(),
+    });
+
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut passthrough = Passthrough;
+    let output: Option<&mut dyn OutputSink> = if a.json { None } else { Some(&mut passthrough) };
+    let outcome = tokio::select! {
+        r = pyro.run(&req, observer.clone(), output) => Ok(r),
+        _ = sigint.recv() => Err(130u8),
+        _ = sigterm.recv() => Err(143u8),
+    };
+    let result = match outcome {
+        Ok(r) => r?,
+        Err(code) => {
+            // The run future was dropped mid-way: remove everything it started.
+            let report = pyro.cleanup_owned().await?;
+            phase_line(
+                "run",
+                &[
+                    ("phase", "interrupted".into()),
+                    ("removed", report.removed.join(",")),
+                    ("errors", report.errors.len().to_string()),
+                ],
+            );
+            return Ok(ExitCode::from(code));
+        }
+    };
+    if a.json {
+        print_json(&result)?;
+    } else {
+        phase_line(
+            "run",
+            &[
+                ("environment", result.environment.clone()),
+                ("isolation", result.isolation.to_string()),
+                ("backend", result.backend.clone()),
+                ("exit_code", result.exit_code.to_string()),
+                ("timed_out", result.timed_out.to_string()),
+                ("truncated", result.truncated.to_string()),
+                ("total_ms", result.timing.total_ms.to_string()),
+                (
+                    "cleanup",
+                    if result.cleanup.deleted {
+                        "deleted".into()
+                    } else {
+                        format!("incomplete: {}", result.cleanup.errors.join("; "))
+                    },
+                ),
+            ],
+        );
+        if !result.limits.not_applied.is_empty() {
+            phase_line(
+                "run",
+                &[("limits_not_applied", result.limits.not_applied.join("; "))],
+            );
+        }
+    }
+    Ok(ExitCode::from(result.exit_code.clamp(0, 255) as u8))
+}

@@ -1,0 +1,95 @@
+//! Presentation: JSON on stdout, `[phase] key=value` lines and errors with hints on stderr.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+/// Prints a value as pretty JSON on stdout.
+pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// One `[tag] k=v k=v` line on stderr. Values with spaces are quoted so lines stay parseable.
+pub fn phase_line(tag: &str, fields: &[(&str, String)]) {
+    let mut line = format!("[{tag}]");
+    for (k, v) in fields {
+        if v.is_empty() || v.contains(char::is_whitespace) || v.contains('"') {
+            line.push_str(&format!(" {k}={v:?}"));
+        } else {
+            line.push_str(&format!(" {k}={v}"));
+        }
+    }
+    eprintln!("{line}");
+}
+
+/// Reports an error (JSON envelope on stdout with `--json`, else `error:` and `hint:` on
+/// stderr) and returns exit code 1.
+pub fn fail(json: bool, err: &anyhow::Error) -> ExitCode {
+    let (kind, hint) = match err.downcast_ref::<pyro::Error>() {
+        Some(e) => (e.kind(), e.hint()),
+        None => ("error", None),
+    };
+    let message = format!("{err:#}");
+    if json {
+        let v = serde_json::json!({"error": {"kind": kind, "message": message, "hint": hint}});
+        let _ = print_json(&v);
+    } else {
+        eprintln!("error: {message}");
+        if let Some(h) = hint {
+            eprintln!("hint: {h}");
+        }
+    }
+    ExitCode::from(1)
+}
+
+/// Shows environment build progress: a spinner on a terminal, plain lines otherwise.
+pub struct BuildProgress {
+    bar: Option<indicatif::ProgressBar>,
+    last: Mutex<String>,
+}
+
+impl BuildProgress {
+    /// A progress display for stderr.
+    pub fn new() -> BuildProgress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = indicatif::ProgressBar::new_spinner();
+            b.enable_steady_tick(std::time::Duration::from_millis(120));
+            b
+        });
+        BuildProgress {
+            bar,
+            last: Mutex::new(String::new()),
+        }
+    }
+
+    /// One build step.
+    pub fn step(&self, env: &str, message: &str) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if *last == message {
+            return;
+        }
+        *last = message.to_string();
+        match &self.bar {
+            Some(b) => b.set_message(format!("building {env}: {message}")),
+            None => phase_line(
+                "env-build",
+                &[
+                    ("environment", env.to_string()),
+                    ("step", message.to_string()),
+                ],
+            ),
+        }
+    }
+
+    /// Ends the display.
+    pub fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! Test harness: runs the real `pyro` binary against a private `$PYRO_HOME`, a shared
+//! environment cache, and the statically built agent.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+/// Why container tests cannot run here, if they cannot.
+pub fn container_prerequisites() -> Option<String> {
+    if !nix_is_root() {
+        return Some("not running as root".into());
+    }
+    if !Path::new("/usr/sbin/runc").exists()
+        && !Path::new("/usr/bin/runc").exists()
+        && std::env::var_os("PYRO_RUNC").is_none()
+    {
+        return Some("runc is not installed".into());
+    }
+    if agent().is_none() {
+        return Some("the static pyro-agent is not built (run scripts/build-agent)".into());
+    }
+    None
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Whether container tests should run. With `PYRO_TEST_CONTAINER=1` (set by scripts/test and CI)
+/// missing prerequisites are a failure; otherwise the test says why it skipped.
+pub fn container_tests_enabled(test: &str) -> bool {
+    match container_prerequisites() {
+        None => true,
+        Some(why) if std::env::var("PYRO_TEST_CONTAINER").as_deref() == Ok("1") => {
+            panic!("{test}: container tests are required (PYRO_TEST_CONTAINER=1) but {why}")
+        }
+        Some(why) => {
+            eprintln!("SKIPPED {test}: {why} (set PYRO_TEST_CONTAINER=1 to make this a failure)");
+            false
+        }
+    }
+}
+
+/// The static agent: `$PYRO_AGENT` or the build-agent output.
+pub fn agent() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("PYRO_AGENT") {
+        return Some(PathBuf::from(p));
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    ["release", "debug"]
+        .iter()
+        .map(|p| {
+            root.join("target/x86_64-unknown-linux-gnu")
+                .join(p)
+                .join("pyro-agent")
+        })
+        .find(|p| p.is_file())
+}
+
+/// The shared environment cache, so each environment is built once per machine.
+pub fn shared_cache() -> PathBuf {
+    std::env::var_os("PYRO_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".cache/pyro")
+        })
+}
+
+/// A private pyro installation: its own state directory, the shared cache.
+pub struct TestPyro {
+    pub dir: tempfile::TempDir,
+    pub home: PathBuf,
+}
+
+impl TestPyro {
+    pub fn new() -> TestPyro {
+        TestPyro::with_home_name("home")
+    }
+
+    /// A state directory whose path holds the given (possibly hostile) name.
+    pub fn with_home_name(name: &str) -> TestPyro {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = dir.path().join(name);
+        TestPyro { dir, home }
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pyro"));
+        c.args(args)
+            .env("PYRO_HOME", &self.home)
+            .env("PYRO_CACHE_DIR", shared_cache())
+            .env_remove("PYRO_ISOLATION")
+            .stdin(Stdio::null());
+        if let Some(a) = agent() {
+            c.env("PYRO_AGENT", a);
+        }
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("spawn pyro")
+    }
+
+    /// Runs with `--json` appended to the pyro arguments (before `--`), parsing stdout.
+    pub fn json(&self, args: &[&str]) -> (Output, Value) {
+        let mut a: Vec<&str> = Vec::new();
+        let split = args.iter().position(|x| *x == "--").unwrap_or(args.len());
+        a.extend(&args[..split]);
+        a.push("--json");
+        a.extend(&args[split..]);
+        let out = self.run(&a);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}): {}\nstderr: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out, v)
+    }
+
+    /// Sandbox records and directories left in this installation.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut left = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(self.home.join("sandboxes")) {
+            left.extend(
+                rd.flatten()
+                    .map(|e| format!("state dir {}", e.path().display())),
+            );
+        }
+        let db = self.home.join("pyro.db");
+        if db.exists() {
+            let out = Command::new("python3")
+                .args(["-c", "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from sandboxes').fetchone()[0])"])
+                .arg(&db)
+                .output()
+                .expect("python3");
+            let n = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if n != "0" {
+                left.push(format!("{n} sandbox records"));
+            }
+        }
+        left
+    }
+}
+
+/// Whether a sandbox with this id still has any trace on the host: runc state, an overlay
+/// mount, a run directory, or processes.
+pub fn host_traces(id: &str) -> Vec<String> {
+    let mut t = Vec::new();
+    let run = PathBuf::from("/run/pyro");
+    if run.join("runc").join(id).exists() {
+        t.push("runc state".into());
+    }
+    if run.join("sandboxes").join(id).exists() {
+        t.push("run dir".into());
+    }
+    if std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .contains(&format!("/sandboxes/{id}/"))
+    {
+        t.push("mount".into());
+    }
+    for ctrl in ["pids", "memory", "cpu"] {
+        if Path::new(&format!("/sys/fs/cgroup/{ctrl}/pyro/{id}")).exists() {
+            t.push(format!("{ctrl} cgroup"));
+        }
+    }
+    t
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

@@ -1,0 +1,152 @@
+//! Backends create, start, connect to and delete sandboxes. They know nothing about workspaces
+//! or one-shot runs: whatever isolates a sandbox, it runs the same agent as PID 1 and the host
+//! reaches it over a Unix socket.
+
+pub mod container;
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::procinfo::ProcessId;
+use crate::store::SandboxRecord;
+
+/// How strongly a sandbox is isolated from the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isolation {
+    /// A hardware-virtualized microVM (Firecracker, or QEMU with KVM).
+    Microvm,
+    /// A software-emulated VM (QEMU with TCG).
+    VmEmulated,
+    /// Linux namespaces, seccomp and cgroups through an OCI runtime.
+    Container,
+}
+
+impl Isolation {
+    /// Every level, strongest first.
+    pub const ALL: [Isolation; 3] = [
+        Isolation::Microvm,
+        Isolation::VmEmulated,
+        Isolation::Container,
+    ];
+
+    /// The level's name as used on the command line and in results.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Microvm => "microvm",
+            Isolation::VmEmulated => "vm-emulated",
+            Isolation::Container => "container",
+        }
+    }
+
+    /// The default level: `$PYRO_ISOLATION`, else `microvm`.
+    pub fn default_from_env() -> Result<Isolation> {
+        match std::env::var("PYRO_ISOLATION") {
+            Ok(v) if !v.is_empty() => v.parse(),
+            _ => Ok(Isolation::Microvm),
+        }
+    }
+}
+
+impl std::fmt::Display for Isolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Isolation {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Isolation> {
+        Isolation::ALL
+            .into_iter()
+            .find(|l| l.as_str() == s)
+            .ok_or_else(|| {
+                Error::InvalidRequest(format!(
+                    "unknown isolation level {s:?} (expected microvm, vm-emulated or container)"
+                ))
+            })
+    }
+}
+
+/// Resource limits for one sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Resources {
+    /// Virtual CPUs (for containers: a CPU quota of this many CPUs).
+    pub vcpus: u32,
+    /// Memory in MiB.
+    pub mem_mib: u64,
+    /// Most processes at once.
+    pub pids: u64,
+}
+
+/// Which limits the host actually enforced, read back after start.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct LimitsReport {
+    /// `v1`, `v2`, or `none`.
+    pub cgroup: String,
+    /// Enforced memory limit in bytes.
+    pub memory_bytes: Option<u64>,
+    /// Enforced process limit.
+    pub pids_max: Option<u64>,
+    /// Enforced CPU limit, in CPUs (quota / period).
+    pub cpus: Option<f64>,
+    /// Limits that were asked for but could not be applied, with why.
+    pub not_applied: Vec<String>,
+}
+
+/// What a backend needs to start one sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec<'a> {
+    /// The sandbox id.
+    pub id: &'a str,
+    /// The environment's unpacked root filesystem, never modified.
+    pub rootfs: &'a Path,
+    /// Persistent per-sandbox directory (writable layer, logs).
+    pub state_dir: &'a Path,
+    /// Runtime per-sandbox directory (bundle, sockets).
+    pub run_dir: &'a Path,
+    /// The statically linked agent binary on the host.
+    pub agent: &'a Path,
+    /// Limits.
+    pub resources: Resources,
+}
+
+/// A started sandbox.
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// The sandbox's first process on the host.
+    pub runtime: Option<ProcessId>,
+    /// The agent's socket on the host.
+    pub socket: PathBuf,
+    /// Limits actually enforced.
+    pub limits: LimitsReport,
+}
+
+/// What deleting a sandbox did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CleanupReport {
+    /// Whether every process, mount and file is gone.
+    pub deleted: bool,
+    /// Why it was deleted (`post_exec`, `error`, `interrupted`, `orphaned`).
+    pub reason: String,
+    /// Anything that could not be removed.
+    pub errors: Vec<String>,
+}
+
+/// A way to isolate sandboxes.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync {
+    /// The backend's name (`container`, `firecracker`, `qemu`).
+    fn name(&self) -> &'static str;
+    /// The isolation level it gives.
+    fn isolation(&self) -> Isolation;
+    /// The host uid that the sandbox's root maps to, for unpacking root filesystems.
+    fn uid_shift(&self) -> u32;
+    /// Creates and starts a sandbox; the agent may not be ready yet when this returns.
+    async fn start(&self, spec: &SandboxSpec<'_>) -> Result<Started>;
+    /// Stops and removes every process, mount and file of a sandbox. Never fails: what could not
+    /// be removed is listed in the report, and a later `pyro gc` tries again.
+    async fn destroy(&self, record: &SandboxRecord) -> CleanupReport;
+}

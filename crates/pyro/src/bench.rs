@@ -1,0 +1,166 @@
+//! `pyro bench`: the numbers SPEC §5 asks for, measured on this host. A benchmark, not a test:
+//! nothing here asserts a threshold.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::backend::{Isolation, Resources};
+use crate::error::Result;
+use crate::facade::Pyro;
+use crate::run::{limits, Quiet, RunRequest};
+use crate::sandbox::{ExecOptions, Sandbox};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchRequest {
+    /// Environment to use (must be built, or `build_missing`).
+    pub environment: String,
+    /// Isolation level.
+    pub isolation: Isolation,
+    /// Samples per measurement.
+    pub runs: usize,
+    /// Build the environment first if needed.
+    pub build_missing: bool,
+}
+
+/// Summary statistics of one measurement, in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    /// What was measured.
+    pub name: String,
+    /// Samples.
+    pub n: usize,
+    /// Median.
+    pub p50_ms: f64,
+    /// 95th percentile.
+    pub p95_ms: f64,
+    /// Fastest.
+    pub min_ms: f64,
+    /// Slowest.
+    pub max_ms: f64,
+}
+
+impl Stats {
+    /// Statistics over samples (nearest-rank percentiles).
+    pub fn of(name: &str, mut samples: Vec<Duration>) -> Stats {
+        samples.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let rank = |p: f64| {
+            let i = ((p * samples.len() as f64).ceil() as usize).clamp(1, samples.len().max(1)) - 1;
+            samples.get(i).copied().map_or(0.0, ms)
+        };
+        Stats {
+            name: name.into(),
+            n: samples.len(),
+            p50_ms: rank(0.50),
+            p95_ms: rank(0.95),
+            min_ms: samples.first().copied().map_or(0.0, ms),
+            max_ms: samples.last().copied().map_or(0.0, ms),
+        }
+    }
+}
+
+/// The host the numbers came from.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostInfo {
+    /// CPUs online.
+    pub cpus: usize,
+    /// Kernel release.
+    pub kernel: String,
+    /// cgroup version.
+    pub cgroup: String,
+}
+
+/// Everything measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Isolation level.
+    pub isolation: Isolation,
+    /// Environment.
+    pub environment: String,
+    /// The host.
+    pub host: HostInfo,
+    /// The measurements.
+    pub results: Vec<Stats>,
+}
+
+impl Pyro {
+    /// Measures one-shot `run -- true` end to end (library call, cached environment) and the
+    /// exec round trip of `true` on one live sandbox.
+    pub async fn bench(&self, req: &BenchRequest) -> Result<BenchReport> {
+        let runs = req.runs.max(1);
+        let mut run_req = RunRequest::new(req.environment.clone(), vec!["true".into()]);
+        run_req.isolation = Some(req.isolation);
+        run_req.build_missing = req.build_missing;
+        // One warm-up run builds or unpacks the environment if needed.
+        self.run(&run_req, Arc::new(Quiet), None).await?;
+        let mut e2e = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let t = Instant::now();
+            self.run(&run_req, Arc::new(Quiet), None).await?;
+            e2e.push(t.elapsed());
+        }
+
+        let backend = self.backend_for(req.isolation)?;
+        let env = self.inner.envs.resolve(&req.environment)?;
+        let rootfs = self.rootfs(&env, backend.as_ref()).await?;
+        let resources = Resources {
+            vcpus: 1,
+            mem_mib: 1024,
+            pids: limits::DEFAULT_PIDS,
+        };
+        let mut sb = Sandbox::create(self.inner.clone(), backend, &env, &rootfs, resources).await?;
+        let opts = ExecOptions {
+            timeout: Duration::from_secs(30),
+            env: Default::default(),
+            cwd: None,
+            max_output_bytes: 1 << 20,
+        };
+        let argv = vec!["true".to_string()];
+        let mut rt = Vec::with_capacity(runs);
+        let mut failure = None;
+        for _ in 0..runs {
+            let t = Instant::now();
+            if let Err(e) = sb.exec(&argv, &opts, None).await {
+                failure = Some(e);
+                break;
+            }
+            rt.push(t.elapsed());
+        }
+        sb.destroy("post_exec").await;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        Ok(BenchReport {
+            isolation: req.isolation,
+            environment: req.environment.clone(),
+            host: HostInfo {
+                cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                kernel: nix::sys::utsname::uname()
+                    .map(|u| u.release().to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                cgroup: crate::backend::container::cgroup_version().into(),
+            },
+            results: vec![
+                Stats::of("run_true_end_to_end", e2e),
+                Stats::of("exec_round_trip", rt),
+            ],
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let s = Stats::of("x", (1..=20).map(Duration::from_millis).collect());
+        assert_eq!(s.p50_ms, 10.0);
+        assert_eq!(s.p95_ms, 19.0);
+        assert_eq!(s.min_ms, 1.0);
+        assert_eq!(s.max_ms, 20.0);
+    }
+}

@@ -1,0 +1,393 @@
+//! The `Pyro` facade: the one door into the library for the CLI, the MCP server and SDK users.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::backend::container::{find_runc, ContainerBackend};
+use crate::backend::{Backend, Isolation};
+use crate::env::{BuildOptions, EnvCache, EnvInfo, PruneResult, ResolvedEnv};
+use crate::error::{Error, IoContext, Result};
+use crate::paths::Paths;
+use crate::procinfo::ProcessId;
+use crate::sandbox::destroy_record;
+use crate::store::Store;
+
+/// How to set up a [`Pyro`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where state, cache and runtime files go.
+    pub paths: Paths,
+    /// The agent binary; `None` finds it (see [`find_agent`]).
+    pub agent: Option<PathBuf>,
+    /// The runc binary; `None` finds it (`$PYRO_RUNC`, then PATH).
+    pub runc: Option<PathBuf>,
+    /// Debian mirror for environment builds; `None` uses `$PYRO_DEBIAN_MIRROR` or mmdebstrap's.
+    pub debian_mirror: Option<String>,
+}
+
+impl Config {
+    /// Configuration from the environment variables listed in [`crate::paths::ENV_VARS`].
+    pub fn from_env() -> Config {
+        Config {
+            paths: Paths::from_env(),
+            agent: std::env::var_os("PYRO_AGENT")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
+            runc: None,
+            debian_mirror: std::env::var("PYRO_DEBIAN_MIRROR")
+                .ok()
+                .filter(|v| !v.is_empty()),
+        }
+    }
+}
+
+/// Finds the statically linked agent: next to the running executable, or in the Cargo target
+/// directory where `scripts/build-agent` puts it (for runs from a source checkout).
+pub fn find_agent() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    let triple = "x86_64-unknown-linux-gnu";
+    let mut candidates = vec![dir.join("pyro-agent")];
+    // target/<profile>/pyro and target/<profile>/deps/<test binary>.
+    for up in [dir.parent(), dir.parent().and_then(Path::parent)]
+        .into_iter()
+        .flatten()
+    {
+        for profile in ["release", "debug"] {
+            candidates.push(up.join(triple).join(profile).join("pyro-agent"));
+        }
+    }
+    // A plain `cargo build` also leaves a dynamically linked agent beside `pyro`; prefer the
+    // static one, which runs in any image.
+    let found: Vec<PathBuf> = candidates.into_iter().filter(|p| p.is_file()).collect();
+    found
+        .iter()
+        .find(|p| is_static_binary(p))
+        .or(found.first())
+        .cloned()
+}
+
+/// Whether an ELF binary is statically linked (has no program interpreter).
+pub fn is_static_binary(path: &Path) -> bool {
+    let Ok(bytes) = std::fs::read(path) else {
+        return false;
+    };
+    // A dynamic executable names its interpreter in `.interp`, right after the headers.
+    let head = &bytes[..bytes.len().min(8192)];
+    bytes.starts_with(b"\x7fELF") && !head.windows(12).any(|w| w == b"/lib64/ld-li")
+}
+
+pub(crate) struct Inner {
+    pub config: Config,
+    pub store: Store,
+    pub envs: EnvCache,
+    pub me: ProcessId,
+}
+
+impl Inner {
+    pub fn agent_path(&self) -> Result<PathBuf> {
+        self.config.agent.clone().or_else(find_agent).ok_or_else(|| Error::Backend {
+            backend: "container",
+            message: "the pyro-agent binary was not found (set PYRO_AGENT, or run scripts/build-agent)".into(),
+        })
+    }
+}
+
+/// The pyro library. Cheap to clone; all clones share state.
+#[derive(Clone)]
+pub struct Pyro {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// What `gc` removed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GcReport {
+    /// Sandboxes removed.
+    pub removed: Vec<String>,
+    /// Sandboxes skipped because their owner is alive.
+    pub in_use: Vec<String>,
+    /// What could not be removed.
+    pub errors: Vec<String>,
+}
+
+/// Whether one isolation level is usable here.
+#[derive(Debug, Clone, Serialize)]
+pub struct LevelStatus {
+    /// The level.
+    pub level: Isolation,
+    /// Whether sandboxes can be created with it now.
+    pub usable: bool,
+    /// The backend that would serve it.
+    pub backend: Option<&'static str>,
+    /// Why not, when not.
+    pub reason: Option<String>,
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+impl Pyro {
+    /// Opens pyro's state, creating directories as needed, and removes sandboxes left behind
+    /// by pyro processes that died.
+    pub async fn open(config: Config) -> Result<Pyro> {
+        for d in [&config.paths.home, &config.paths.cache] {
+            std::fs::create_dir_all(d).ctx(|| format!("create {}", d.display()))?;
+        }
+        let store = Store::open(&config.paths.db())?;
+        let envs = EnvCache::new(config.paths.cache.clone());
+        let pyro = Pyro {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                envs,
+                me: ProcessId::current(),
+            }),
+        };
+        let gc = pyro.gc().await?;
+        for e in &gc.errors {
+            tracing::warn!("cleaning up a leftover sandbox: {e}");
+        }
+        Ok(pyro)
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Which isolation levels this host can give, strongest first.
+    pub fn levels(&self) -> Vec<LevelStatus> {
+        let not_yet =
+            "the VM backends (Firecracker, QEMU) are not available in this version of pyro yet";
+        let mut out = vec![
+            LevelStatus {
+                level: Isolation::Microvm,
+                usable: false,
+                backend: None,
+                reason: Some(not_yet.into()),
+            },
+            LevelStatus {
+                level: Isolation::VmEmulated,
+                usable: false,
+                backend: None,
+                reason: Some(not_yet.into()),
+            },
+        ];
+        let container_problem = if !is_root() {
+            Some(
+                "the container level needs root (rootless containers are not supported yet)"
+                    .to_string(),
+            )
+        } else if self.inner.config.runc.clone().or_else(find_runc).is_none() {
+            Some("runc was not found (install the `runc` package or set PYRO_RUNC)".into())
+        } else if !std::fs::read_to_string("/proc/filesystems")
+            .unwrap_or_default()
+            .contains("overlay")
+        {
+            Some("the kernel has no overlayfs".into())
+        } else if self.inner.agent_path().is_err() {
+            Some(
+                "the pyro-agent binary was not found (set PYRO_AGENT, or run scripts/build-agent)"
+                    .into(),
+            )
+        } else {
+            None
+        };
+        out.push(LevelStatus {
+            level: Isolation::Container,
+            usable: container_problem.is_none(),
+            backend: Some("container"),
+            reason: container_problem,
+        });
+        out
+    }
+
+    /// The backend for a level, or a clear error naming the levels this host can give.
+    pub(crate) fn backend_for(&self, level: Isolation) -> Result<Arc<dyn Backend>> {
+        let levels = self.levels();
+        let available: Vec<String> = levels
+            .iter()
+            .filter(|l| l.usable)
+            .map(|l| l.level.to_string())
+            .collect();
+        let status = levels
+            .iter()
+            .find(|l| l.level == level)
+            .ok_or_else(|| Error::InvalidRequest(format!("unknown level {level}")))?;
+        if !status.usable {
+            return Err(Error::IsolationUnavailable {
+                requested: level.to_string(),
+                reason: status.reason.clone().unwrap_or_default(),
+                available,
+            });
+        }
+        match level {
+            Isolation::Container => {
+                let runc = self
+                    .inner
+                    .config
+                    .runc
+                    .clone()
+                    .or_else(find_runc)
+                    .ok_or_else(|| Error::Backend {
+                        backend: "container",
+                        message: "runc not found".into(),
+                    })?;
+                Ok(Arc::new(ContainerBackend::new(
+                    runc,
+                    &self.inner.config.paths.run,
+                )))
+            }
+            other => Err(Error::IsolationUnavailable {
+                requested: other.to_string(),
+                reason: "no backend".into(),
+                available,
+            }),
+        }
+    }
+
+    fn backend_named(&self, name: &str) -> Option<Arc<dyn Backend>> {
+        match name {
+            "container" => {
+                let runc = self
+                    .inner
+                    .config
+                    .runc
+                    .clone()
+                    .or_else(find_runc)
+                    .unwrap_or_else(|| PathBuf::from("runc"));
+                Some(Arc::new(ContainerBackend::new(
+                    runc,
+                    &self.inner.config.paths.run,
+                )))
+            }
+            _ => None,
+        }
+    }
+
+    /// Removes every sandbox whose owning process is gone (checked by pid and start time).
+    pub async fn gc(&self) -> Result<GcReport> {
+        let mut report = GcReport::default();
+        for rec in self.inner.store.list()? {
+            if rec.owner.is_some_and(|o| o.is_alive()) {
+                report.in_use.push(rec.id);
+                continue;
+            }
+            self.reap(rec, "orphaned", &mut report).await?;
+        }
+        Ok(report)
+    }
+
+    /// Removes every sandbox this process owns; for a front door that was interrupted.
+    pub async fn cleanup_owned(&self) -> Result<GcReport> {
+        let mut report = GcReport::default();
+        for rec in self.inner.store.list()? {
+            if rec.owner == Some(self.inner.me) {
+                self.reap(rec, "interrupted", &mut report).await?;
+            }
+        }
+        Ok(report)
+    }
+
+    async fn reap(
+        &self,
+        rec: crate::store::SandboxRecord,
+        reason: &str,
+        report: &mut GcReport,
+    ) -> Result<()> {
+        if rec.owner != Some(self.inner.me)
+            && !self
+                .inner
+                .store
+                .claim_for_delete(&rec.id, rec.owner, self.inner.me)?
+        {
+            // Another pyro claimed it first.
+            return Ok(());
+        }
+        let Some(backend) = self.backend_named(&rec.backend) else {
+            report
+                .errors
+                .push(format!("{}: unknown backend {}", rec.id, rec.backend));
+            return Ok(());
+        };
+        let r = destroy_record(&self.inner, backend.as_ref(), &rec, reason).await;
+        if r.deleted {
+            report.removed.push(rec.id);
+        } else {
+            report
+                .errors
+                .extend(r.errors.into_iter().map(|e| format!("{}: {e}", rec.id)));
+        }
+        Ok(())
+    }
+
+    /// Every catalog environment, built or not.
+    pub fn env_list(&self) -> Result<Vec<EnvInfo>> {
+        self.inner.envs.list()
+    }
+
+    /// One environment.
+    pub fn env_inspect(&self, name: &str) -> Result<EnvInfo> {
+        self.inner.envs.inspect(name)
+    }
+
+    /// Builds an environment from its recipe (at once if already built, unless `force`).
+    pub async fn env_build(
+        &self,
+        name: &str,
+        force: bool,
+        progress: Box<dyn FnMut(&str) + Send>,
+    ) -> Result<EnvInfo> {
+        let inner = self.inner.clone();
+        let name = name.to_string();
+        let opts = BuildOptions {
+            force,
+            mirror: inner.config.debian_mirror.clone(),
+        };
+        let mut progress = progress;
+        tokio::task::spawn_blocking(move || inner.envs.build(&name, &opts, &mut *progress))
+            .await
+            .map_err(|e| Error::InvalidRequest(format!("build task failed: {e}")))?
+    }
+
+    /// Removes cache entries no current environment or live sandbox uses.
+    pub fn env_prune(&self) -> Result<PruneResult> {
+        let keep: Vec<String> = self
+            .inner
+            .store
+            .list()?
+            .into_iter()
+            .map(|r| r.environment_digest)
+            .collect();
+        self.inner.envs.prune(&keep)
+    }
+
+    /// Resolves an environment, building it first if asked to.
+    pub(crate) async fn resolve_env(
+        &self,
+        name: &str,
+        build_missing: bool,
+        progress: Box<dyn FnMut(&str) + Send>,
+    ) -> Result<ResolvedEnv> {
+        match self.inner.envs.resolve(name) {
+            Err(Error::EnvironmentNotBuilt(_)) if build_missing => {
+                self.env_build(name, false, progress).await?;
+                self.inner.envs.resolve(name)
+            }
+            other => other,
+        }
+    }
+
+    /// The environment's root filesystem for a backend, unpacked once.
+    pub(crate) async fn rootfs(&self, env: &ResolvedEnv, backend: &dyn Backend) -> Result<PathBuf> {
+        let inner = self.inner.clone();
+        let env = env.clone();
+        let shift = backend.uid_shift();
+        tokio::task::spawn_blocking(move || inner.envs.rootfs(&env, shift))
+            .await
+            .map_err(|e| Error::InvalidRequest(format!("unpack task failed: {e}")))?
+    }
+}

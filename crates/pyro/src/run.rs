@@ -1,0 +1,342 @@
+//! One-shot runs: create a sandbox, run one command, delete the sandbox, whatever happens.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde::Serialize;
+
+use crate::agent_client::OutputSink;
+use crate::backend::{CleanupReport, Isolation, LimitsReport, Resources};
+use crate::error::{Error, Result};
+use crate::facade::Pyro;
+use crate::sandbox::{ExecOptions, Sandbox};
+
+/// Receives progress from long operations; front doors render it (phase lines, progress bars).
+pub trait Observer: Send + Sync {
+    /// A lifecycle phase began (`create`, `start`, `exec`, `cleanup`), with details.
+    fn phase(&self, _phase: &str, _fields: &[(&str, String)]) {}
+    /// A step of an environment build.
+    fn build(&self, _environment: &str, _message: &str) {}
+}
+
+/// An observer that ignores everything.
+pub struct Quiet;
+impl Observer for Quiet {}
+
+/// Limits on requests, shared by every front door.
+pub mod limits {
+    /// Most vCPUs per sandbox.
+    pub const MAX_VCPUS: u32 = 64;
+    /// Least memory per sandbox, MiB.
+    pub const MIN_MEM_MIB: u64 = 64;
+    /// Most memory per sandbox, MiB.
+    pub const MAX_MEM_MIB: u64 = 256 * 1024;
+    /// Longest exec timeout, seconds (a day).
+    pub const MAX_TIMEOUT_S: u64 = 86_400;
+    /// Most output bytes kept per stream.
+    pub const MAX_OUTPUT_BYTES: u64 = 64 << 20;
+    /// Default process limit.
+    pub const DEFAULT_PIDS: u64 = 1024;
+}
+
+/// A one-shot run.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    /// Environment name, e.g. `debian:12`.
+    pub environment: String,
+    /// The command; joined with POSIX quoting and run by `sh -lc`.
+    pub command: Vec<String>,
+    /// Isolation level; `None` means `$PYRO_ISOLATION` or `microvm`.
+    pub isolation: Option<Isolation>,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Memory, MiB.
+    pub mem_mib: u64,
+    /// Exec timeout.
+    pub timeout: Duration,
+    /// Extra environment variables for the command.
+    pub env: BTreeMap<String, String>,
+    /// Build the environment first if it is not built.
+    pub build_missing: bool,
+    /// Cap on stdout and on stderr, each.
+    pub max_output_bytes: u64,
+}
+
+impl RunRequest {
+    /// A run with the defaults: 1 vCPU, 1024 MiB, 30 s, 1 MiB per stream.
+    pub fn new(environment: impl Into<String>, command: Vec<String>) -> RunRequest {
+        RunRequest {
+            environment: environment.into(),
+            command,
+            isolation: None,
+            vcpus: 1,
+            mem_mib: 1024,
+            timeout: Duration::from_secs(30),
+            env: BTreeMap::new(),
+            build_missing: false,
+            max_output_bytes: pyro_protocol::DEFAULT_OUTPUT_CAP,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidRequest(m));
+        if self.command.is_empty() {
+            return bad("command is required after `--`".into());
+        }
+        if self.command.iter().any(|a| a.contains('\0')) {
+            return bad("command arguments may not contain NUL bytes".into());
+        }
+        if self.vcpus == 0 || self.vcpus > limits::MAX_VCPUS {
+            return bad(format!("vcpus must be between 1 and {}", limits::MAX_VCPUS));
+        }
+        if !(limits::MIN_MEM_MIB..=limits::MAX_MEM_MIB).contains(&self.mem_mib) {
+            return bad(format!(
+                "memory must be between {} and {} MiB",
+                limits::MIN_MEM_MIB,
+                limits::MAX_MEM_MIB
+            ));
+        }
+        if self.timeout.is_zero() || self.timeout > Duration::from_secs(limits::MAX_TIMEOUT_S) {
+            return bad(format!(
+                "timeout must be between 1 and {} seconds",
+                limits::MAX_TIMEOUT_S
+            ));
+        }
+        if self.max_output_bytes > limits::MAX_OUTPUT_BYTES {
+            return bad(format!(
+                "output cap may not exceed {} bytes",
+                limits::MAX_OUTPUT_BYTES
+            ));
+        }
+        for k in self.env.keys() {
+            if k.is_empty() || k.contains(['=', '\0']) {
+                return bad(format!("invalid environment variable name {k:?}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Timings of a run, in milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timing {
+    /// Resolving the environment and starting the sandbox.
+    pub create_ms: u64,
+    /// From start until the agent answered.
+    pub boot_ms: u64,
+    /// The command itself, as the agent measured it.
+    pub exec_ms: u64,
+    /// Deleting the sandbox.
+    pub cleanup_ms: u64,
+    /// Everything.
+    pub total_ms: u64,
+}
+
+/// The result of a one-shot run (SPEC §2).
+///
+/// `stdout` and `stderr` are text: when the bytes are valid UTF-8 they are exact; otherwise
+/// they hold a lossy rendering (invalid bytes become U+FFFD) and `stdout_base64` /
+/// `stderr_base64` carry the exact bytes.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    /// The sandbox's id (gone by now).
+    pub sandbox_id: String,
+    /// Environment name.
+    pub environment: String,
+    /// Environment manifest digest.
+    pub environment_digest: String,
+    /// Isolation level used.
+    pub isolation: Isolation,
+    /// Backend used.
+    pub backend: String,
+    /// The shell command line that ran.
+    pub command: String,
+    /// Exit code: the command's own; 128+N when signal N ended it; 124 on timeout.
+    pub exit_code: i32,
+    /// Terminating signal, if any.
+    pub signal: Option<i32>,
+    /// Standard output (see the type's docs for non-UTF-8 bytes).
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+    /// Exact stdout bytes, only when they are not valid UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stdout_base64: Option<String>,
+    /// Exact stderr bytes, only when they are not valid UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stderr_base64: Option<String>,
+    /// Whether either stream went over its cap.
+    pub truncated: bool,
+    /// Whether stdout went over its cap.
+    pub stdout_truncated: bool,
+    /// Whether stderr went over its cap.
+    pub stderr_truncated: bool,
+    /// Whether the timeout fired.
+    pub timed_out: bool,
+    /// Timings.
+    pub timing: Timing,
+    /// Limits the host enforced.
+    pub limits: LimitsReport,
+    /// What deleting the sandbox did.
+    pub cleanup: CleanupReport,
+}
+
+/// Text for JSON, plus the exact bytes when the text is lossy.
+pub fn text_and_bytes(bytes: &[u8]) -> (String, Option<String>) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => (s.to_string(), None),
+        Err(_) => (
+            String::from_utf8_lossy(bytes).into_owned(),
+            Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        ),
+    }
+}
+
+/// Forwards build progress to an observer.
+fn build_progress(observer: &Arc<dyn Observer>, env: &str) -> Box<dyn FnMut(&str) + Send> {
+    let o = observer.clone();
+    let env = env.to_string();
+    Box::new(move |m: &str| o.build(&env, m))
+}
+
+impl Pyro {
+    /// Runs one command in a fresh sandbox and deletes the sandbox afterwards: on success, on
+    /// command failure, on timeout and on host errors. If the returned future is dropped
+    /// (Ctrl-C), call [`Pyro::cleanup_owned`]; a killed process's sandboxes are removed by the
+    /// next [`Pyro::gc`].
+    pub async fn run(
+        &self,
+        req: &RunRequest,
+        observer: Arc<dyn Observer>,
+        output: Option<&mut dyn OutputSink>,
+    ) -> Result<RunResult> {
+        req.validate()?;
+        let t0 = Instant::now();
+        let level = match req.isolation {
+            Some(l) => l,
+            None => Isolation::default_from_env()?,
+        };
+        let backend = self.backend_for(level)?;
+        observer.phase(
+            "create",
+            &[
+                ("environment", req.environment.clone()),
+                ("isolation", level.to_string()),
+            ],
+        );
+        let env = self
+            .resolve_env(
+                &req.environment,
+                req.build_missing,
+                build_progress(&observer, &req.environment),
+            )
+            .await?;
+        let rootfs = self.rootfs(&env, backend.as_ref()).await?;
+        let resources = Resources {
+            vcpus: req.vcpus,
+            mem_mib: req.mem_mib,
+            pids: limits::DEFAULT_PIDS,
+        };
+        let mut sb = Sandbox::create(
+            self.inner.clone(),
+            backend.clone(),
+            &env,
+            &rootfs,
+            resources,
+        )
+        .await?;
+        let create_ms = t0.elapsed().as_millis() as u64 - sb.boot_ms;
+        observer.phase("exec", &[("sandbox", sb.id().to_string())]);
+        let opts = ExecOptions {
+            timeout: req.timeout,
+            env: req.env.clone(),
+            cwd: None,
+            max_output_bytes: req.max_output_bytes,
+        };
+        let exec = sb.exec(&req.command, &opts, output).await;
+        let t_cleanup = Instant::now();
+        let cleanup = sb
+            .destroy(if exec.is_ok() { "post_exec" } else { "error" })
+            .await;
+        let cleanup_ms = t_cleanup.elapsed().as_millis() as u64;
+        let exec = exec?;
+        let o = &exec.outcome;
+        let exit_code = if o.timed_out {
+            124
+        } else {
+            o.exit_code.unwrap_or_else(|| 128 + o.signal.unwrap_or(0))
+        };
+        let (stdout, stdout_base64) = text_and_bytes(&exec.stdout);
+        let (stderr, stderr_base64) = text_and_bytes(&exec.stderr);
+        let result = RunResult {
+            sandbox_id: sb.id().to_string(),
+            environment: env.name.clone(),
+            environment_digest: env.manifest_digest.clone(),
+            isolation: level,
+            backend: sb.backend_name().to_string(),
+            command: pyro_protocol::join_argv(&req.command).unwrap_or_default(),
+            exit_code,
+            signal: o.signal,
+            stdout,
+            stderr,
+            stdout_base64,
+            stderr_base64,
+            truncated: o.stdout_truncated || o.stderr_truncated,
+            stdout_truncated: o.stdout_truncated,
+            stderr_truncated: o.stderr_truncated,
+            timed_out: o.timed_out,
+            timing: Timing {
+                create_ms,
+                boot_ms: sb.boot_ms,
+                exec_ms: o.duration_ms,
+                cleanup_ms,
+                total_ms: t0.elapsed().as_millis() as u64,
+            },
+            limits: sb.limits.clone(),
+            cleanup,
+        };
+        Ok(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_validated() {
+        let ok = RunRequest::new("debian:12", vec!["true".into()]);
+        assert!(ok.validate().is_ok());
+        let check = |f: &dyn Fn(&mut RunRequest), want: &str| {
+            let mut r = ok.clone();
+            f(&mut r);
+            let e = r.validate().unwrap_err().to_string();
+            assert!(e.contains(want), "{e} lacks {want}");
+        };
+        check(&|r| r.command.clear(), "command is required");
+        check(&|r| r.vcpus = 0, "vcpus");
+        check(&|r| r.mem_mib = 1, "memory");
+        check(&|r| r.timeout = Duration::ZERO, "timeout");
+        check(
+            &|r| {
+                r.env.insert("A=B".into(), "x".into());
+            },
+            "environment variable",
+        );
+    }
+
+    #[test]
+    fn non_utf8_output_keeps_its_bytes() {
+        assert_eq!(text_and_bytes(b"ok\n"), ("ok\n".to_string(), None));
+        let (t, b) = text_and_bytes(b"a\xffb");
+        assert_eq!(t, "a\u{fffd}b");
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD
+                .decode(b.unwrap())
+                .unwrap(),
+            b"a\xffb"
+        );
+    }
+}

@@ -1,0 +1,277 @@
+//! One live sandbox owned by this process: created from an environment on a backend, reached
+//! through its agent, and destroyed on every path. `run`, `bench` and (later) the low-level
+//! lifecycle calls are built from this.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pyro_protocol::{ExecOutcome, ExecRequest};
+use serde::Serialize;
+
+use crate::agent_client::{AgentClient, OutputSink, OutputStream};
+use crate::backend::{Backend, CleanupReport, LimitsReport, Resources, SandboxSpec};
+use crate::env::ResolvedEnv;
+use crate::error::{Error, Result};
+use crate::facade::Inner;
+use crate::store::{SandboxKind, SandboxRecord, Store};
+
+/// How long a started sandbox may take to answer its first handshake.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Extra time the host waits beyond an exec's own timeout before giving up on the agent.
+const EXEC_MARGIN: Duration = Duration::from_secs(15);
+
+/// A fresh random sandbox id: 12 lowercase hex characters.
+pub fn new_id() -> String {
+    let mut b = [0u8; 6];
+    // getrandom cannot fail for a 6-byte request once the pool is initialized; fall back to
+    // time and pid if it somehow does, since ids only need to be unique, not secret.
+    // SAFETY: the buffer is valid for writes of its length.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let mix = t ^ (u128::from(std::process::id()) << 64);
+        b.copy_from_slice(&mix.to_le_bytes()[..6]);
+    }
+    hex::encode(b)
+}
+
+/// Output collected from one exec, capped on the host side too so a misbehaving agent cannot
+/// make the host hold more than it asked for.
+pub(crate) struct Collected<'a> {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    cap_out: usize,
+    cap_err: usize,
+    forward: Option<&'a mut dyn OutputSink>,
+}
+
+impl<'a> Collected<'a> {
+    pub fn new(
+        cap_out: u64,
+        cap_err: u64,
+        forward: Option<&'a mut dyn OutputSink>,
+    ) -> Collected<'a> {
+        Collected {
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            cap_out: cap_out as usize,
+            cap_err: cap_err as usize,
+            forward,
+        }
+    }
+}
+
+impl OutputSink for Collected<'_> {
+    fn output(&mut self, stream: OutputStream, bytes: &[u8]) {
+        let (buf, cap) = match stream {
+            OutputStream::Stdout => (&mut self.stdout, self.cap_out),
+            OutputStream::Stderr => (&mut self.stderr, self.cap_err),
+        };
+        let room = cap.saturating_sub(buf.len());
+        let bytes = &bytes[..bytes.len().min(room)];
+        buf.extend_from_slice(bytes);
+        if let Some(f) = self.forward.as_deref_mut() {
+            f.output(stream, bytes);
+        }
+    }
+}
+
+/// A sandbox this process created and will destroy.
+pub struct Sandbox {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) record: SandboxRecord,
+    pub(crate) client: AgentClient,
+    /// Limits the host enforced.
+    pub limits: LimitsReport,
+    /// Milliseconds from the start request until the backend returned.
+    pub create_ms: u64,
+    /// Milliseconds from then until the agent answered its handshake.
+    pub boot_ms: u64,
+    destroyed: bool,
+}
+
+/// The result of one exec in a sandbox.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExecResult {
+    /// How it ended.
+    pub outcome: ExecOutcome,
+    /// Kept stdout bytes.
+    #[serde(skip)]
+    pub stdout: Vec<u8>,
+    /// Kept stderr bytes.
+    #[serde(skip)]
+    pub stderr: Vec<u8>,
+}
+
+/// Options for one exec.
+#[derive(Debug, Clone)]
+pub struct ExecOptions {
+    /// Kill the process group after this long.
+    pub timeout: Duration,
+    /// Extra environment variables.
+    pub env: BTreeMap<String, String>,
+    /// Working directory (default `/workspace`).
+    pub cwd: Option<String>,
+    /// Cap on kept stdout and on kept stderr, each.
+    pub max_output_bytes: u64,
+}
+
+impl Sandbox {
+    /// Creates and starts a sandbox, waiting until its agent answers. The record is written
+    /// before anything else exists, and on any failure everything made so far is removed.
+    pub(crate) async fn create(
+        inner: Arc<Inner>,
+        backend: Arc<dyn Backend>,
+        env: &ResolvedEnv,
+        rootfs: &std::path::Path,
+        resources: Resources,
+    ) -> Result<Sandbox> {
+        let id = new_id();
+        let paths = &inner.config.paths;
+        let record = Store::new_record(
+            id.clone(),
+            SandboxKind::Run,
+            backend.isolation().as_str(),
+            backend.name(),
+            &env.name,
+            &env.manifest_digest,
+            paths.sandbox_state(&id),
+            paths.sandbox_run(&id),
+            Some(inner.me),
+        );
+        inner.store.insert(&record)?;
+        let agent = inner.agent_path()?;
+        let t0 = Instant::now();
+        let spec = SandboxSpec {
+            id: &id,
+            rootfs,
+            state_dir: &record.state_dir,
+            run_dir: &record.run_dir,
+            agent: &agent,
+            resources,
+        };
+        let started = match backend.start(&spec).await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = destroy_record(&inner, backend.as_ref(), &record, "error").await;
+                return Err(e);
+            }
+        };
+        let create_ms = t0.elapsed().as_millis() as u64;
+        let mut record = record;
+        record.runtime = started.runtime;
+        inner.store.set_running(&id, started.runtime)?;
+        let client = AgentClient::new(started.socket.clone());
+        let mut sb = Sandbox {
+            inner,
+            backend,
+            record,
+            client,
+            limits: started.limits,
+            create_ms,
+            boot_ms: 0,
+            destroyed: false,
+        };
+        let t1 = Instant::now();
+        if let Err(e) = sb.client.wait_ready(READY_TIMEOUT).await {
+            let console = std::fs::read_to_string(sb.record.state_dir.join("console.log"))
+                .unwrap_or_default();
+            sb.destroy("error").await;
+            let tail: String = console
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .join(" | ");
+            return Err(if tail.is_empty() {
+                e
+            } else {
+                Error::Agent(format!("{e}; sandbox console: {tail}"))
+            });
+        }
+        sb.boot_ms = t1.elapsed().as_millis() as u64;
+        Ok(sb)
+    }
+
+    /// The sandbox id.
+    pub fn id(&self) -> &str {
+        &self.record.id
+    }
+
+    /// The backend's name.
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    /// Runs one command, forwarding output to `forward` as it arrives.
+    pub async fn exec(
+        &self,
+        argv: &[String],
+        opts: &ExecOptions,
+        forward: Option<&mut dyn OutputSink>,
+    ) -> Result<ExecResult> {
+        let req = ExecRequest {
+            argv: argv.to_vec(),
+            env: opts.env.clone(),
+            cwd: opts.cwd.clone(),
+            timeout_ms: Some(opts.timeout.as_millis() as u64),
+            max_stdout: opts.max_output_bytes,
+            max_stderr: opts.max_output_bytes,
+        };
+        let mut sink = Collected::new(opts.max_output_bytes, opts.max_output_bytes, forward);
+        let outcome = tokio::time::timeout(
+            opts.timeout + EXEC_MARGIN,
+            self.client.exec(&req, &mut sink),
+        )
+        .await
+        .map_err(|_| {
+            Error::Agent(format!(
+                "no answer {} s after the exec timeout",
+                EXEC_MARGIN.as_secs()
+            ))
+        })??;
+        Ok(ExecResult {
+            outcome,
+            stdout: sink.stdout,
+            stderr: sink.stderr,
+        })
+    }
+
+    /// Destroys the sandbox: processes, mounts, files and record.
+    pub async fn destroy(&mut self, reason: &str) -> CleanupReport {
+        self.destroyed = true;
+        destroy_record(&self.inner, self.backend.as_ref(), &self.record, reason).await
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if !self.destroyed {
+            // Dropped without destroy (a cancelled future): the record stays, owned by this
+            // process, and `Pyro::cleanup_owned` or the next `pyro gc` removes the sandbox.
+            tracing::debug!(id = %self.record.id, "sandbox dropped without destroy; left for cleanup");
+        }
+    }
+}
+
+/// Destroys a recorded sandbox and forgets it once nothing is left.
+pub(crate) async fn destroy_record(
+    inner: &Inner,
+    backend: &dyn Backend,
+    record: &SandboxRecord,
+    reason: &str,
+) -> CleanupReport {
+    let mut report = backend.destroy(record).await;
+    report.reason = reason.to_string();
+    if report.deleted {
+        if let Err(e) = inner.store.remove(&record.id) {
+            report.deleted = false;
+            report.errors.push(format!("forget record: {e}"));
+        }
+    }
+    report
+}
