@@ -2,6 +2,8 @@
 //! the real agent. These need root and runc; without them each test says why it skipped (and
 //! fails instead under PYRO_TEST_CONTAINER=1, as in CI).
 
+#![allow(clippy::unwrap_used, missing_docs)]
+
 mod util;
 
 use std::time::{Duration, Instant};

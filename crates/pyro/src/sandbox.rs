@@ -14,7 +14,7 @@ use crate::backend::{Backend, CleanupReport, LimitsReport, Resources, SandboxSpe
 use crate::env::ResolvedEnv;
 use crate::error::{Error, Result};
 use crate::facade::Inner;
-use crate::store::{SandboxKind, SandboxRecord, Store};
+use crate::store::{SandboxKind, SandboxRecord};
 
 /// How long a started sandbox may take to answer its first handshake.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -132,7 +132,7 @@ impl Sandbox {
     ) -> Result<Sandbox> {
         let id = new_id();
         let paths = &inner.config.paths;
-        let record = Store::new_record(
+        let record = SandboxRecord::creating(
             id.clone(),
             SandboxKind::Run,
             backend.isolation().as_str(),

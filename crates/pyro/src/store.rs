@@ -63,6 +63,37 @@ pub struct SandboxRecord {
     pub created_at_ms: i64,
 }
 
+impl SandboxRecord {
+    /// A record for a sandbox about to be created, stamped with the current time.
+    #[allow(clippy::too_many_arguments)]
+    pub fn creating(
+        id: String,
+        kind: SandboxKind,
+        isolation: &str,
+        backend: &str,
+        environment: &str,
+        digest: &str,
+        state_dir: PathBuf,
+        run_dir: PathBuf,
+        owner: Option<ProcessId>,
+    ) -> SandboxRecord {
+        SandboxRecord {
+            id,
+            kind,
+            isolation: isolation.into(),
+            backend: backend.into(),
+            environment: environment.into(),
+            environment_digest: digest.into(),
+            state: "creating".into(),
+            owner,
+            runtime: None,
+            state_dir,
+            run_dir,
+            created_at_ms: now_ms(),
+        }
+    }
+}
+
 /// The state database.
 pub struct Store {
     conn: Mutex<Connection>,
@@ -87,7 +118,8 @@ CREATE TABLE IF NOT EXISTS sandboxes (
 );
 ";
 
-fn now_ms() -> i64 {
+/// The current time in Unix milliseconds.
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -146,34 +178,6 @@ impl Store {
             ],
         )?;
         Ok(())
-    }
-
-    /// A fresh record with the current time.
-    pub fn new_record(
-        id: String,
-        kind: SandboxKind,
-        isolation: &str,
-        backend: &str,
-        environment: &str,
-        digest: &str,
-        state_dir: PathBuf,
-        run_dir: PathBuf,
-        owner: Option<ProcessId>,
-    ) -> SandboxRecord {
-        SandboxRecord {
-            id,
-            kind,
-            isolation: isolation.into(),
-            backend: backend.into(),
-            environment: environment.into(),
-            environment_digest: digest.into(),
-            state: "creating".into(),
-            owner,
-            runtime: None,
-            state_dir,
-            run_dir,
-            created_at_ms: now_ms(),
-        }
     }
 
     /// Records the sandbox's runtime process and marks it running.
@@ -262,7 +266,7 @@ mod tests {
     use super::*;
 
     fn record(id: &str, owner: Option<ProcessId>) -> SandboxRecord {
-        Store::new_record(
+        SandboxRecord::creating(
             id.into(),
             SandboxKind::Run,
             "container",

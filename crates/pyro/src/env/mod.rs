@@ -835,9 +835,8 @@ mod tests {
             cache.inspect("nope"),
             Err(Error::UnknownEnvironment { .. })
         ));
-        assert!(
-            matches!(cache.resolve("debian:12"), Err(Error::EnvironmentNotBuilt(n)) if n == "debian:12")
-        );
+        let not_built = cache.resolve("debian:12");
+        assert!(matches!(not_built, Err(Error::EnvironmentNotBuilt(n)) if n == "debian:12"));
         assert_eq!(cache.list().expect("empty cache lists").len(), 3);
 
         install(&cache, &current("debian:12"), "one");

@@ -1,6 +1,7 @@
 //! Test harness: runs the real `pyro` binary against a private `$PYRO_HOME`, a shared
 //! environment cache, and the statically built agent.
 
+#![allow(clippy::unwrap_used, missing_docs)]
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
