@@ -72,7 +72,8 @@ pub struct ContainerBackend {
 /// The runc binary pyro uses: `$PYRO_RUNC`, else `runc` on PATH.
 pub fn find_runc() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("PYRO_RUNC").filter(|v| !v.is_empty()) {
-        return Some(PathBuf::from(p));
+        // An explicit choice that does not exist is "not found", not a fallback to PATH.
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
     }
     let path = std::env::var_os("PATH")
         .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
