@@ -16,6 +16,10 @@ pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
 
 /// One `[tag] k=v k=v` line on stderr. Values with spaces are quoted so lines stay parseable.
 pub fn phase_line(tag: &str, fields: &[(&str, String)]) {
+    eprintln!("{}", format_phase_line(tag, fields));
+}
+
+fn format_phase_line(tag: &str, fields: &[(&str, String)]) -> String {
     let mut line = format!("[{tag}]");
     for (k, v) in fields {
         if v.is_empty() || v.contains(char::is_whitespace) || v.contains('"') {
@@ -24,7 +28,7 @@ pub fn phase_line(tag: &str, fields: &[(&str, String)]) {
             line.push_str(&format!(" {k}={v}"));
         }
     }
-    eprintln!("{line}");
+    line
 }
 
 /// Reports an error (JSON envelope on stdout with `--json`, else `error:` and `hint:` on
@@ -91,5 +95,23 @@ impl BuildProgress {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phase_lines_quote_only_values_that_need_it() {
+        let line = format_phase_line(
+            "run",
+            &[
+                ("phase", "exec".into()),
+                ("step", "two words".into()),
+                ("empty", String::new()),
+            ],
+        );
+        assert_eq!(line, r#"[run] phase=exec step="two words" empty="""#);
     }
 }

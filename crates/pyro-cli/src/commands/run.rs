@@ -132,3 +132,17 @@ pub async fn run(pyro: &Pyro, a: RunArgs) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::from(result.exit_code.clamp(0, 255) as u8))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_pairs_split_at_the_first_equals() {
+        let m = parse_env(&["A=1".into(), "B=x=y".into(), "C=".into()]).unwrap();
+        assert_eq!(m["A"], "1");
+        assert_eq!(m["B"], "x=y");
+        assert_eq!(m["C"], "");
+        assert!(parse_env(&["NOEQUALS".into()]).is_err());
+    }
+}
