@@ -168,7 +168,10 @@ impl EnvCache {
                 return Ok(info);
             }
         }
-        let tmp = ScratchDir::create(&self.root.join("tmp"), &format!("build-{}", sanitize(name)))?;
+        let prefix = format!("build-{}", sanitize(name));
+        // Holding the environment's lock, any other scratch dir of its builds is a dead one's.
+        remove_abandoned_scratch(&self.root.join("tmp"), &prefix);
+        let tmp = ScratchDir::create(&self.root.join("tmp"), &prefix)?;
         let layer = tmp.path().join("layer.tar");
         let log = self.root.join("logs").join(format!(
             "build-{}-{}.log",
@@ -276,7 +279,10 @@ impl EnvCache {
         if target.is_dir() {
             return Ok(target);
         }
-        let scratch = ScratchDir::create(&rootfs_dir, &format!(".tmp-{dir_name}"))?;
+        let prefix = format!(".tmp-{dir_name}");
+        // Holding this rootfs's lock, any other scratch dir for it is a dead unpack's.
+        remove_abandoned_scratch(&rootfs_dir, &prefix);
+        let scratch = ScratchDir::create(&rootfs_dir, &prefix)?;
         let fs_dir = scratch.path().join("fs");
         fs::DirBuilder::new()
             .mode(0o755)
@@ -586,6 +592,39 @@ impl Drop for ScratchDir {
     fn drop(&mut self) {
         // Best effort: a failure leaves a directory with a free lock, which prune removes.
         let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Whether `name` is a scratch dir made by `ScratchDir::create(_, prefix)`: the prefix, then
+/// exactly the three numbers of [`unique_suffix`] (so `build-debian-12` does not match the dirs
+/// of `build-debian-12-base`).
+fn is_scratch_of(name: &str, prefix: &str) -> bool {
+    let Some(rest) = name.strip_prefix(prefix).and_then(|r| r.strip_prefix('-')) else {
+        return false;
+    };
+    let parts: Vec<&str> = rest.split('-').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Best effort: removes `prefix` scratch dirs under `parent` whose lock is free. Only called
+/// while holding the lock that every creator of such dirs holds first, so a free lock means
+/// the owner died, however young the directory is.
+fn remove_abandoned_scratch(parent: &Path, prefix: &str) {
+    let Ok(entries) = read_dir_names(parent) else {
+        return;
+    };
+    for (path, name) in entries {
+        if !is_scratch_of(&name, prefix) {
+            continue;
+        }
+        let lock = path.join(".lock");
+        let abandoned = !lock.exists() || matches!(try_lock_exclusive(&lock), Ok(Some(_)));
+        if abandoned {
+            let _ = fs::remove_dir_all(&path);
+        }
     }
 }
 
@@ -1096,6 +1135,35 @@ mod tests {
         ];
         assert_eq!(result.removed, expected);
         cache.verify("debian:12").expect("current image intact");
+    }
+
+    #[test]
+    fn build_and_unpack_clear_their_own_dead_scratch_dirs() {
+        let (_tmp, cache) = cache();
+        let tmp_dir = cache.root().join("tmp");
+        let dead = tmp_dir.join("build-debian-12-base-1-2-3");
+        let other_env = tmp_dir.join("build-debian-12-build-1-2-3");
+        fs::create_dir_all(&dead).expect("mkdir");
+        fs::create_dir_all(&other_env).expect("mkdir");
+        fs::write(dead.join(".lock"), b"").expect("lock");
+        remove_abandoned_scratch(&tmp_dir, "build-debian-12-base");
+        assert!(!dead.exists());
+        assert!(
+            other_env.exists(),
+            "another environment's scratch dir is not touched"
+        );
+        remove_abandoned_scratch(&tmp_dir, "build-debian-12");
+        assert!(other_env.exists(), "prefixes do not match longer names");
+
+        let live = ScratchDir::create(&tmp_dir, "build-debian-12-base").expect("scratch");
+        remove_abandoned_scratch(&tmp_dir, "build-debian-12-base");
+        assert!(live.path().is_dir(), "a held scratch dir stays");
+        let path = live.path().to_path_buf();
+        drop(live);
+        assert!(
+            !path.exists(),
+            "a scratch dir is removed when its owner is done"
+        );
     }
 
     #[test]
