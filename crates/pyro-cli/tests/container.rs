@@ -417,31 +417,31 @@ fn signal(child: &std::process::Child, sig: i32) {
     unsafe { libc::kill(child.id() as i32, sig) };
 }
 
-#[test]
-fn sigterm_to_pyro_removes_a_sandbox_whose_guest_ignores_sigterm() {
-    require_containers!();
+/// Signals a running `pyro run` and checks it exits with `code` leaving nothing behind.
+fn assert_signal_cleans_up(guest: &str, sig: i32, code: i32) {
     let p = TestPyro::new();
-    let (mut child, id) = start_long_run(
-        &p,
-        "trap '' TERM INT; echo READY; while :; do sleep 1; done",
-    );
-    signal(&child, libc::SIGTERM);
+    let (mut child, id) = start_long_run(&p, guest);
+    signal(&child, sig);
     let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(143));
+    assert_eq!(status.code(), Some(code));
     assert_eq!(host_traces(&id), Vec::<String>::new());
     assert_eq!(p.leftovers(), Vec::<String>::new());
 }
 
 #[test]
+fn sigterm_to_pyro_removes_a_sandbox_whose_guest_ignores_sigterm() {
+    require_containers!();
+    assert_signal_cleans_up(
+        "trap '' TERM INT; echo READY; while :; do sleep 1; done",
+        libc::SIGTERM,
+        143,
+    );
+}
+
+#[test]
 fn sigint_to_pyro_removes_the_sandbox() {
     require_containers!();
-    let p = TestPyro::new();
-    let (mut child, id) = start_long_run(&p, "echo READY; sleep 600");
-    signal(&child, libc::SIGINT);
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130));
-    assert_eq!(host_traces(&id), Vec::<String>::new());
-    assert_eq!(p.leftovers(), Vec::<String>::new());
+    assert_signal_cleans_up("echo READY; sleep 600", libc::SIGINT, 130);
 }
 
 #[test]

@@ -87,6 +87,11 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    /// The runc binary: configured, `$PYRO_RUNC`, or PATH.
+    pub fn runc(&self) -> Option<PathBuf> {
+        self.config.runc.clone().or_else(find_runc)
+    }
+
     pub fn agent_path(&self) -> Result<PathBuf> {
         self.config.agent.clone().or_else(find_agent).ok_or_else(|| Error::Backend {
             backend: "container",
@@ -181,7 +186,7 @@ impl Pyro {
                 "the container level needs root (rootless containers are not supported yet)"
                     .to_string(),
             )
-        } else if self.inner.config.runc.clone().or_else(find_runc).is_none() {
+        } else if self.inner.runc().is_none() {
             Some("runc was not found (install the `runc` package or set PYRO_RUNC)".into())
         } else if !std::fs::read_to_string("/proc/filesystems")
             .unwrap_or_default()
@@ -226,16 +231,10 @@ impl Pyro {
         }
         match level {
             Isolation::Container => {
-                let runc = self
-                    .inner
-                    .config
-                    .runc
-                    .clone()
-                    .or_else(find_runc)
-                    .ok_or_else(|| Error::Backend {
-                        backend: "container",
-                        message: "runc not found".into(),
-                    })?;
+                let runc = self.inner.runc().ok_or_else(|| Error::Backend {
+                    backend: "container",
+                    message: "runc not found".into(),
+                })?;
                 Ok(Arc::new(ContainerBackend::new(
                     runc,
                     &self.inner.config.paths.run,
@@ -252,13 +251,8 @@ impl Pyro {
     fn backend_named(&self, name: &str) -> Option<Arc<dyn Backend>> {
         match name {
             "container" => {
-                let runc = self
-                    .inner
-                    .config
-                    .runc
-                    .clone()
-                    .or_else(find_runc)
-                    .unwrap_or_else(|| PathBuf::from("runc"));
+                // Deleting needs runc even when it vanished since; "runc" fails cleanly.
+                let runc = self.inner.runc().unwrap_or_else(|| PathBuf::from("runc"));
                 Some(Arc::new(ContainerBackend::new(
                     runc,
                     &self.inner.config.paths.run,
