@@ -5,7 +5,9 @@
 //! (see `pyro-protocol`), and connections are served concurrently, so a long exec never blocks
 //! another call.
 
+pub mod archive;
 pub mod exec;
+pub mod files;
 pub mod init;
 pub mod reaper;
 pub mod server;

@@ -10,7 +10,9 @@ use pyro_protocol::{
     read_frame, write_json, AgentInfo, FrameKind, Request, Response, PROTOCOL_VERSION,
 };
 
+use crate::archive::{self, DataReader};
 use crate::exec;
+use crate::files;
 
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 256;
@@ -59,6 +61,14 @@ pub fn serve(listener: UnixListener, config: ServerConfig) -> io::Result<()> {
         });
     }
     Ok(())
+}
+
+impl ServerConfig {
+    fn root(&self) -> files::Root {
+        files::Root {
+            path: self.workdir.clone(),
+        }
+    }
 }
 
 fn shutdown(cfg: &ServerConfig) {
@@ -118,6 +128,70 @@ fn handle(
             Err(exec::ExecError::BadRequest(m)) => error("bad_request", m),
             Err(e @ exec::ExecError::Spawn(_)) => error("spawn", e.to_string()),
         },
+        Ok(Request::ReadFile { path, max_bytes }) => {
+            match files::read_file(&cfg.root(), &path, max_bytes, &mut writer) {
+                Ok((size, truncated)) => Response::ReadDone { size, truncated },
+                Err(e) => error(e.kind, e.message),
+            }
+        }
+        Ok(Request::WriteFile {
+            path,
+            mode,
+            max_bytes,
+        }) => {
+            let mut data = DataReader::new(&mut reader);
+            let r = files::write_file(&cfg.root(), &path, mode, max_bytes, &mut data);
+            data.drain();
+            match r {
+                Ok(bytes) => Response::Written { bytes },
+                Err(e) => error(e.kind, e.message),
+            }
+        }
+        Ok(Request::Remove { path }) => match files::remove(&cfg.root(), &path) {
+            Ok(()) => Response::Ok,
+            Err(e) => error(e.kind, e.message),
+        },
+        Ok(Request::List {
+            path,
+            recursive,
+            max_entries,
+        }) => match files::list(&cfg.root(), &path, recursive, max_entries, &mut writer) {
+            Ok((count, truncated)) => Response::ListDone { count, truncated },
+            Err(e) => error(e.kind, e.message),
+        },
+        Ok(Request::Hash { paths }) => match files::hash(&cfg.root(), &paths) {
+            Ok(sha256) => Response::Hashes { sha256 },
+            Err(e) => error(e.kind, e.message),
+        },
+        Ok(Request::ArchiveOut { path }) => {
+            match archive::archive_out(&cfg.root(), &path, &mut writer) {
+                Ok((entries, bytes)) => Response::ArchiveDone { entries, bytes },
+                Err(e) => error(e.kind, e.message),
+            }
+        }
+        Ok(Request::ArchiveIn {
+            dest,
+            clear,
+            max_bytes,
+            max_entries,
+        }) => {
+            let mut data = DataReader::new(&mut reader);
+            let r = archive::archive_in(
+                &cfg.root(),
+                &dest,
+                clear,
+                archive::InLimits {
+                    max_bytes,
+                    max_entries,
+                },
+                &mut data,
+            );
+            data.drain();
+            match r {
+                Ok((entries, bytes)) => Response::ArchiveDone { entries, bytes },
+                Err(e) => error(e.kind, e.message),
+            }
+        }
         Ok(Request::Shutdown) => {
             write_json(&mut writer, &Response::Ok).map_err(to_io)?;
             let _ = shutdown_tx.send(());

@@ -37,6 +37,9 @@ pub enum FrameKind {
     Stdout,
     /// Raw bytes the command wrote to stderr.
     Stderr,
+    /// A chunk of a byte stream: file content, a tar archive, or JSON lines of directory
+    /// entries. A stream sent by the host ends with an empty `Data` frame.
+    Data,
 }
 
 impl FrameKind {
@@ -46,6 +49,7 @@ impl FrameKind {
             FrameKind::Json => 0,
             FrameKind::Stdout => 1,
             FrameKind::Stderr => 2,
+            FrameKind::Data => 3,
         }
     }
 
@@ -55,6 +59,7 @@ impl FrameKind {
             0 => Some(FrameKind::Json),
             1 => Some(FrameKind::Stdout),
             2 => Some(FrameKind::Stderr),
+            3 => Some(FrameKind::Data),
             _ => None,
         }
     }
@@ -154,6 +159,83 @@ pub enum Request {
     Ping,
     /// Stop every process and power off (or, outside PID 1, exit).
     Shutdown,
+    /// Send a file's content as `Data` frames (at most `max_bytes`), then [`Response::ReadDone`].
+    ReadFile {
+        /// Path, absolute or relative to the workspace; must stay inside the workspace.
+        path: String,
+        /// Most bytes to send.
+        max_bytes: u64,
+    },
+    /// Receive a file's content as `Data` frames ending with an empty one, write it atomically
+    /// (temp file + rename), then answer [`Response::Written`].
+    WriteFile {
+        /// Path inside the workspace.
+        path: String,
+        /// Permission bits for a new file (default 0644; an existing file keeps its own).
+        mode: Option<u32>,
+        /// Most bytes accepted.
+        max_bytes: u64,
+    },
+    /// Remove a file, link or (recursively) directory inside the workspace.
+    Remove {
+        /// Path inside the workspace.
+        path: String,
+    },
+    /// Walk a directory and send one JSON [`Entry`] per line in `Data` frames, then
+    /// [`Response::ListDone`].
+    List {
+        /// Directory (or file) inside the workspace.
+        path: String,
+        /// Descend into subdirectories.
+        recursive: bool,
+        /// Most entries to send.
+        max_entries: u64,
+    },
+    /// Hash files; answers [`Response::Hashes`] in the same order (`None` for non-files).
+    Hash {
+        /// Paths inside the workspace.
+        paths: Vec<String>,
+    },
+    /// Send a tar archive of a path as `Data` frames, then [`Response::ArchiveDone`].
+    ArchiveOut {
+        /// Path inside the workspace.
+        path: String,
+    },
+    /// Receive a tar archive as `Data` frames ending with an empty one and unpack it under
+    /// `dest`; every entry is checked and nothing is moved into place unless all are good.
+    ArchiveIn {
+        /// Destination directory inside the workspace.
+        dest: String,
+        /// Empty `dest` first (restoring a snapshot).
+        clear: bool,
+        /// Most bytes of file content accepted.
+        max_bytes: u64,
+        /// Most entries accepted.
+        max_entries: u64,
+    },
+}
+
+/// One directory entry, as listed by [`Request::List`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Path relative to the listed directory (`.` for the directory itself is never sent).
+    pub path: String,
+    /// `file`, `dir`, `symlink` or `other`.
+    pub kind: String,
+    /// Size in bytes (files), else 0.
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i128,
+    /// Change time, nanoseconds since the epoch (cannot be set by programs, so it reveals
+    /// rewrites that kept size and mtime).
+    pub ctime_ns: i128,
+    /// Inode number.
+    pub ino: u64,
+    /// Symlink target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_target: Option<String>,
 }
 
 /// How to run one command.
@@ -226,6 +308,37 @@ pub enum Response {
     Pong,
     /// The request was accepted and carried out (for example a shutdown).
     Ok,
+    /// A file was sent.
+    ReadDone {
+        /// The file's full size.
+        size: u64,
+        /// Whether only the first `max_bytes` were sent.
+        truncated: bool,
+    },
+    /// A file was written.
+    Written {
+        /// Bytes written.
+        bytes: u64,
+    },
+    /// A listing ended.
+    ListDone {
+        /// Entries sent.
+        count: u64,
+        /// Whether `max_entries` cut it short.
+        truncated: bool,
+    },
+    /// Hex sha256 per requested path.
+    Hashes {
+        /// In request order; `None` where the path is not a regular file.
+        sha256: Vec<Option<String>>,
+    },
+    /// An archive was sent or unpacked.
+    ArchiveDone {
+        /// Entries in the archive.
+        entries: u64,
+        /// Bytes of file content.
+        bytes: u64,
+    },
     /// The request failed.
     Error {
         /// A stable machine-readable kind, such as `protocol_version`, `bad_request`, `spawn`.
