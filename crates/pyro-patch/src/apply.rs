@@ -106,9 +106,9 @@ pub fn plan(
                 });
             }
         }
-        let missing = |what: &str| PatchError::Parse {
-            line: 0,
-            message: format!("{:?} patch for {} lacks its {what}", fp.kind, fp.path()),
+        let missing = |what: &str| PatchError::InvalidFilePatch {
+            path: fp.path().into(),
+            reason: format!("{:?} patch without {what}", fp.kind).to_lowercase(),
         };
         let mode_change = match (fp.old_mode, fp.new_mode) {
             (Some(o), Some(n)) if o == n => None,
@@ -141,7 +141,12 @@ pub fn plan(
             PatchKind::Modify => {
                 let path = fp.new_path.as_deref().ok_or_else(|| missing("path"))?;
                 let content = current(path, &mut files);
+                let old = content.clone();
                 let content = apply_file(fp, content.as_deref())?.unwrap_or_default();
+                if old.as_deref() == Some(&content[..]) && mode_change.is_none() {
+                    // Nothing to do (e.g. a header-only patch).
+                    continue;
+                }
                 files.insert(path.into(), Some(content.clone()));
                 changes.push(Change {
                     path: path.into(),
@@ -238,7 +243,7 @@ fn strip_cr(l: &[u8]) -> &[u8] {
 /// Applies hunks in order to `old`, returning the new content.
 fn apply_hunks(path: &str, hunks: &[Hunk], old: &[u8]) -> Result<Vec<u8>, PatchError> {
     let file = Lines::split(old);
-    let crlf = file.lines.first().is_some_and(|l| l.ends_with(b"\r"));
+    let file_crlf = file.lines.first().is_some_and(|l| l.ends_with(b"\r"));
     let len = file.lines.len();
     let mut out: Vec<Cow<[u8]>> = Vec::with_capacity(len);
     let mut cursor = 0usize;
@@ -311,6 +316,14 @@ fn apply_hunks(path: &str, hunks: &[Hunk], old: &[u8]) -> Result<Vec<u8>, PatchE
                 Some(p) => (p, true),
                 None => return Err(fail("context not found")),
             },
+        };
+        // Lines added by a hunk that only matched ignoring CRs get the line
+        // ending of the lines it matched (or of the file, for pure insertions).
+        let matched = &file.lines[pos..pos + n];
+        let crlf = if n == 0 {
+            file_crlf
+        } else {
+            matched.iter().filter(|l| l.ends_with(b"\r")).count() * 2 >= n
         };
         let at_eof = pos + n == len;
         if hunk.new_no_newline && !at_eof {

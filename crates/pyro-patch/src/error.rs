@@ -19,6 +19,15 @@ pub enum PatchError {
     /// The patch text contains no file changes at all.
     #[error("no file changes found in patch")]
     NoChanges,
+    /// A [`crate::FilePatch`] is inconsistent (e.g. a rename without a new
+    /// path); only possible for file patches built by hand.
+    #[error("invalid file patch for {path}: {reason}")]
+    InvalidFilePatch {
+        /// The file concerned.
+        path: String,
+        /// What is inconsistent.
+        reason: String,
+    },
     /// A path in the patch is not acceptable (absolute, `..`, NUL, empty, ...).
     #[error("invalid path {path:?}: {reason}")]
     InvalidPath {

@@ -18,6 +18,21 @@
 //! Hunks are located like GNU `patch` without fuzz: at the stated position,
 //! then searching outward for an exact context match. Line endings are
 //! preserved (CRLF files stay CRLF, even when the patch uses LF).
+//!
+//! ```
+//! use pyro_patch::{parse, plan, unified_diff, Action};
+//!
+//! let diff = unified_diff("src/main.rs", Some(b"a\nb\n"), Some(b"a\nc\n"), None, None);
+//! let patches = parse(&diff)?;
+//! let mut read = |path: &str| (path == "src/main.rs").then(|| b"a\nb\n".to_vec());
+//! let changes = plan(&patches, &mut read)?;
+//! assert_eq!(changes[0].path, "src/main.rs");
+//! assert_eq!(
+//!     changes[0].action,
+//!     Action::Write { content: b"a\nc\n".to_vec(), mode: None }
+//! );
+//! # Ok::<(), pyro_patch::PatchError>(())
+//! ```
 
 mod apply;
 mod diff;

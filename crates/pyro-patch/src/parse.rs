@@ -242,7 +242,9 @@ impl<'a> Parser<'a> {
             hunks.push(hunk);
         }
         if let Some(l) = self.lines.get(self.pos) {
+            // `-- ` is the signature separator that ends `git format-patch` mails.
             let continues = l.starts_with(['+', '-', ' '])
+                && *l != "-- "
                 && !(l.starts_with("--- ")
                     && self
                         .lines

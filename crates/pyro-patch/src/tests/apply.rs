@@ -226,3 +226,29 @@ fn hunks_out_of_range_fail_cleanly() {
         b"a\nz\n"
     );
 }
+
+#[test]
+fn header_only_modify_plans_nothing() {
+    let t = tree(&[("x", "1\n")]);
+    let fps = parse("diff --git a/x b/x\nindex 1..2 100644\n").unwrap();
+    let mut read = |p: &str| t.get(p).map(|(c, _)| c.clone());
+    assert!(plan(&fps, &mut read).unwrap().is_empty());
+}
+
+#[test]
+fn hand_built_inconsistent_patch_is_refused() {
+    let fp = crate::FilePatch {
+        old_path: Some("a".into()),
+        new_path: None,
+        kind: PatchKind::Rename,
+        old_mode: None,
+        new_mode: None,
+        hunks: Vec::new(),
+    };
+    let mut read = |_: &str| Some(Vec::new());
+    let err = plan(&[fp], &mut read).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid file patch for a: rename patch without new path"
+    );
+}

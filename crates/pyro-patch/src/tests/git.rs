@@ -285,3 +285,53 @@ fn git_apply_accepts_our_diffs() {
     git_accepts(Some(b"s\n"), Some(b"t\n"), MODE_EXECUTABLE, MODE_FILE);
     git_accepts(None, Some(b"#!/bin/sh\n"), MODE_FILE, MODE_EXECUTABLE);
 }
+
+#[test]
+fn git_format_patch_mail_applies() {
+    let repo = Repo::new();
+    repo.write("a.txt", numbered(10, "a").as_bytes());
+    repo.write("b.txt", b"b\n");
+    repo.commit();
+    let before = repo.tree();
+    repo.write(
+        "a.txt",
+        numbered(10, "a").replace("a line 9\n", "nine\n").as_bytes(),
+    );
+    fs::remove_file(repo.path("b.txt")).unwrap();
+    repo.write("c.txt", b"c\n");
+    repo.git(&["add", "-A"]);
+    repo.git(&[
+        "commit",
+        "-q",
+        "-m",
+        "subject line\n\nbody text\n--- not a diff",
+    ]);
+    let mail = repo.git(&["format-patch", "-1", "--stdout", "-M"]);
+    assert!(mail.contains("\n-- \n"), "{mail}");
+    let got = patch_tree(&before, &mail).unwrap_or_else(|e| panic!("{e}\n{mail}"));
+    assert_eq!(got, repo.tree());
+}
+
+#[test]
+fn git_diff_with_function_context_and_offsets() {
+    // The diff is taken against one version, then applied to a drifted one.
+    let repo = Repo::new();
+    let base: String = (0..50)
+        .map(|i| format!("fn f{i}() {{\n    body {i}\n}}\n"))
+        .collect();
+    repo.write("lib.rs", base.as_bytes());
+    repo.commit();
+    let new = base
+        .replace("    body 3\n", "    changed 3\n")
+        .replace("    body 40\n", "    changed 40\n");
+    repo.write("lib.rs", new.as_bytes());
+    let diff = repo.staged_diff();
+    let drift = "// header\n// more\n";
+    let mut tree = Tree::new();
+    tree.insert(
+        "lib.rs".into(),
+        (format!("{drift}{base}").into_bytes(), MODE_FILE),
+    );
+    let got = patch_tree(&tree, &diff).unwrap_or_else(|e| panic!("{e}\n{diff}"));
+    assert_eq!(got["lib.rs"].0, format!("{drift}{new}").into_bytes());
+}
