@@ -242,8 +242,8 @@ fn git_accepts(old: Option<&[u8]>, new: Option<&[u8]>, old_mode: u32, new_mode: 
     let modes = old.and(new).map(|_| (Some(old_mode), Some(new_mode)));
     let (om, nm) = modes.unwrap_or((old.map(|_| old_mode), new.map(|_| new_mode)));
     let diff = unified_diff("f.txt", old, new, om, nm);
-    repo.write("../patch.diff", diff.as_bytes());
-    let patch_file = repo.dir.path().parent().unwrap().join("patch.diff");
+    let patch_file = repo.dir.path().join(".git").join("pyro-test.diff");
+    fs::write(&patch_file, &diff).unwrap();
     repo.git(&["apply", "--whitespace=nowarn", patch_file.to_str().unwrap()]);
     let tree = repo.tree();
     match new {
@@ -334,4 +334,52 @@ fn git_diff_with_function_context_and_offsets() {
     );
     let got = patch_tree(&tree, &diff).unwrap_or_else(|e| panic!("{e}\n{diff}"));
     assert_eq!(got["lib.rs"].0, format!("{drift}{new}").into_bytes());
+}
+
+/// Random edits: git's own diffs must apply with our engine, and our diffs
+/// must apply with `git apply`, both giving exactly the new text.
+#[test]
+fn git_randomized_both_directions() {
+    use super::roundtrip::{mutate, random_text, Lcg};
+    let repo = Repo::new();
+    repo.commit();
+    let patch_file = repo.dir.path().join(".git").join("pyro-test.diff");
+    let patch_path = patch_file.to_str().unwrap().to_string();
+    let mut rng = Lcg(0xd1ff);
+    for _ in 0..80 {
+        let len = rng.below(25);
+        let old = random_text(&mut rng, len);
+        let new = mutate(&mut rng, &old);
+
+        // git's diff -> our apply.
+        repo.write("f.txt", old.as_bytes());
+        repo.git(&["add", "f.txt"]);
+        repo.write("f.txt", new.as_bytes());
+        let diff = repo.git(&["diff", "--no-color", "--no-ext-diff", "--", "f.txt"]);
+        let mut tree = Tree::new();
+        tree.insert("f.txt".into(), (old.clone().into_bytes(), MODE_FILE));
+        let got = patch_tree(&tree, &diff).unwrap_or_else(|e| panic!("{e}\n{diff}"));
+        assert_eq!(got["f.txt"].0, new.as_bytes(), "git diff:\n{diff}");
+        // Zero-context hunks (`git diff -U0`) place insertions by position alone.
+        let diff0 = repo.git(&["diff", "-U0", "--no-color", "--no-ext-diff", "--", "f.txt"]);
+        let got = patch_tree(&tree, &diff0).unwrap_or_else(|e| panic!("{e}\n{diff0}"));
+        assert_eq!(got["f.txt"].0, new.as_bytes(), "git diff -U0:\n{diff0}");
+
+        // Our diff -> git apply.
+        repo.write("f.txt", old.as_bytes());
+        let ours = unified_diff(
+            "f.txt",
+            Some(old.as_bytes()),
+            Some(new.as_bytes()),
+            None,
+            None,
+        );
+        if ours.is_empty() {
+            continue;
+        }
+        fs::write(&patch_file, &ours).unwrap();
+        repo.git(&["apply", "--whitespace=nowarn", &patch_path]);
+        let applied = fs::read(repo.path("f.txt")).unwrap();
+        assert_eq!(applied, new.as_bytes(), "our diff:\n{ours}");
+    }
 }

@@ -147,24 +147,24 @@ fn no_change_is_empty() {
 }
 
 /// A tiny linear congruential generator: deterministic, dependency-free.
-struct Lcg(u64);
+pub(crate) struct Lcg(pub(crate) u64);
 
 impl Lcg {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self
             .0
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1_442_695_040_888_963_407);
         self.0 >> 33
     }
-    fn below(&mut self, n: u64) -> usize {
+    pub(crate) fn below(&mut self, n: u64) -> usize {
         (self.next() % n) as usize
     }
 }
 
 const WORDS: &[&str] = &["a", "b", "c", "", "}", "fn x() {", "a\r", "é", " ", "\t-"];
 
-fn random_text(rng: &mut Lcg, lines: usize) -> String {
+pub(crate) fn random_text(rng: &mut Lcg, lines: usize) -> String {
     let mut s = String::new();
     for i in 0..lines {
         s.push_str(WORDS[rng.below(WORDS.len() as u64)]);
@@ -175,7 +175,7 @@ fn random_text(rng: &mut Lcg, lines: usize) -> String {
     s
 }
 
-fn mutate(rng: &mut Lcg, text: &str) -> String {
+pub(crate) fn mutate(rng: &mut Lcg, text: &str) -> String {
     let mut lines: Vec<String> = text.split_inclusive('\n').map(String::from).collect();
     for _ in 0..rng.below(6) {
         let at = rng.below(lines.len() as u64 + 1);
