@@ -79,6 +79,13 @@ pub fn apply_file(fp: &FilePatch, old: Option<&[u8]>) -> Result<Option<Vec<u8>>,
 /// modification of the new name works). If anything fails, the error is
 /// returned and no changes at all are planned.
 ///
+/// Modes stated in the patch (`old mode`, `deleted file mode`) are not
+/// checked against the files: this crate never sees modes. `read` should
+/// return `None` only when nothing exists at the path; directories, symlinks
+/// and other non-regular files are the caller's to refuse before planning.
+/// Parent directories of written paths may not exist yet, and deletes may
+/// leave empty directories behind.
+///
 /// The returned changes must be applied in order. To make the application
 /// all-or-nothing, a caller can snapshot every path in
 /// [`Change::paths`] first and restore the snapshots if a write fails.
