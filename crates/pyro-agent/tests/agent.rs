@@ -65,6 +65,7 @@ impl Agent {
             match k {
                 FrameKind::Stdout => out.extend(p),
                 FrameKind::Stderr => err.extend(p),
+                FrameKind::Data => panic!("data frame during exec"),
                 FrameKind::Json => {
                     return match serde_json::from_slice(&p).unwrap() {
                         Response::ExecDone(o) => (out, err, Ok(o)),

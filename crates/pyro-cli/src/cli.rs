@@ -11,18 +11,13 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// Whether the chosen subcommand asked for JSON output.
-    pub fn json_requested(&self) -> bool {
-        match &self.command {
-            Command::Run(a) => a.json,
-            Command::Env(e) => match &e.command {
-                EnvCommand::List(o) | EnvCommand::Prune(o) => o.json,
-                EnvCommand::Inspect(a) => a.out.json,
-                EnvCommand::Build(a) => a.out.json,
-            },
-            Command::Doctor(o) | Command::Gc(o) => o.json,
-            Command::Bench(a) => a.json,
-        }
+    /// Whether `--json` was given to pyro (not to the guest command after `--`). Read from the
+    /// raw arguments so that errors raised before dispatch are rendered as JSON too.
+    pub fn json_requested() -> bool {
+        std::env::args()
+            .skip(1)
+            .take_while(|a| a != "--")
+            .any(|a| a == "--json")
     }
 }
 
@@ -41,6 +36,9 @@ pub enum Command {
     Gc(OutputArgs),
     /// Measure one-shot runs and exec round trips on this host.
     Bench(BenchArgs),
+    /// Persistent workspaces: one sandbox kept alive across many calls.
+    #[command(subcommand)]
+    Workspace(crate::cli_workspace::WorkspaceCommand),
 }
 
 #[derive(Debug, Args)]

@@ -1,6 +1,7 @@
 //! The `pyro` binary: parse, call the library, print. No business logic lives here.
 
 mod cli;
+mod cli_workspace;
 mod commands;
 mod output;
 
@@ -11,7 +12,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     init_logging();
-    let json = args.json_requested();
+    let json = cli::Cli::json_requested();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

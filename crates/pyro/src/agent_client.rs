@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use pyro_protocol::{
-    decode_header, encode_header, AgentInfo, ExecOutcome, ExecRequest, FrameKind, Request,
-    Response, HEADER_LEN, PROTOCOL_VERSION,
+    decode_header, encode_header, AgentInfo, Entry, ExecOutcome, ExecRequest, FrameKind, Request,
+    Response, HEADER_LEN, MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use crate::error::{Error, Result};
@@ -63,6 +63,22 @@ async fn read_response(s: &mut UnixStream) -> Result<Response> {
         (FrameKind::Json, body) => serde_json::from_slice(&body)
             .map_err(|e| Error::Agent(format!("malformed response: {e}"))),
         (k, _) => Err(Error::Agent(format!("unexpected {k:?} frame"))),
+    }
+}
+
+async fn write_data(s: &mut UnixStream, chunk: &[u8]) -> Result<()> {
+    let mut buf = Vec::with_capacity(HEADER_LEN + chunk.len());
+    buf.extend_from_slice(&encode_header(FrameKind::Data, chunk.len() as u32));
+    buf.extend_from_slice(chunk);
+    s.write_all(&buf)
+        .await
+        .map_err(|e| Error::Agent(format!("send data: {e}")))
+}
+
+fn unexpected(what: &str, r: Response) -> Error {
+    match r {
+        Response::Error { kind, message } => refused(kind, message),
+        other => Error::Agent(format!("unexpected reply to {what}: {other:?}")),
     }
 }
 
@@ -142,6 +158,9 @@ impl AgentClient {
             match read_frame(&mut s).await? {
                 (FrameKind::Stdout, b) => sink.output(OutputStream::Stdout, &b),
                 (FrameKind::Stderr, b) => sink.output(OutputStream::Stderr, &b),
+                (FrameKind::Data, _) => {
+                    return Err(Error::Agent("unexpected data frame during exec".into()))
+                }
                 (FrameKind::Json, b) => {
                     let resp: Response = serde_json::from_slice(&b)
                         .map_err(|e| Error::Agent(format!("malformed response: {e}")))?;
@@ -152,6 +171,214 @@ impl AgentClient {
                     };
                 }
             }
+        }
+    }
+
+    /// Sends a request and collects `Data` frames into `out` (up to `cap` bytes kept) until the
+    /// final response.
+    async fn request_data(
+        &self,
+        req: &Request,
+        out: &mut (dyn AsyncWrite + Unpin + Send),
+        cap: u64,
+    ) -> Result<Response> {
+        let (mut s, _) = self.open().await?;
+        write_msg(&mut s, req).await?;
+        let mut kept = 0u64;
+        loop {
+            match read_frame(&mut s).await? {
+                (FrameKind::Data, b) => {
+                    let room = cap.saturating_sub(kept).min(b.len() as u64) as usize;
+                    if room > 0 {
+                        out.write_all(&b[..room])
+                            .await
+                            .map_err(|e| Error::io("write received data", e))?;
+                        kept += room as u64;
+                    }
+                }
+                (FrameKind::Json, b) => {
+                    return serde_json::from_slice(&b)
+                        .map_err(|e| Error::Agent(format!("malformed response: {e}")));
+                }
+                (k, _) => return Err(Error::Agent(format!("unexpected {k:?} frame"))),
+            }
+        }
+    }
+
+    /// Sends a request followed by a byte stream as `Data` frames, then reads the response.
+    async fn request_upload(
+        &self,
+        req: &Request,
+        src: &mut (dyn AsyncRead + Unpin + Send),
+    ) -> Result<Response> {
+        let (mut s, _) = self.open().await?;
+        write_msg(&mut s, req).await?;
+        let mut buf = vec![0u8; (256 * 1024).min(MAX_FRAME_LEN as usize)];
+        let sent: Result<()> = async {
+            loop {
+                let n = src
+                    .read(&mut buf)
+                    .await
+                    .map_err(|e| Error::io("read upload source", e))?;
+                write_data(&mut s, &buf[..n]).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+            }
+        }
+        .await;
+        // Even if sending failed (the agent may have refused and closed), its answer says why.
+        match read_frame(&mut s).await {
+            Ok((FrameKind::Json, b)) => serde_json::from_slice(&b)
+                .map_err(|e| Error::Agent(format!("malformed response: {e}"))),
+            Ok((k, _)) => Err(Error::Agent(format!("unexpected {k:?} frame"))),
+            Err(e) => Err(sent.err().unwrap_or(e)),
+        }
+    }
+
+    /// Reads up to `max` bytes of a file: (content, full size, truncated).
+    pub async fn read_file(&self, path: &str, max: u64) -> Result<(Vec<u8>, u64, bool)> {
+        let mut buf = Vec::new();
+        match self
+            .request_data(
+                &Request::ReadFile {
+                    path: path.into(),
+                    max_bytes: max,
+                },
+                &mut buf,
+                max,
+            )
+            .await?
+        {
+            Response::ReadDone { size, truncated } => Ok((buf, size, truncated)),
+            other => Err(unexpected("read", other)),
+        }
+    }
+
+    /// Writes a file atomically from `src` (at most `max` bytes).
+    pub async fn write_file(
+        &self,
+        path: &str,
+        mode: Option<u32>,
+        max: u64,
+        src: &mut (dyn AsyncRead + Unpin + Send),
+    ) -> Result<u64> {
+        match self
+            .request_upload(
+                &Request::WriteFile {
+                    path: path.into(),
+                    mode,
+                    max_bytes: max,
+                },
+                src,
+            )
+            .await?
+        {
+            Response::Written { bytes } => Ok(bytes),
+            other => Err(unexpected("write", other)),
+        }
+    }
+
+    /// Removes a path (recursively for directories).
+    pub async fn remove(&self, path: &str) -> Result<()> {
+        let mut sink = tokio::io::sink();
+        match self
+            .request_data(&Request::Remove { path: path.into() }, &mut sink, 0)
+            .await?
+        {
+            Response::Ok => Ok(()),
+            other => Err(unexpected("remove", other)),
+        }
+    }
+
+    /// Lists a path: (entries, truncated).
+    pub async fn list(&self, path: &str, recursive: bool, max: u64) -> Result<(Vec<Entry>, bool)> {
+        let mut buf = Vec::new();
+        let resp = self
+            .request_data(
+                &Request::List {
+                    path: path.into(),
+                    recursive,
+                    max_entries: max,
+                },
+                &mut buf,
+                512 << 20,
+            )
+            .await?;
+        match resp {
+            Response::ListDone { truncated, .. } => {
+                let entries = buf
+                    .split(|b| *b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .map(serde_json::from_slice)
+                    .collect::<std::result::Result<Vec<Entry>, _>>()
+                    .map_err(|e| Error::Agent(format!("malformed listing: {e}")))?;
+                Ok((entries, truncated))
+            }
+            other => Err(unexpected("list", other)),
+        }
+    }
+
+    /// sha256 of each path (None where not a regular file), batched to keep frames small.
+    pub async fn hash(&self, paths: &[String]) -> Result<Vec<Option<String>>> {
+        let mut out = Vec::with_capacity(paths.len());
+        for chunk in paths.chunks(2000) {
+            let mut sink = tokio::io::sink();
+            match self
+                .request_data(
+                    &Request::Hash {
+                        paths: chunk.to_vec(),
+                    },
+                    &mut sink,
+                    0,
+                )
+                .await?
+            {
+                Response::Hashes { sha256 } if sha256.len() == chunk.len() => out.extend(sha256),
+                other => return Err(unexpected("hash", other)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Streams a tar of `path` into `out`: (entries, content bytes).
+    pub async fn archive_out(
+        &self,
+        path: &str,
+        out: &mut (dyn AsyncWrite + Unpin + Send),
+    ) -> Result<(u64, u64)> {
+        match self
+            .request_data(&Request::ArchiveOut { path: path.into() }, out, u64::MAX)
+            .await?
+        {
+            Response::ArchiveDone { entries, bytes } => Ok((entries, bytes)),
+            other => Err(unexpected("archive", other)),
+        }
+    }
+
+    /// Streams a tar from `src` to be unpacked under `dest`: (entries, content bytes).
+    pub async fn archive_in(
+        &self,
+        dest: &str,
+        clear: bool,
+        max_bytes: u64,
+        max_entries: u64,
+        src: &mut (dyn AsyncRead + Unpin + Send),
+    ) -> Result<(u64, u64)> {
+        match self
+            .request_upload(
+                &Request::ArchiveIn {
+                    dest: dest.into(),
+                    clear,
+                    max_bytes,
+                    max_entries,
+                },
+                src,
+            )
+            .await?
+        {
+            Response::ArchiveDone { entries, bytes } => Ok((entries, bytes)),
+            other => Err(unexpected("unpack", other)),
         }
     }
 

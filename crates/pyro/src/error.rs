@@ -74,6 +74,23 @@ pub enum Error {
         /// The agent's message.
         message: String,
     },
+    /// No workspace with this id or name.
+    #[error("no workspace with id or name {0:?}")]
+    WorkspaceNotFound(String),
+    /// The workspace exists but is not running.
+    #[error("workspace {id} is {state}")]
+    WorkspaceNotRunning {
+        /// The workspace.
+        id: String,
+        /// Its state.
+        state: String,
+    },
+    /// A patch was refused; nothing was changed.
+    #[error("{0}")]
+    PatchFailed(String),
+    /// The target exists and overwriting was not asked for.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
     /// No such sandbox.
     #[error("no sandbox with id {0}")]
     SandboxNotFound(String),
@@ -106,7 +123,18 @@ impl Error {
             Error::IsolationUnavailable { .. } => "isolation_unavailable",
             Error::Backend { .. } => "backend_error",
             Error::Agent(_) => "agent_error",
-            Error::AgentRefused { .. } => "agent_refused",
+            Error::AgentRefused { kind, .. } => match kind.as_str() {
+                "bad_path" => "invalid_path",
+                "not_found" => "not_found",
+                "too_large" => "too_large",
+                "bad_archive" => "unsafe_archive",
+                "bad_request" => "invalid_request",
+                _ => "agent_refused",
+            },
+            Error::WorkspaceNotFound(_) => "workspace_not_found",
+            Error::WorkspaceNotRunning { .. } => "workspace_not_running",
+            Error::PatchFailed(_) => "patch_failed",
+            Error::AlreadyExists(_) => "already_exists",
             Error::SandboxNotFound(_) => "not_found",
             Error::Store(_) => "state_error",
             Error::Io { .. } => "io_error",
@@ -133,6 +161,12 @@ impl Error {
             Error::Build { .. } => Some("check network access to the Debian mirror and that mmdebstrap is installed (`pyro doctor`)".into()),
             Error::CorruptCache { .. } => Some("run `pyro env prune` and build the environment again".into()),
             Error::Backend { backend: "container", .. } => Some("run `pyro doctor` to check the container runtime".into()),
+            Error::WorkspaceNotFound(_) => Some("see `pyro workspace list`".into()),
+            Error::WorkspaceNotRunning { id, state } if state == "broken" => Some(format!("an earlier call was interrupted; run `pyro workspace reset {id}`")),
+            Error::WorkspaceNotRunning { id, .. } => Some(format!("start it with `pyro workspace start {id}`")),
+            Error::PatchFailed(_) => Some("the workspace is unchanged; regenerate the patch against the current files (`pyro workspace diff`)".into()),
+            Error::AlreadyExists(_) => Some("pass --force to overwrite".into()),
+            Error::AgentRefused { kind, .. } if kind == "bad_path" => Some("paths must stay inside /workspace".into()),
             Error::SandboxNotFound(_) => Some("it may have been deleted or reaped; see `pyro gc`".into()),
             _ => None,
         }

@@ -155,6 +155,10 @@ impl Pyro {
         for e in &gc.errors {
             tracing::warn!("cleaning up a leftover sandbox: {e}");
         }
+        let reaped = pyro.reap_expired().await?;
+        if !reaped.stopped.is_empty() || !reaped.deleted.is_empty() {
+            tracing::info!(stopped = ?reaped.stopped, deleted = ?reaped.deleted, "expired workspaces");
+        }
         Ok(pyro)
     }
 
@@ -248,7 +252,7 @@ impl Pyro {
         }
     }
 
-    fn backend_named(&self, name: &str) -> Option<Arc<dyn Backend>> {
+    pub(crate) fn backend_named(&self, name: &str) -> Option<Arc<dyn Backend>> {
         match name {
             "container" => {
                 // Deleting needs runc even when it vanished since; "runc" fails cleanly.
@@ -266,8 +270,24 @@ impl Pyro {
     pub async fn gc(&self) -> Result<GcReport> {
         let mut report = GcReport::default();
         for rec in self.inner.store.list()? {
-            if rec.owner.is_some_and(|o| o.is_alive()) {
-                report.in_use.push(rec.id);
+            match rec.owner {
+                // A workspace's sandbox between calls: owned by nobody, and not garbage.
+                None => continue,
+                Some(o) if o.is_alive() => {
+                    report.in_use.push(rec.id);
+                    continue;
+                }
+                Some(_) => {}
+            }
+            if rec.kind == crate::store::SandboxKind::Workspace {
+                if self
+                    .inner
+                    .store
+                    .claim_for_delete(&rec.id, rec.owner, self.inner.me)?
+                    && self.ws_orphan(&rec).await?
+                {
+                    report.removed.push(rec.id);
+                }
                 continue;
             }
             self.reap(rec, "orphaned", &mut report).await?;

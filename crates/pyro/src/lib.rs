@@ -28,6 +28,7 @@ pub mod procinfo;
 pub mod run;
 pub mod sandbox;
 pub mod store;
+pub mod workspace;
 
 pub use agent_client::{OutputSink, OutputStream};
 pub use backend::Isolation;

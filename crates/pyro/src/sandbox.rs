@@ -121,8 +121,9 @@ pub struct ExecOptions {
 }
 
 impl Sandbox {
-    /// Creates and starts a sandbox, waiting until its agent answers. The record is written
-    /// before anything else exists, and on any failure everything made so far is removed.
+    /// Creates and starts a one-shot sandbox owned by this process, waiting until its agent
+    /// answers. The record is written before anything else exists, and on any failure
+    /// everything made so far is removed.
     pub(crate) async fn create(
         inner: Arc<Inner>,
         backend: Arc<dyn Backend>,
@@ -130,11 +131,32 @@ impl Sandbox {
         rootfs: &std::path::Path,
         resources: Resources,
     ) -> Result<Sandbox> {
-        let id = new_id();
+        Sandbox::create_kind(
+            inner,
+            backend,
+            env,
+            rootfs,
+            resources,
+            SandboxKind::Run,
+            new_id(),
+        )
+        .await
+    }
+
+    /// Like [`Sandbox::create`], with a given kind and id.
+    pub(crate) async fn create_kind(
+        inner: Arc<Inner>,
+        backend: Arc<dyn Backend>,
+        env: &ResolvedEnv,
+        rootfs: &std::path::Path,
+        resources: Resources,
+        kind: SandboxKind,
+        id: String,
+    ) -> Result<Sandbox> {
         let paths = &inner.config.paths;
         let record = SandboxRecord::creating(
             id.clone(),
-            SandboxKind::Run,
+            kind,
             backend.isolation().as_str(),
             backend.name(),
             &env.name,
@@ -144,10 +166,36 @@ impl Sandbox {
             Some(inner.me),
         );
         inner.store.insert(&record)?;
+        match Sandbox::boot(
+            inner.clone(),
+            backend.clone(),
+            record.clone(),
+            rootfs,
+            resources,
+        )
+        .await
+        {
+            Ok(sb) => Ok(sb),
+            Err(e) => {
+                destroy_record(&inner, backend.as_ref(), &record, "error").await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts an already recorded sandbox (new, or stopped with its writable layer kept) and
+    /// waits for its agent. On failure its processes are stopped; its files are kept.
+    pub(crate) async fn boot(
+        inner: Arc<Inner>,
+        backend: Arc<dyn Backend>,
+        mut record: SandboxRecord,
+        rootfs: &std::path::Path,
+        resources: Resources,
+    ) -> Result<Sandbox> {
         let agent = inner.agent_path()?;
         let t0 = Instant::now();
         let spec = SandboxSpec {
-            id: &id,
+            id: &record.id,
             rootfs,
             state_dir: &record.state_dir,
             run_dir: &record.run_dir,
@@ -157,14 +205,14 @@ impl Sandbox {
         let started = match backend.start(&spec).await {
             Ok(s) => s,
             Err(e) => {
-                let _ = destroy_record(&inner, backend.as_ref(), &record, "error").await;
+                backend.stop(&record).await;
                 return Err(e);
             }
         };
         let create_ms = t0.elapsed().as_millis() as u64;
-        let mut record = record;
         record.runtime = started.runtime;
-        inner.store.set_running(&id, started.runtime)?;
+        record.state = "running".into();
+        inner.store.set_running(&record.id, started.runtime)?;
         let client = AgentClient::new(started.socket.clone());
         let mut sb = Sandbox {
             inner,
@@ -180,7 +228,8 @@ impl Sandbox {
         if let Err(e) = sb.client.wait_ready(READY_TIMEOUT).await {
             let console = std::fs::read_to_string(sb.record.state_dir.join("console.log"))
                 .unwrap_or_default();
-            sb.destroy("error").await;
+            sb.backend.stop(&sb.record).await;
+            sb.destroyed = true;
             let tail: String = console
                 .lines()
                 .rev()
@@ -195,6 +244,31 @@ impl Sandbox {
         }
         sb.boot_ms = t1.elapsed().as_millis() as u64;
         Ok(sb)
+    }
+
+    /// A handle on a running sandbox started by an earlier call (perhaps another process).
+    pub(crate) fn attach(
+        inner: Arc<Inner>,
+        backend: Arc<dyn Backend>,
+        record: SandboxRecord,
+    ) -> Sandbox {
+        let client = AgentClient::new(backend.socket(&record));
+        Sandbox {
+            inner,
+            backend,
+            record,
+            client,
+            limits: LimitsReport::default(),
+            create_ms: 0,
+            boot_ms: 0,
+            // Dropping a handle never affects the sandbox.
+            destroyed: true,
+        }
+    }
+
+    /// The agent client.
+    pub fn client(&self) -> &AgentClient {
+        &self.client
     }
 
     /// The sandbox id.

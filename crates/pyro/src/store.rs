@@ -17,18 +17,25 @@ use crate::procinfo::ProcessId;
 pub enum SandboxKind {
     /// The sandbox of one `pyro run`: owned by the process that runs it.
     Run,
+    /// The sandbox of a persistent workspace: owned by a process only while it creates or
+    /// resets it, otherwise by nobody.
+    Workspace,
 }
 
 impl SandboxKind {
     fn as_str(self) -> &'static str {
         match self {
             SandboxKind::Run => "run",
+            SandboxKind::Workspace => "workspace",
         }
     }
 
-    fn parse(_: &str) -> SandboxKind {
-        // Only one kind exists so far; workspaces add theirs.
-        SandboxKind::Run
+    fn parse(s: &str) -> SandboxKind {
+        if s == "workspace" {
+            SandboxKind::Workspace
+        } else {
+            SandboxKind::Run
+        }
     }
 }
 
@@ -115,6 +122,50 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     state_dir TEXT NOT NULL,
     run_dir TEXT NOT NULL,
     created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS workspaces (
+    id TEXT PRIMARY KEY,
+    name TEXT,
+    labels TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    environment_digest TEXT NOT NULL,
+    isolation TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    state TEXT NOT NULL,
+    vcpus INTEGER NOT NULL,
+    mem_mib INTEGER NOT NULL,
+    ttl_s INTEGER,
+    idle_ttl_s INTEGER,
+    created_at_ms INTEGER NOT NULL,
+    last_activity_ms INTEGER NOT NULL,
+    stopped_at_ms INTEGER,
+    expired_at_ms INTEGER,
+    command_count INTEGER NOT NULL DEFAULT 0,
+    reset_count INTEGER NOT NULL DEFAULT 0,
+    seed TEXT
+);
+CREATE TABLE IF NOT EXISTS workspace_logs (
+    workspace_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    started_at_ms INTEGER NOT NULL,
+    command TEXT NOT NULL,
+    cwd TEXT NOT NULL,
+    exit_code INTEGER NOT NULL,
+    signal INTEGER,
+    timed_out INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    stdout_bytes INTEGER NOT NULL,
+    stderr_bytes INTEGER NOT NULL,
+    PRIMARY KEY (workspace_id, seq)
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    workspace_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    entries INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    PRIMARY KEY (workspace_id, name)
 );
 ";
 
@@ -239,6 +290,356 @@ impl Store {
         let rows = stmt.query_map([], row_to_record)?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
             .map_err(Error::from)
+    }
+}
+
+/// One recorded workspace.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkspaceRow {
+    /// Id (the same as its sandbox's).
+    pub id: String,
+    /// Optional human name.
+    pub name: Option<String>,
+    /// Labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Environment name.
+    pub environment: String,
+    /// Environment manifest digest.
+    pub environment_digest: String,
+    /// Isolation level.
+    pub isolation: String,
+    /// Backend.
+    pub backend: String,
+    /// `creating`, `running`, `stopped`, `resetting` or `broken`.
+    pub state: String,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Memory, MiB.
+    pub mem_mib: u64,
+    /// Absolute lifetime from creation, seconds.
+    pub ttl_s: Option<u64>,
+    /// Idle lifetime from the last activity, seconds.
+    pub idle_ttl_s: Option<u64>,
+    /// Unix ms.
+    pub created_at_ms: i64,
+    /// Unix ms of the last call that touched it.
+    pub last_activity_ms: i64,
+    /// Unix ms when it was last stopped.
+    pub stopped_at_ms: Option<i64>,
+    /// Unix ms when its TTL stopped it.
+    pub expired_at_ms: Option<i64>,
+    /// Execs so far.
+    pub command_count: u64,
+    /// Resets so far.
+    pub reset_count: u64,
+    /// How it was seeded (JSON).
+    pub seed: Option<serde_json::Value>,
+}
+
+/// One exec in a workspace's history. Commands are recorded, their output is not.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogRow {
+    /// 1, 2, 3…
+    pub seq: u64,
+    /// Unix ms.
+    pub started_at_ms: i64,
+    /// The shell command line.
+    pub command: String,
+    /// Working directory.
+    pub cwd: String,
+    /// Exit code (124 on timeout, 128+N on signal N).
+    pub exit_code: i32,
+    /// Terminating signal.
+    pub signal: Option<i32>,
+    /// Whether the timeout fired.
+    pub timed_out: bool,
+    /// Duration.
+    pub duration_ms: u64,
+    /// Bytes written to stdout.
+    pub stdout_bytes: u64,
+    /// Bytes written to stderr.
+    pub stderr_bytes: u64,
+}
+
+/// One snapshot of a workspace.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotRow {
+    /// Name (`baseline` for the create-time one).
+    pub name: String,
+    /// `baseline` or `named`.
+    pub kind: String,
+    /// Unix ms.
+    pub created_at_ms: i64,
+    /// Entries.
+    pub entries: u64,
+    /// Content bytes.
+    pub bytes: u64,
+}
+
+const WS_COLUMNS: &str = "id, name, labels, environment, environment_digest, isolation, backend, state, vcpus, mem_mib, ttl_s, idle_ttl_s, created_at_ms, last_activity_ms, stopped_at_ms, expired_at_ms, command_count, reset_count, seed";
+
+fn row_to_ws(row: &rusqlite::Row<'_>) -> rusqlite::Result<WorkspaceRow> {
+    let labels: String = row.get(2)?;
+    let seed: Option<String> = row.get(18)?;
+    Ok(WorkspaceRow {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        labels: serde_json::from_str(&labels).unwrap_or_default(),
+        environment: row.get(3)?,
+        environment_digest: row.get(4)?,
+        isolation: row.get(5)?,
+        backend: row.get(6)?,
+        state: row.get(7)?,
+        vcpus: row.get(8)?,
+        mem_mib: row.get::<_, i64>(9)? as u64,
+        ttl_s: row.get::<_, Option<i64>>(10)?.map(|v| v as u64),
+        idle_ttl_s: row.get::<_, Option<i64>>(11)?.map(|v| v as u64),
+        created_at_ms: row.get(12)?,
+        last_activity_ms: row.get(13)?,
+        stopped_at_ms: row.get(14)?,
+        expired_at_ms: row.get(15)?,
+        command_count: row.get::<_, i64>(16)? as u64,
+        reset_count: row.get::<_, i64>(17)? as u64,
+        seed: seed.and_then(|s| serde_json::from_str(&s).ok()),
+    })
+}
+
+impl Store {
+    /// Records a new workspace.
+    pub fn insert_workspace(&self, w: &WorkspaceRow) -> Result<()> {
+        self.conn().execute(
+            &format!("INSERT INTO workspaces ({WS_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"),
+            params![
+                w.id,
+                w.name,
+                serde_json::to_string(&w.labels).unwrap_or_else(|_| "{}".into()),
+                w.environment,
+                w.environment_digest,
+                w.isolation,
+                w.backend,
+                w.state,
+                w.vcpus,
+                w.mem_mib as i64,
+                w.ttl_s.map(|v| v as i64),
+                w.idle_ttl_s.map(|v| v as i64),
+                w.created_at_ms,
+                w.last_activity_ms,
+                w.stopped_at_ms,
+                w.expired_at_ms,
+                w.command_count as i64,
+                w.reset_count as i64,
+                w.seed.as_ref().map(|s| s.to_string()),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// One workspace by id or unique name.
+    pub fn workspace(&self, id_or_name: &str) -> Result<Option<WorkspaceRow>> {
+        let conn = self.conn();
+        let by_id = conn
+            .query_row(
+                &format!("SELECT {WS_COLUMNS} FROM workspaces WHERE id = ?1"),
+                params![id_or_name],
+                row_to_ws,
+            )
+            .optional()?;
+        if by_id.is_some() {
+            return Ok(by_id);
+        }
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {WS_COLUMNS} FROM workspaces WHERE name = ?1"
+        ))?;
+        let rows = stmt
+            .query_map(params![id_or_name], row_to_ws)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(if rows.len() == 1 {
+            rows.into_iter().next()
+        } else {
+            None
+        })
+    }
+
+    /// Every workspace, oldest first.
+    pub fn workspaces(&self) -> Result<Vec<WorkspaceRow>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {WS_COLUMNS} FROM workspaces ORDER BY created_at_ms"
+        ))?;
+        let rows = stmt
+            .query_map([], row_to_ws)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// Replaces a workspace's mutable fields.
+    pub fn update_workspace(&self, w: &WorkspaceRow) -> Result<()> {
+        self.conn().execute(
+            "UPDATE workspaces SET name = ?2, labels = ?3, state = ?4, ttl_s = ?5, idle_ttl_s = ?6, last_activity_ms = ?7,
+                stopped_at_ms = ?8, expired_at_ms = ?9, reset_count = ?10, environment_digest = ?11 WHERE id = ?1",
+            params![
+                w.id,
+                w.name,
+                serde_json::to_string(&w.labels).unwrap_or_else(|_| "{}".into()),
+                w.state,
+                w.ttl_s.map(|v| v as i64),
+                w.idle_ttl_s.map(|v| v as i64),
+                w.last_activity_ms,
+                w.stopped_at_ms,
+                w.expired_at_ms,
+                w.reset_count as i64,
+                w.environment_digest,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Sets a workspace's state.
+    pub fn set_workspace_state(&self, id: &str, state: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE workspaces SET state = ?2 WHERE id = ?1",
+            params![id, state],
+        )?;
+        Ok(())
+    }
+
+    /// Marks activity now.
+    pub fn touch_workspace(&self, id: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE workspaces SET last_activity_ms = ?2 WHERE id = ?1",
+            params![id, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Appends an exec to a workspace's history in one transaction with its command count.
+    pub fn append_log(&self, id: &str, mut log: LogRow) -> Result<LogRow> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let seq: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(seq), 0) + 1 FROM workspace_logs WHERE workspace_id = ?1",
+            params![id],
+            |r| r.get(0),
+        )?;
+        log.seq = seq as u64;
+        tx.execute(
+            "INSERT INTO workspace_logs VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![
+                id,
+                seq,
+                log.started_at_ms,
+                log.command,
+                log.cwd,
+                log.exit_code,
+                log.signal,
+                log.timed_out,
+                log.duration_ms as i64,
+                log.stdout_bytes as i64,
+                log.stderr_bytes as i64
+            ],
+        )?;
+        tx.execute("UPDATE workspaces SET command_count = command_count + 1, last_activity_ms = ?2 WHERE id = ?1", params![id, now_ms()])?;
+        tx.commit()?;
+        Ok(log)
+    }
+
+    /// A workspace's history.
+    pub fn logs(&self, id: &str) -> Result<Vec<LogRow>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT seq, started_at_ms, command, cwd, exit_code, signal, timed_out, duration_ms, stdout_bytes, stderr_bytes FROM workspace_logs WHERE workspace_id = ?1 ORDER BY seq")?;
+        let rows = stmt
+            .query_map(params![id], |r| {
+                Ok(LogRow {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    started_at_ms: r.get(1)?,
+                    command: r.get(2)?,
+                    cwd: r.get(3)?,
+                    exit_code: r.get(4)?,
+                    signal: r.get(5)?,
+                    timed_out: r.get(6)?,
+                    duration_ms: r.get::<_, i64>(7)? as u64,
+                    stdout_bytes: r.get::<_, i64>(8)? as u64,
+                    stderr_bytes: r.get::<_, i64>(9)? as u64,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// Records (or replaces) a snapshot.
+    pub fn put_snapshot(&self, id: &str, s: &SnapshotRow) -> Result<()> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO snapshots VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                id,
+                s.name,
+                s.kind,
+                s.created_at_ms,
+                s.entries as i64,
+                s.bytes as i64
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// A workspace's snapshots.
+    pub fn snapshots(&self, id: &str) -> Result<Vec<SnapshotRow>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT name, kind, created_at_ms, entries, bytes FROM snapshots WHERE workspace_id = ?1 ORDER BY created_at_ms")?;
+        let rows = stmt
+            .query_map(params![id], |r| {
+                Ok(SnapshotRow {
+                    name: r.get(0)?,
+                    kind: r.get(1)?,
+                    created_at_ms: r.get(2)?,
+                    entries: r.get::<_, i64>(3)? as u64,
+                    bytes: r.get::<_, i64>(4)? as u64,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// Forgets a snapshot.
+    pub fn delete_snapshot(&self, id: &str, name: &str) -> Result<bool> {
+        Ok(self.conn().execute(
+            "DELETE FROM snapshots WHERE workspace_id = ?1 AND name = ?2",
+            params![id, name],
+        )? == 1)
+    }
+
+    /// Forgets a workspace, its history and its snapshots, in one transaction.
+    pub fn delete_workspace(&self, id: &str) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        for table in ["workspace_logs", "snapshots"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE workspace_id = ?1"),
+                params![id],
+            )?;
+        }
+        tx.execute("DELETE FROM workspaces WHERE id = ?1", params![id])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Sets (or clears) a sandbox's owner.
+    pub fn set_owner(&self, id: &str, owner: Option<ProcessId>) -> Result<()> {
+        self.conn().execute(
+            "UPDATE sandboxes SET owner_pid = ?2, owner_start = ?3 WHERE id = ?1",
+            params![
+                id,
+                owner.map(|o| o.pid as i64),
+                owner.map(|o| o.start as i64)
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Marks a sandbox stopped (no runtime process).
+    pub fn set_stopped(&self, id: &str) -> Result<()> {
+        self.conn().execute("UPDATE sandboxes SET state = 'stopped', runtime_pid = NULL, runtime_start = NULL WHERE id = ?1", params![id])?;
+        Ok(())
     }
 }
 

@@ -5,6 +5,7 @@ mod doctor;
 mod env;
 mod gc;
 mod run;
+mod workspace;
 
 use std::process::ExitCode;
 
@@ -19,5 +20,55 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Doctor(o) => doctor::doctor(&pyro, o),
         Command::Gc(o) => gc::gc(&pyro, o).await,
         Command::Bench(a) => bench::bench(&pyro, a).await,
+        Command::Workspace(c) => workspace::workspace(&pyro, c).await,
+    }
+}
+
+/// Passes guest output straight through to our own stdout and stderr.
+pub struct Passthrough;
+
+impl pyro::OutputSink for Passthrough {
+    fn output(&mut self, stream: pyro::OutputStream, bytes: &[u8]) {
+        use std::io::Write;
+        // A closed stdout (e.g. `| head`) must not abort the call: the sandbox still gets
+        // cleaned up and the exit code still reported.
+        let _ = match stream {
+            pyro::OutputStream::Stdout => std::io::stdout()
+                .lock()
+                .write_all(bytes)
+                .and_then(|_| std::io::stdout().flush()),
+            pyro::OutputStream::Stderr => std::io::stderr().lock().write_all(bytes),
+        };
+    }
+}
+
+/// Parses repeated `KEY=VALUE` flags (split at the first `=`).
+pub fn parse_pairs(
+    flag: &str,
+    pairs: &[String],
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    use anyhow::Context;
+    pairs
+        .iter()
+        .map(|p| {
+            let (k, v) = p
+                .split_once('=')
+                .with_context(|| format!("{flag} {p:?} is not KEY=VALUE"))?;
+            Ok((k.trim().to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_split_at_the_first_equals() {
+        let m = parse_pairs("--env", &["A=1".into(), "B=x=y".into(), "C=".into()]).unwrap();
+        assert_eq!(m["A"], "1");
+        assert_eq!(m["B"], "x=y");
+        assert_eq!(m["C"], "");
+        assert!(parse_pairs("--env", &["NOEQUALS".into()]).is_err());
     }
 }

@@ -1,14 +1,13 @@
 //! `pyro run`.
 
-use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use pyro::{OutputSink, OutputStream, Pyro, RunRequest};
+use pyro::{OutputSink, Pyro, RunRequest};
 use tokio::signal::unix::{signal, SignalKind};
 
+use super::parse_pairs;
 use crate::cli::RunArgs;
 use crate::output::{phase_line, print_json, BuildProgress};
 
@@ -32,42 +31,13 @@ impl pyro::Observer for RunObserver {
     }
 }
 
-/// Passes guest output straight through to our own stdout and stderr.
-struct Passthrough;
-
-impl OutputSink for Passthrough {
-    fn output(&mut self, stream: OutputStream, bytes: &[u8]) {
-        // A closed stdout (e.g. `| head`) must not abort the run: the sandbox still gets
-        // cleaned up and the exit code still reported.
-        let _ = match stream {
-            OutputStream::Stdout => std::io::stdout()
-                .lock()
-                .write_all(bytes)
-                .and_then(|_| std::io::stdout().flush()),
-            OutputStream::Stderr => std::io::stderr().lock().write_all(bytes),
-        };
-    }
-}
-
-fn parse_env(pairs: &[String]) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
-    pairs
-        .iter()
-        .map(|p| {
-            let (k, v) = p
-                .split_once('=')
-                .with_context(|| format!("--env {p:?} is not KEY=VALUE"))?;
-            Ok((k.to_string(), v.to_string()))
-        })
-        .collect()
-}
-
 pub async fn run(pyro: &Pyro, a: RunArgs) -> anyhow::Result<ExitCode> {
     let mut req = RunRequest::new(a.environment.clone(), a.command.clone());
     req.isolation = a.isolation.as_deref().map(str::parse).transpose()?;
     req.vcpus = a.vcpu;
     req.mem_mib = a.mem;
     req.timeout = Duration::from_secs(a.timeout);
-    req.env = parse_env(&a.env)?;
+    req.env = parse_pairs("--env", &a.env)?;
     req.build_missing = !a.no_build;
     req.max_output_bytes = a.max_output_bytes;
     let observer = Arc::new(RunObserver {
@@ -77,7 +47,7 @@ pub async fn run(pyro: &Pyro, a: RunArgs) -> anyhow::Result<ExitCode> {
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    let mut passthrough = Passthrough;
+    let mut passthrough = super::Passthrough;
     let output: Option<&mut dyn OutputSink> = if a.json { None } else { Some(&mut passthrough) };
     let outcome = tokio::select! {
         r = pyro.run(&req, observer.clone(), output) => Ok(r),
@@ -131,18 +101,4 @@ pub async fn run(pyro: &Pyro, a: RunArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::from(result.exit_code.clamp(0, 255) as u8))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn env_pairs_split_at_the_first_equals() {
-        let m = parse_env(&["A=1".into(), "B=x=y".into(), "C=".into()]).unwrap();
-        assert_eq!(m["A"], "1");
-        assert_eq!(m["B"], "x=y");
-        assert_eq!(m["C"], "");
-        assert!(parse_env(&["NOEQUALS".into()]).is_err());
-    }
 }

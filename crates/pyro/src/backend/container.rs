@@ -385,7 +385,11 @@ impl Backend for ContainerBackend {
         })
     }
 
-    async fn destroy(&self, record: &SandboxRecord) -> CleanupReport {
+    fn socket(&self, record: &SandboxRecord) -> PathBuf {
+        socket_path(&record.run_dir)
+    }
+
+    async fn stop(&self, record: &SandboxRecord) -> CleanupReport {
         let mut errors = Vec::new();
         // Killing the container's init ends its pid namespace and so every process in it. We
         // do it ourselves, by pidfd (immune to pid reuse), and wait for the exit: `runc delete
@@ -429,7 +433,7 @@ impl Backend for ContainerBackend {
             Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
             Err(e) => errors.push(format!("unmount {}: {e}", rootfs.display())),
         }
-        for dir in [&record.run_dir, &record.state_dir] {
+        for dir in [&record.run_dir] {
             match std::fs::remove_dir_all(dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

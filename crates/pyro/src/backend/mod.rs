@@ -146,7 +146,24 @@ pub trait Backend: Send + Sync {
     fn uid_shift(&self) -> u32;
     /// Creates and starts a sandbox; the agent may not be ready yet when this returns.
     async fn start(&self, spec: &SandboxSpec<'_>) -> Result<Started>;
-    /// Stops and removes every process, mount and file of a sandbox. Never fails: what could not
-    /// be removed is listed in the report, and a later `pyro gc` tries again.
-    async fn destroy(&self, record: &SandboxRecord) -> CleanupReport;
+    /// Stops every process and removes every mount and runtime file of a sandbox, but keeps its
+    /// state directory (the writable layer), so that `start` can bring it back. Never fails:
+    /// what could not be removed is listed in the report.
+    async fn stop(&self, record: &SandboxRecord) -> CleanupReport;
+    /// Stops a sandbox and removes its state directory too. Never fails: what could not be
+    /// removed is listed in the report, and a later `pyro gc` tries again.
+    async fn destroy(&self, record: &SandboxRecord) -> CleanupReport {
+        let mut report = self.stop(record).await;
+        match std::fs::remove_dir_all(&record.state_dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => report
+                .errors
+                .push(format!("remove {}: {e}", record.state_dir.display())),
+        }
+        report.deleted = report.errors.is_empty();
+        report
+    }
+    /// The agent's socket on the host for a started sandbox.
+    fn socket(&self, record: &SandboxRecord) -> PathBuf;
 }

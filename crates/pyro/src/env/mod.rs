@@ -253,6 +253,13 @@ impl EnvCache {
         Ok(())
     }
 
+    /// The unpacked root filesystem for a manifest digest, if it is unpacked already. Used to
+    /// restart workspaces whose environment has since been rebuilt under a new digest.
+    pub fn existing_rootfs(&self, manifest_digest: &str, uid_shift: u32) -> Option<PathBuf> {
+        let hex = oci::sha256_hex(manifest_digest)?;
+        Some(self.root.join("rootfs").join(format!("{hex}-u{uid_shift}"))).filter(|p| p.is_dir())
+    }
+
     /// The environment's root filesystem with owners shifted by `uid_shift`, at
     /// `<root>/rootfs/<manifest-hex>-u<shift>/`. It is unpacked on first use into a scratch
     /// directory and renamed into place, so it either exists complete or not at all; concurrent

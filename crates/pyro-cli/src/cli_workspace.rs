@@ -1,0 +1,299 @@
+//! clap types for `pyro workspace …`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use crate::cli::OutputArgs;
+
+#[derive(Debug, Subcommand)]
+pub enum WorkspaceCommand {
+    /// Create a workspace: a sandbox that stays alive, starting in /workspace with the seed.
+    Create(CreateArgs),
+    /// List workspaces.
+    List(ListArgs),
+    /// Show one workspace.
+    Status(IdArgs),
+    /// Change a workspace's name, labels or TTL.
+    Update(UpdateArgs),
+    /// Stop a workspace's sandbox; its files are kept.
+    Stop(IdArgs),
+    /// Start a stopped workspace again.
+    Start(IdArgs),
+    /// Delete a workspace with its files, snapshots and history.
+    Delete(IdArgs),
+    /// The history of commands run in a workspace.
+    Logs(IdArgs),
+    /// Run a command in a workspace (sh -lc, POSIX-quoted argv, cwd /workspace).
+    Exec(ExecArgs),
+    /// Read, write or list files in /workspace.
+    #[command(subcommand)]
+    File(FileCommand),
+    /// Apply a patch to /workspace.
+    #[command(subcommand)]
+    Patch(PatchCommand),
+    /// Copy host files into a workspace.
+    #[command(subcommand)]
+    Sync(SyncCommand),
+    /// What changed under /workspace since the baseline taken at create time.
+    Diff(IdArgs),
+    /// Copy a file or directory from the workspace to the host.
+    Export(ExportArgs),
+    /// Named snapshots of /workspace.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// Recreate the sandbox and restore the baseline or a named snapshot.
+    Reset(ResetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    /// Workspace id or name.
+    pub id: String,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Environment, e.g. debian:12.
+    pub environment: String,
+    /// A unique name to use instead of the id.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// A label KEY=VALUE (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// A host directory, .tar or .tar.gz to seed /workspace with.
+    #[arg(long)]
+    pub seed_path: Option<PathBuf>,
+    /// Stop the workspace this many seconds after creation.
+    #[arg(long, conflicts_with = "idle_ttl")]
+    pub ttl: Option<u64>,
+    /// Stop the workspace after this many seconds without activity.
+    #[arg(long)]
+    pub idle_ttl: Option<u64>,
+    /// Virtual CPUs.
+    #[arg(long, default_value_t = 1)]
+    pub vcpu: u32,
+    /// Memory in MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub mem: u64,
+    /// Isolation level [default: $PYRO_ISOLATION or microvm].
+    #[arg(long)]
+    pub isolation: Option<String>,
+    /// Fail instead of building an environment that is not built yet.
+    #[arg(long)]
+    pub no_build: bool,
+    /// Print only the id.
+    #[arg(long, conflicts_with = "json")]
+    pub id_only: bool,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only workspaces with this label KEY=VALUE (repeatable; all must match).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Only workspaces in this state (running, stopped, …).
+    #[arg(long)]
+    pub state: Option<String>,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// Workspace id or name.
+    pub id: String,
+    /// New name.
+    #[arg(long, conflicts_with = "clear_name")]
+    pub name: Option<String>,
+    /// Remove the name.
+    #[arg(long)]
+    pub clear_name: bool,
+    /// Set a label KEY=VALUE (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Remove a label (repeatable).
+    #[arg(long = "clear-label", value_name = "KEY")]
+    pub clear_labels: Vec<String>,
+    /// New absolute TTL in seconds from creation.
+    #[arg(long, conflicts_with_all = ["idle_ttl", "clear_ttl"])]
+    pub ttl: Option<u64>,
+    /// New idle TTL in seconds.
+    #[arg(long, conflicts_with = "clear_ttl")]
+    pub idle_ttl: Option<u64>,
+    /// Remove any TTL.
+    #[arg(long)]
+    pub clear_ttl: bool,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Workspace id or name.
+    pub id: String,
+    /// Seconds before the command's whole process group is killed.
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
+    /// Working directory in the guest.
+    #[arg(long)]
+    pub cwd: Option<String>,
+    /// Extra environment variable KEY=VALUE (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Bytes of stdout and of stderr to keep, each.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_output_bytes: u64,
+    /// Print the result as JSON instead of passing output through.
+    #[arg(long)]
+    pub json: bool,
+    /// The command, after `--`.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FileCommand {
+    /// Print a file.
+    Read(FileReadArgs),
+    /// Write a file (from --text, --text-file, or stdin).
+    Write(FileWriteArgs),
+    /// List a directory.
+    List(FileListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FileReadArgs {
+    /// Workspace id or name.
+    pub id: String,
+    /// Path in the workspace.
+    pub path: String,
+    /// Most bytes to return.
+    #[arg(long, default_value_t = 65536)]
+    pub max_bytes: u64,
+    /// Print the content only, exactly (no added newline, no summary line).
+    #[arg(long, conflicts_with = "json")]
+    pub content_only: bool,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct FileWriteArgs {
+    /// Workspace id or name.
+    pub id: String,
+    /// Path in the workspace.
+    pub path: String,
+    /// The content.
+    #[arg(long, conflicts_with = "text_file")]
+    pub text: Option<String>,
+    /// A host file with the content.
+    #[arg(long)]
+    pub text_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct FileListArgs {
+    /// Workspace id or name.
+    pub id: String,
+    /// Directory in the workspace.
+    #[arg(default_value = "/workspace")]
+    pub path: String,
+    /// Include subdirectories.
+    #[arg(long)]
+    pub recursive: bool,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PatchCommand {
+    /// Apply a unified diff / `git diff` (from --patch-file or stdin), all or nothing.
+    Apply(PatchApplyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PatchApplyArgs {
+    /// Workspace id or name.
+    pub id: String,
+    /// The patch file (default: stdin).
+    #[arg(long)]
+    pub patch_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SyncCommand {
+    /// Copy a host directory or archive (.tar, .tar.gz) into the workspace.
+    Push(SyncPushArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SyncPushArgs {
+    /// Workspace id or name.
+    pub id: String,
+    /// Host directory or archive.
+    pub source: PathBuf,
+    /// Destination directory in the workspace.
+    #[arg(long)]
+    pub dest: Option<String>,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Workspace id or name.
+    pub id: String,
+    /// Path in the workspace.
+    pub path: String,
+    /// Host path: a file, a directory, or an archive when it ends in .tar.
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Overwrite an existing output.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Take a named snapshot of /workspace.
+    Create(SnapshotNameArgs),
+    /// List snapshots.
+    List(IdArgs),
+    /// Delete a named snapshot.
+    Delete(SnapshotNameArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotNameArgs {
+    /// Workspace id or name.
+    pub id: String,
+    /// Snapshot name.
+    pub name: String,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ResetArgs {
+    /// Workspace id or name.
+    pub id: String,
+    /// Snapshot to restore (default: baseline).
+    #[arg(long)]
+    pub snapshot: Option<String>,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}

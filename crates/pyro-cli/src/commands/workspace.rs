@@ -1,0 +1,467 @@
+//! `pyro workspace …`: map arguments to facade calls and render the results.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use pyro::sandbox::ExecOptions;
+use pyro::workspace::{CreateWorkspace, Seed, UpdateWorkspace, WorkspaceInfo};
+use pyro::{OutputSink, Pyro};
+use tokio::io::AsyncReadExt;
+
+use super::{parse_pairs, Passthrough};
+use crate::cli_workspace::*;
+use crate::output::{phase_line, print_json, BuildProgress};
+
+struct Phases {
+    show: bool,
+    build: BuildProgress,
+}
+
+impl pyro::Observer for Phases {
+    fn phase(&self, phase: &str, fields: &[(&str, String)]) {
+        self.build.finish();
+        if self.show {
+            let mut all = vec![("phase", phase.to_string())];
+            all.extend(fields.iter().map(|(k, v)| (*k, v.clone())));
+            phase_line("workspace", &all);
+        }
+    }
+    fn build(&self, env: &str, message: &str) {
+        self.build.step(env, message);
+    }
+}
+
+fn ms_to_rfc3339(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil-from-days (Howard Hinnant's algorithm), to avoid a date crate for one format.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn summary(action: &str, w: &WorkspaceInfo) {
+    println!("{action}: {}", w.workspace_id);
+    if let Some(n) = &w.name {
+        println!("Name: {n}");
+    }
+    if !w.labels.is_empty() {
+        let l: Vec<String> = w.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("Labels: {}", l.join(", "));
+    }
+    println!("Environment: {}", w.environment);
+    println!("State: {}", w.state);
+    println!("Isolation: {} (backend {})", w.isolation, w.backend);
+    println!("Workspace: {}", w.workspace_path);
+    println!("Resources: {} vCPU / {} MiB", w.vcpus, w.mem_mib);
+    match (w.ttl_s, w.idle_ttl_s, w.expires_at_ms) {
+        (Some(t), _, Some(e)) => println!("TTL: {t} s (expires {})", ms_to_rfc3339(e)),
+        (_, Some(t), Some(e)) => {
+            println!("Idle TTL: {t} s (expires {} unless used)", ms_to_rfc3339(e))
+        }
+        _ => println!("TTL: none"),
+    }
+    println!("Created: {}", ms_to_rfc3339(w.created_at_ms));
+    println!("Last activity: {}", ms_to_rfc3339(w.last_activity_ms));
+    println!("Commands: {}  Resets: {}", w.command_count, w.reset_count);
+}
+
+fn ttl(secs: Option<u64>) -> Option<Duration> {
+    secs.map(Duration::from_secs)
+}
+
+pub async fn workspace(pyro: &Pyro, cmd: WorkspaceCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        WorkspaceCommand::Create(a) => {
+            let mut req = CreateWorkspace::new(a.environment);
+            req.name = a.name;
+            req.labels = parse_pairs("--label", &a.labels)?;
+            req.seed = a.seed_path.as_deref().map(Seed::from_path).transpose()?;
+            req.ttl = ttl(a.ttl);
+            req.idle_ttl = ttl(a.idle_ttl);
+            req.vcpus = a.vcpu;
+            req.mem_mib = a.mem;
+            req.isolation = a.isolation.as_deref().map(str::parse).transpose()?;
+            req.build_missing = !a.no_build;
+            let observer = Arc::new(Phases {
+                show: !a.json && !a.id_only,
+                build: BuildProgress::new(),
+            });
+            let w = pyro.workspace_create(&req, observer).await?;
+            if a.json {
+                print_json(&w)?;
+            } else if a.id_only {
+                println!("{}", w.workspace_id);
+            } else {
+                summary("Workspace", &w);
+            }
+        }
+        WorkspaceCommand::List(a) => {
+            let labels = parse_pairs("--label", &a.labels)?;
+            let list = pyro.workspace_list(&labels, a.state.as_deref())?;
+            if a.out.json {
+                print_json(&serde_json::json!({"count": list.len(), "workspaces": list}))?;
+            } else if list.is_empty() {
+                println!("No workspaces.");
+            } else {
+                for w in &list {
+                    let labels: Vec<String> =
+                        w.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    println!(
+                        "{}  {:<10} {:<16} {:<10} name={} labels={} commands={} last_activity={}",
+                        w.workspace_id,
+                        w.state,
+                        w.environment,
+                        w.isolation,
+                        w.name.as_deref().unwrap_or("-"),
+                        if labels.is_empty() {
+                            "-".into()
+                        } else {
+                            labels.join(",")
+                        },
+                        w.command_count,
+                        ms_to_rfc3339(w.last_activity_ms)
+                    );
+                }
+            }
+        }
+        WorkspaceCommand::Status(a) => {
+            show(pyro.workspace_status(&a.id)?, "Workspace", a.out.json)?
+        }
+        WorkspaceCommand::Update(a) => {
+            let mut u = UpdateWorkspace {
+                set_labels: parse_pairs("--label", &a.labels)?,
+                clear_labels: a.clear_labels,
+                ..Default::default()
+            };
+            if a.clear_name {
+                u.name = Some(None);
+            } else if let Some(n) = a.name {
+                u.name = Some(Some(n));
+            }
+            if a.clear_ttl {
+                u.ttl = Some(None);
+                u.idle_ttl = Some(None);
+            } else {
+                u.ttl = a.ttl.map(|t| Some(Duration::from_secs(t)));
+                u.idle_ttl = a.idle_ttl.map(|t| Some(Duration::from_secs(t)));
+            }
+            show(
+                pyro.workspace_update(&a.id, &u).await?,
+                "Updated workspace",
+                a.out.json,
+            )?;
+        }
+        WorkspaceCommand::Stop(a) => show(
+            pyro.workspace_stop(&a.id).await?,
+            "Stopped workspace",
+            a.out.json,
+        )?,
+        WorkspaceCommand::Start(a) => show(
+            pyro.workspace_start(&a.id).await?,
+            "Started workspace",
+            a.out.json,
+        )?,
+        WorkspaceCommand::Delete(a) => {
+            let r = pyro.workspace_delete(&a.id).await?;
+            if a.out.json {
+                print_json(&r)?;
+            } else if r.deleted {
+                println!("Deleted workspace: {}", r.workspace_id);
+            } else {
+                println!(
+                    "Deleted workspace {} incompletely: {}",
+                    r.workspace_id,
+                    r.errors.join("; ")
+                );
+            }
+            if !r.deleted {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        WorkspaceCommand::Logs(a) => {
+            let logs = pyro.workspace_logs(&a.id)?;
+            if a.out.json {
+                print_json(&serde_json::json!({"count": logs.len(), "entries": logs}))?;
+            } else if logs.is_empty() {
+                println!("No workspace logs found.");
+            } else {
+                for l in &logs {
+                    println!(
+                        "#{} exit_code={} duration_ms={} cwd={} at={}",
+                        l.seq,
+                        l.exit_code,
+                        l.duration_ms,
+                        l.cwd,
+                        ms_to_rfc3339(l.started_at_ms)
+                    );
+                    println!("$ {}", l.command);
+                }
+            }
+        }
+        WorkspaceCommand::Exec(a) => {
+            let opts = ExecOptions {
+                timeout: Duration::from_secs(a.timeout),
+                env: parse_pairs("--env", &a.env)?,
+                cwd: a.cwd,
+                max_output_bytes: a.max_output_bytes,
+            };
+            let mut pass = Passthrough;
+            let out: Option<&mut dyn OutputSink> = if a.json { None } else { Some(&mut pass) };
+            let r = pyro.workspace_exec(&a.id, &a.command, &opts, out).await?;
+            if a.json {
+                print_json(&r)?;
+            } else {
+                phase_line(
+                    "workspace-exec",
+                    &[
+                        ("workspace_id", r.workspace_id.clone()),
+                        ("sequence", r.sequence.to_string()),
+                        ("cwd", r.cwd.clone()),
+                        ("exit_code", r.exit_code.to_string()),
+                        ("timed_out", r.timed_out.to_string()),
+                        ("truncated", r.truncated.to_string()),
+                        ("duration_ms", r.duration_ms.to_string()),
+                    ],
+                );
+            }
+            return Ok(ExitCode::from(r.exit_code.clamp(0, 255) as u8));
+        }
+        WorkspaceCommand::File(FileCommand::Read(a)) => {
+            let r = pyro
+                .workspace_file_read(&a.id, &a.path, a.max_bytes)
+                .await?;
+            if a.json {
+                print_json(&r)?;
+            } else {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                out.write_all(&r.bytes)?;
+                if !a.content_only {
+                    if !r.bytes.ends_with(b"\n") && !r.bytes.is_empty() {
+                        out.write_all(b"\n")?;
+                    }
+                    phase_line(
+                        "workspace-file-read",
+                        &[
+                            ("workspace_id", r.workspace_id.clone()),
+                            ("path", r.path.clone()),
+                            ("size_bytes", r.size_bytes.to_string()),
+                            ("truncated", r.truncated.to_string()),
+                        ],
+                    );
+                }
+            }
+        }
+        WorkspaceCommand::File(FileCommand::Write(a)) => {
+            let r = match (&a.text, &a.text_file) {
+                (Some(t), _) => {
+                    pyro.workspace_file_write(&a.id, &a.path, &mut t.as_bytes())
+                        .await?
+                }
+                (None, Some(f)) => {
+                    let mut file = tokio::fs::File::open(f)
+                        .await
+                        .with_context(|| format!("open {}", f.display()))?;
+                    pyro.workspace_file_write(&a.id, &a.path, &mut file).await?
+                }
+                (None, None) => {
+                    pyro.workspace_file_write(&a.id, &a.path, &mut tokio::io::stdin())
+                        .await?
+                }
+            };
+            if a.out.json {
+                print_json(&r)?;
+            } else {
+                phase_line(
+                    "workspace-file-write",
+                    &[
+                        ("workspace_id", r.workspace_id.clone()),
+                        ("path", r.path.clone()),
+                        ("bytes_written", r.bytes_written.to_string()),
+                    ],
+                );
+            }
+        }
+        WorkspaceCommand::File(FileCommand::List(a)) => {
+            let r = pyro
+                .workspace_file_list(&a.id, &a.path, a.recursive)
+                .await?;
+            if a.out.json {
+                print_json(&r)?;
+            } else {
+                for e in &r.entries {
+                    match &e.link_target {
+                        Some(t) => println!("{} [{}] -> {t}", e.path, e.kind),
+                        None => {
+                            println!("{} [{}] size={} mode={:o}", e.path, e.kind, e.size, e.mode)
+                        }
+                    }
+                }
+                if r.truncated {
+                    println!("(listing truncated)");
+                }
+            }
+        }
+        WorkspaceCommand::Patch(PatchCommand::Apply(a)) => {
+            let mut text = String::new();
+            match &a.patch_file {
+                Some(f) => {
+                    text = std::fs::read_to_string(f)
+                        .with_context(|| format!("read {}", f.display()))?
+                }
+                None => {
+                    tokio::io::stdin()
+                        .take(64 << 20)
+                        .read_to_string(&mut text)
+                        .await
+                        .context("read the patch from stdin")?;
+                }
+            }
+            let r = pyro.workspace_patch_apply(&a.id, &text).await?;
+            if a.out.json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "[workspace-patch] workspace_id={} total={} added={} modified={} deleted={}",
+                    r.workspace_id,
+                    r.summary.total,
+                    r.summary.added,
+                    r.summary.modified,
+                    r.summary.deleted
+                );
+                for e in &r.entries {
+                    println!("{} {}", e.status, e.path);
+                }
+            }
+        }
+        WorkspaceCommand::Sync(SyncCommand::Push(a)) => {
+            let r = pyro
+                .workspace_sync_push(&a.id, &a.source, a.dest.as_deref())
+                .await?;
+            if a.out.json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "[workspace-sync] workspace_id={} source={} destination={} entry_count={} bytes_written={}",
+                    r.workspace_id,
+                    r.source.display(),
+                    r.destination,
+                    r.entry_count,
+                    r.bytes_written
+                );
+            }
+        }
+        WorkspaceCommand::Diff(a) => {
+            let r = pyro.workspace_diff(&a.id).await?;
+            if a.out.json {
+                print_json(&r)?;
+            } else if !r.changed {
+                println!("No workspace changes.");
+            } else {
+                println!(
+                    "[workspace-diff] workspace_id={} total={} added={} modified={} deleted={} truncated={}",
+                    r.workspace_id, r.summary.total, r.summary.added, r.summary.modified, r.summary.deleted, r.truncated
+                );
+                print!("{}", r.patch);
+            }
+        }
+        WorkspaceCommand::Export(a) => {
+            let r = pyro
+                .workspace_export(&a.id, &a.path, &a.output, a.force)
+                .await?;
+            if a.out.json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "[workspace-export] workspace_id={} workspace_path={} output_path={} artifact_type={} entry_count={} bytes_written={}",
+                    r.workspace_id,
+                    r.workspace_path,
+                    r.output_path.display(),
+                    r.artifact_type,
+                    r.entry_count,
+                    r.bytes_written
+                );
+            }
+        }
+        WorkspaceCommand::Snapshot(SnapshotCommand::Create(a)) => {
+            let r = pyro.workspace_snapshot_create(&a.id, &a.name).await?;
+            if a.out.json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "[workspace-snapshot-create] workspace_id={} snapshot={} entries={} bytes={} new_bytes={} duration_ms={}",
+                    r.workspace_id, r.snapshot.name, r.snapshot.entries, r.snapshot.bytes, r.new_bytes, r.duration_ms
+                );
+            }
+        }
+        WorkspaceCommand::Snapshot(SnapshotCommand::List(a)) => {
+            let list = pyro.workspace_snapshot_list(&a.id)?;
+            if a.out.json {
+                print_json(&serde_json::json!({"count": list.len(), "snapshots": list}))?;
+            } else {
+                for s in &list {
+                    println!(
+                        "{} [{}] entries={} bytes={} created={}",
+                        s.name,
+                        s.kind,
+                        s.entries,
+                        s.bytes,
+                        ms_to_rfc3339(s.created_at_ms)
+                    );
+                }
+            }
+        }
+        WorkspaceCommand::Snapshot(SnapshotCommand::Delete(a)) => {
+            pyro.workspace_snapshot_delete(&a.id, &a.name).await?;
+            if a.out.json {
+                print_json(
+                    &serde_json::json!({"workspace_id": a.id, "snapshot": a.name, "deleted": true}),
+                )?;
+            } else {
+                println!("Deleted workspace snapshot: {}", a.name);
+            }
+        }
+        WorkspaceCommand::Reset(a) => {
+            let w = pyro.workspace_reset(&a.id, a.snapshot.as_deref()).await?;
+            show(w, "Reset workspace", a.out.json)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show(w: WorkspaceInfo, action: &str, json: bool) -> anyhow::Result<()> {
+    if json {
+        print_json(&w)
+    } else {
+        summary(action, &w);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_render_as_utc() {
+        assert_eq!(ms_to_rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(ms_to_rfc3339(1_795_000_000_000), "2026-11-18T08:26:40Z");
+        assert_eq!(ms_to_rfc3339(951_782_400_000), "2000-02-29T00:00:00Z");
+    }
+}

@@ -1,0 +1,436 @@
+//! Files in and out of a workspace: read, write, list, sync push and export. Host archives are
+//! streamed from disk, never held whole in memory; every archive is checked entry by entry by
+//! the agent before anything reaches `/workspace`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::error::{Error, IoContext, Result};
+use crate::facade::Pyro;
+use crate::sandbox::Sandbox;
+use crate::workspace::snapshot::{MAX_ARCHIVE_BYTES, MAX_ARCHIVE_ENTRIES};
+use crate::workspace::{Seed, WORKSPACE_PATH};
+
+/// Most bytes a single file read may return.
+pub const MAX_READ_BYTES: u64 = 64 << 20;
+/// Most bytes a single file write may carry.
+pub const MAX_WRITE_BYTES: u64 = 256 << 20;
+/// Most entries a listing returns.
+pub const MAX_LIST_ENTRIES: u64 = 100_000;
+
+/// A checked seed or sync source on the host.
+#[derive(Debug, Clone)]
+pub(crate) struct SeedSource {
+    seed: Seed,
+    gzip: bool,
+}
+
+impl SeedSource {
+    pub fn prepare(seed: &Seed) -> Result<SeedSource> {
+        match seed {
+            Seed::Dir(p) => {
+                if !p.is_dir() {
+                    return Err(Error::InvalidRequest(format!(
+                        "{} is not a directory",
+                        p.display()
+                    )));
+                }
+                Ok(SeedSource {
+                    seed: seed.clone(),
+                    gzip: false,
+                })
+            }
+            Seed::Archive(p) => {
+                let mut magic = [0u8; 2];
+                let mut f = std::fs::File::open(p).ctx(|| format!("open {}", p.display()))?;
+                let n = std::io::Read::read(&mut f, &mut magic)
+                    .ctx(|| format!("read {}", p.display()))?;
+                Ok(SeedSource {
+                    seed: seed.clone(),
+                    gzip: n == 2 && magic == [0x1f, 0x8b],
+                })
+            }
+        }
+    }
+
+    pub fn describe(&self) -> serde_json::Value {
+        match &self.seed {
+            Seed::Dir(p) => serde_json::json!({"mode": "directory", "source": p}),
+            Seed::Archive(p) => {
+                serde_json::json!({"mode": if self.gzip { "tar.gz" } else { "tar" }, "source": p})
+            }
+        }
+    }
+
+    /// Streams the source as a plain tar to the agent, unpacked under `dest`.
+    pub async fn upload(&self, pyro: &Pyro, sb: &Sandbox, dest: &str) -> Result<(u64, u64)> {
+        let src: Option<PathBuf> = match (&self.seed, self.gzip) {
+            (Seed::Archive(p), false) => Some(p.clone()),
+            _ => None,
+        };
+        let (path, temp) = match src {
+            Some(p) => (p, None),
+            None => {
+                // A directory is archived (or a gzip archive decompressed) into a temporary file
+                // on disk first: streamed, bounded by disk, never whole in memory.
+                let tmp = pyro.tmp_file(sb.id(), "upload")?;
+                let seed = self.seed.clone();
+                let t = tmp.clone();
+                tokio::task::spawn_blocking(move || to_plain_tar(&seed, &t))
+                    .await
+                    .map_err(|e| Error::Agent(format!("archive task: {e}")))??;
+                (tmp.clone(), Some(tmp))
+            }
+        };
+        let result = async {
+            let mut f = tokio::fs::File::open(&path)
+                .await
+                .ctx(|| format!("open {}", path.display()))?;
+            sb.client()
+                .archive_in(dest, false, MAX_ARCHIVE_BYTES, MAX_ARCHIVE_ENTRIES, &mut f)
+                .await
+        }
+        .await;
+        if let Some(t) = temp {
+            let _ = std::fs::remove_file(t);
+        }
+        result
+    }
+}
+
+fn to_plain_tar(seed: &Seed, out: &Path) -> Result<()> {
+    let f = std::fs::File::create(out).ctx(|| format!("create {}", out.display()))?;
+    let mut w = std::io::BufWriter::new(f);
+    match seed {
+        Seed::Dir(dir) => {
+            let mut b = tar::Builder::new(&mut w);
+            // Links are archived as links; the agent refuses any that leave the tree.
+            b.follow_symlinks(false);
+            b.append_dir_all(".", dir)
+                .ctx(|| format!("archive {}", dir.display()))?;
+            b.finish().ctx(|| "finish archive".into())?;
+        }
+        Seed::Archive(p) => {
+            let f = std::fs::File::open(p).ctx(|| format!("open {}", p.display()))?;
+            let mut gz = flate2::read::GzDecoder::new(std::io::BufReader::new(f));
+            // Decompressed size is capped like the archive's content (a gzip bomb stops here).
+            let copied = std::io::copy(
+                &mut std::io::Read::take(&mut gz, MAX_ARCHIVE_BYTES + (64 << 20)),
+                &mut w,
+            )
+            .ctx(|| format!("decompress {}", p.display()))?;
+            if copied > MAX_ARCHIVE_BYTES {
+                return Err(Error::InvalidRequest(format!(
+                    "{} decompresses to more than {MAX_ARCHIVE_BYTES} bytes",
+                    p.display()
+                )));
+            }
+        }
+    }
+    std::io::Write::flush(&mut w).ctx(|| "flush archive".into())
+}
+
+/// A file read.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileReadResult {
+    /// The workspace.
+    pub workspace_id: String,
+    /// The path asked for.
+    pub path: String,
+    /// The file's size.
+    pub size_bytes: u64,
+    /// The cap that applied.
+    pub max_bytes: u64,
+    /// Content (lossy when not UTF-8; see `content_base64`).
+    pub content: String,
+    /// Exact bytes when the content is not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_base64: Option<String>,
+    /// Whether the file is longer than what was returned.
+    pub truncated: bool,
+    /// The raw bytes, for front doors that print them.
+    #[serde(skip)]
+    pub bytes: Vec<u8>,
+}
+
+/// A file write.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileWriteResult {
+    /// The workspace.
+    pub workspace_id: String,
+    /// The path written.
+    pub path: String,
+    /// Bytes written.
+    pub bytes_written: u64,
+}
+
+/// A listing.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileListResult {
+    /// The workspace.
+    pub workspace_id: String,
+    /// The path listed.
+    pub path: String,
+    /// Whether subdirectories were included.
+    pub recursive: bool,
+    /// Entries.
+    pub entries: Vec<FileEntry>,
+    /// Whether the listing was cut short.
+    pub truncated: bool,
+}
+
+/// One listed entry.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileEntry {
+    /// Path relative to the listed directory.
+    pub path: String,
+    /// `file`, `dir`, `symlink` or `other`.
+    pub kind: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Symlink target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link_target: Option<String>,
+}
+
+/// A sync push.
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncResult {
+    /// The workspace.
+    pub workspace_id: String,
+    /// Host source.
+    pub source: PathBuf,
+    /// Guest destination.
+    pub destination: String,
+    /// Entries unpacked.
+    pub entry_count: u64,
+    /// Content bytes written.
+    pub bytes_written: u64,
+}
+
+/// An export.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExportResult {
+    /// The workspace.
+    pub workspace_id: String,
+    /// Guest path.
+    pub workspace_path: String,
+    /// Host path written.
+    pub output_path: PathBuf,
+    /// `file`, `directory` or `archive`.
+    pub artifact_type: String,
+    /// Entries.
+    pub entry_count: u64,
+    /// Content bytes.
+    pub bytes_written: u64,
+}
+
+impl Pyro {
+    /// Reads a file from `/workspace` (at most `max_bytes`).
+    pub async fn workspace_file_read(
+        &self,
+        id: &str,
+        path: &str,
+        max_bytes: u64,
+    ) -> Result<FileReadResult> {
+        if max_bytes > MAX_READ_BYTES {
+            return Err(Error::InvalidRequest(format!(
+                "max bytes may not exceed {MAX_READ_BYTES}"
+            )));
+        }
+        let w = self.ws_row(id)?;
+        let _lock = self.ws_lock(&w.id, false).await?;
+        let (w, sb) = self.ws_running(&w.id).await?;
+        self.inner.store.touch_workspace(&w.id)?;
+        let (bytes, size, truncated) = sb.client().read_file(path, max_bytes).await?;
+        let (content, content_base64) = crate::run::text_and_bytes(&bytes);
+        Ok(FileReadResult {
+            workspace_id: w.id,
+            path: path.into(),
+            size_bytes: size,
+            max_bytes,
+            content,
+            content_base64,
+            truncated,
+            bytes,
+        })
+    }
+
+    /// Writes a file in `/workspace` atomically from `src`.
+    pub async fn workspace_file_write(
+        &self,
+        id: &str,
+        path: &str,
+        src: &mut (dyn tokio::io::AsyncRead + Unpin + Send),
+    ) -> Result<FileWriteResult> {
+        let w = self.ws_row(id)?;
+        let _lock = self.ws_lock(&w.id, false).await?;
+        let (w, sb) = self.ws_running(&w.id).await?;
+        self.inner.store.touch_workspace(&w.id)?;
+        let bytes_written = sb
+            .client()
+            .write_file(path, None, MAX_WRITE_BYTES, src)
+            .await?;
+        Ok(FileWriteResult {
+            workspace_id: w.id,
+            path: path.into(),
+            bytes_written,
+        })
+    }
+
+    /// Lists a path in `/workspace`.
+    pub async fn workspace_file_list(
+        &self,
+        id: &str,
+        path: &str,
+        recursive: bool,
+    ) -> Result<FileListResult> {
+        let w = self.ws_row(id)?;
+        let _lock = self.ws_lock(&w.id, false).await?;
+        let (w, sb) = self.ws_running(&w.id).await?;
+        self.inner.store.touch_workspace(&w.id)?;
+        let (entries, truncated) = sb.client().list(path, recursive, MAX_LIST_ENTRIES).await?;
+        let entries = entries
+            .into_iter()
+            .map(|e| FileEntry {
+                path: e.path,
+                kind: e.kind,
+                size: e.size,
+                mode: e.mode,
+                link_target: e.link_target,
+            })
+            .collect();
+        Ok(FileListResult {
+            workspace_id: w.id,
+            path: path.into(),
+            recursive,
+            entries,
+            truncated,
+        })
+    }
+
+    /// Copies a host directory or archive into the workspace.
+    pub async fn workspace_sync_push(
+        &self,
+        id: &str,
+        source: &Path,
+        dest: Option<&str>,
+    ) -> Result<SyncResult> {
+        let seed = SeedSource::prepare(&Seed::from_path(source)?)?;
+        let w = self.ws_row(id)?;
+        let _lock = self.ws_lock(&w.id, false).await?;
+        let (w, sb) = self.ws_running(&w.id).await?;
+        self.inner.store.touch_workspace(&w.id)?;
+        let dest = dest.unwrap_or(WORKSPACE_PATH);
+        let (entry_count, bytes_written) = seed.upload(self, &sb, dest).await?;
+        let _ = std::fs::remove_file(self.ws_dir(&w.id).join("statcache.json"));
+        Ok(SyncResult {
+            workspace_id: w.id,
+            source: source.to_path_buf(),
+            destination: dest.into(),
+            entry_count,
+            bytes_written,
+        })
+    }
+
+    /// Exports a file or directory to the host: a file to a file, a directory to a directory
+    /// tree, or to a tar archive when `output` ends in `.tar`. Refuses to overwrite unless
+    /// `force`; links are exported as links and never followed out of the tree.
+    pub async fn workspace_export(
+        &self,
+        id: &str,
+        path: &str,
+        output: &Path,
+        force: bool,
+    ) -> Result<ExportResult> {
+        if output.exists() || output.symlink_metadata().is_ok() {
+            if !force {
+                return Err(Error::AlreadyExists(output.display().to_string()));
+            }
+            let m = output
+                .symlink_metadata()
+                .ctx(|| format!("inspect {}", output.display()))?;
+            let r = if m.is_dir() {
+                std::fs::remove_dir_all(output)
+            } else {
+                std::fs::remove_file(output)
+            };
+            r.ctx(|| format!("replace {}", output.display()))?;
+        }
+        let w = self.ws_row(id)?;
+        let _lock = self.ws_lock(&w.id, false).await?;
+        let (w, sb) = self.ws_running(&w.id).await?;
+        self.inner.store.touch_workspace(&w.id)?;
+        let tar_path = self.tmp_file(&w.id, "export")?;
+        let result = async {
+            let mut f = tokio::fs::File::create(&tar_path)
+                .await
+                .ctx(|| "create export archive".into())?;
+            let (entries, bytes) = sb.client().archive_out(path, &mut f).await?;
+            tokio::io::AsyncWriteExt::flush(&mut f)
+                .await
+                .ctx(|| "flush export archive".into())?;
+            drop(f);
+            let as_archive = output.extension().is_some_and(|e| e == "tar");
+            let (tp, out) = (tar_path.clone(), output.to_path_buf());
+            let artifact = tokio::task::spawn_blocking(move || place_export(&tp, &out, as_archive))
+                .await
+                .map_err(|e| Error::Agent(format!("export task: {e}")))??;
+            Ok(ExportResult {
+                workspace_id: w.id.clone(),
+                workspace_path: path.into(),
+                output_path: output.to_path_buf(),
+                artifact_type: artifact,
+                entry_count: entries,
+                bytes_written: bytes,
+            })
+        }
+        .await;
+        let _ = std::fs::remove_file(&tar_path);
+        result
+    }
+}
+
+/// Puts an exported archive in place: as is, as a single file, or unpacked into a directory.
+fn place_export(tar_path: &Path, out: &Path, as_archive: bool) -> Result<String> {
+    if as_archive {
+        std::fs::copy(tar_path, out).ctx(|| format!("write {}", out.display()))?;
+        return Ok("archive".into());
+    }
+    let open = || -> Result<tar::Archive<std::io::BufReader<std::fs::File>>> {
+        let f = std::fs::File::open(tar_path).ctx(|| "open export archive".into())?;
+        Ok(tar::Archive::new(std::io::BufReader::new(f)))
+    };
+    // A single regular file exports as that file.
+    let mut first = open()?;
+    let mut it = first.entries().ctx(|| "read export archive".into())?;
+    if let Some(Ok(e)) = it.next() {
+        let single = e.header().entry_type().is_file()
+            && !e.path().is_ok_and(|p| p.components().count() > 1);
+        if single && it.next().is_none() {
+            let mut e2 = open()?;
+            if let Some(Ok(mut only)) = e2.entries().ctx(|| "read export archive".into())?.next() {
+                let mut f =
+                    std::fs::File::create(out).ctx(|| format!("create {}", out.display()))?;
+                std::io::copy(&mut only, &mut f).ctx(|| format!("write {}", out.display()))?;
+                if let Ok(mode) = only.header().mode() {
+                    use std::os::unix::fs::PermissionsExt;
+                    let _ = std::fs::set_permissions(
+                        out,
+                        std::fs::Permissions::from_mode(mode & 0o777),
+                    );
+                }
+                return Ok("file".into());
+            }
+        }
+    }
+    std::fs::create_dir_all(out).ctx(|| format!("create {}", out.display()))?;
+    // The same checks as for environment layers: no absolute paths, no `..`, no links out,
+    // no devices. Owners are not changed (uid shift 0 keeps the archive's, which are root's).
+    let f = std::fs::File::open(tar_path).ctx(|| "open export archive".into())?;
+    crate::env::unpack_layer(std::io::BufReader::new(f), out, 0)?;
+    Ok("directory".into())
+}

@@ -1,0 +1,896 @@
+//! Persistent workspaces: one sandbox that stays alive across many calls, from any process.
+//!
+//! A workspace is a row in `workspaces` plus a sandbox record of kind `workspace` with the same
+//! id. Its `/workspace` lives in the sandbox's writable layer under `$PYRO_HOME`, so stopping
+//! keeps it and starting brings it back. Snapshots (the create-time `baseline` and named ones)
+//! are content-addressed trees under `$PYRO_HOME/workspaces/<id>/`, which makes each one cost
+//! only the files that changed. Everything here goes through the agent, so it works the same on
+//! every backend.
+//!
+//! Concurrency: calls that only use a running sandbox (exec, files, diff) take a shared lock on
+//! the workspace; calls that change its lifecycle (stop, start, reset, delete, expiry) take it
+//! exclusively, so a workspace is never stopped or reset in the middle of another call.
+
+mod diff;
+mod files;
+mod snapshot;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::agent_client::OutputSink;
+use crate::backend::{Backend, Isolation, Resources};
+use crate::error::{Error, IoContext, Result};
+use crate::facade::Pyro;
+use crate::run::{limits, text_and_bytes, Observer};
+use crate::sandbox::{destroy_record, new_id, ExecOptions, Sandbox};
+use crate::store::{now_ms, LogRow, SandboxKind, SandboxRecord, WorkspaceRow};
+
+pub use files::{ExportResult, FileListResult, FileReadResult, FileWriteResult, SyncResult};
+pub use snapshot::{DiffEntry, DiffResult, DiffSummary, PatchResult};
+
+/// The guest path every workspace starts in.
+pub const WORKSPACE_PATH: &str = "/workspace";
+/// How long an expired (stopped) workspace is kept before the reaper deletes it.
+pub const EXPIRY_GRACE: Duration = Duration::from_secs(24 * 3600);
+
+/// Where to seed a new workspace from.
+#[derive(Debug, Clone)]
+pub enum Seed {
+    /// A host directory, copied in.
+    Dir(PathBuf),
+    /// A tar archive (`.tar`), or gzip-compressed (`.tar.gz`, `.tgz`).
+    Archive(PathBuf),
+}
+
+impl Seed {
+    /// A seed from a host path: a directory or an archive.
+    pub fn from_path(p: &Path) -> Result<Seed> {
+        let meta = std::fs::metadata(p).ctx(|| format!("seed path {}", p.display()))?;
+        if meta.is_dir() {
+            Ok(Seed::Dir(p.to_path_buf()))
+        } else {
+            Ok(Seed::Archive(p.to_path_buf()))
+        }
+    }
+}
+
+/// A workspace to create.
+#[derive(Debug, Clone)]
+pub struct CreateWorkspace {
+    /// Environment name.
+    pub environment: String,
+    /// Optional unique name.
+    pub name: Option<String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Initial content of `/workspace`.
+    pub seed: Option<Seed>,
+    /// Absolute lifetime.
+    pub ttl: Option<Duration>,
+    /// Idle lifetime, refreshed by activity.
+    pub idle_ttl: Option<Duration>,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Memory, MiB.
+    pub mem_mib: u64,
+    /// Isolation level (`None`: `$PYRO_ISOLATION` or `microvm`).
+    pub isolation: Option<Isolation>,
+    /// Build the environment first if needed.
+    pub build_missing: bool,
+}
+
+impl CreateWorkspace {
+    /// Defaults: 1 vCPU, 1024 MiB, no TTL.
+    pub fn new(environment: impl Into<String>) -> CreateWorkspace {
+        CreateWorkspace {
+            environment: environment.into(),
+            name: None,
+            labels: BTreeMap::new(),
+            seed: None,
+            ttl: None,
+            idle_ttl: None,
+            vcpus: 1,
+            mem_mib: 1024,
+            isolation: None,
+            build_missing: false,
+        }
+    }
+}
+
+/// Changes to a workspace's metadata.
+#[derive(Debug, Clone, Default)]
+pub struct UpdateWorkspace {
+    /// New name (`Some(None)` clears it).
+    pub name: Option<Option<String>>,
+    /// Labels to set.
+    pub set_labels: BTreeMap<String, String>,
+    /// Labels to remove.
+    pub clear_labels: Vec<String>,
+    /// New absolute TTL (`Some(None)` clears it).
+    pub ttl: Option<Option<Duration>>,
+    /// New idle TTL (`Some(None)` clears it).
+    pub idle_ttl: Option<Option<Duration>>,
+}
+
+/// A workspace as every front door shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkspaceInfo {
+    /// Id (12 hex characters).
+    pub workspace_id: String,
+    /// Name.
+    pub name: Option<String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Environment.
+    pub environment: String,
+    /// Environment digest.
+    pub environment_digest: String,
+    /// Isolation level.
+    pub isolation: String,
+    /// Backend.
+    pub backend: String,
+    /// `running`, `stopped`, `creating`, `resetting` or `broken`.
+    pub state: String,
+    /// The guest working directory.
+    pub workspace_path: String,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Memory, MiB.
+    pub mem_mib: u64,
+    /// Absolute TTL, seconds.
+    pub ttl_s: Option<u64>,
+    /// Idle TTL, seconds.
+    pub idle_ttl_s: Option<u64>,
+    /// When the TTL stops it (Unix ms), if it has one.
+    pub expires_at_ms: Option<i64>,
+    /// When the TTL stopped it (Unix ms), if it did.
+    pub expired_at_ms: Option<i64>,
+    /// Unix ms.
+    pub created_at_ms: i64,
+    /// Unix ms.
+    pub last_activity_ms: i64,
+    /// Execs so far.
+    pub command_count: u64,
+    /// Resets so far.
+    pub reset_count: u64,
+    /// How it was seeded.
+    pub seed: Option<serde_json::Value>,
+}
+
+fn expires_at(w: &WorkspaceRow) -> Option<i64> {
+    let abs = w.ttl_s.map(|t| w.created_at_ms + (t as i64) * 1000);
+    let idle = w.idle_ttl_s.map(|t| w.last_activity_ms + (t as i64) * 1000);
+    match (abs, idle) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+impl From<&WorkspaceRow> for WorkspaceInfo {
+    fn from(w: &WorkspaceRow) -> WorkspaceInfo {
+        WorkspaceInfo {
+            workspace_id: w.id.clone(),
+            name: w.name.clone(),
+            labels: w.labels.clone(),
+            environment: w.environment.clone(),
+            environment_digest: w.environment_digest.clone(),
+            isolation: w.isolation.clone(),
+            backend: w.backend.clone(),
+            state: w.state.clone(),
+            workspace_path: WORKSPACE_PATH.into(),
+            vcpus: w.vcpus,
+            mem_mib: w.mem_mib,
+            ttl_s: w.ttl_s,
+            idle_ttl_s: w.idle_ttl_s,
+            expires_at_ms: expires_at(w),
+            expired_at_ms: w.expired_at_ms,
+            created_at_ms: w.created_at_ms,
+            last_activity_ms: w.last_activity_ms,
+            command_count: w.command_count,
+            reset_count: w.reset_count,
+            seed: w.seed.clone(),
+        }
+    }
+}
+
+/// The result of an exec in a workspace.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkspaceExecResult {
+    /// The workspace.
+    pub workspace_id: String,
+    /// Position in the workspace's history.
+    pub sequence: u64,
+    /// The shell command line.
+    pub command: String,
+    /// Working directory.
+    pub cwd: String,
+    /// Exit code (124 on timeout, 128+N on signal N).
+    pub exit_code: i32,
+    /// Terminating signal.
+    pub signal: Option<i32>,
+    /// Stdout (see `RunResult` for non-UTF-8 output).
+    pub stdout: String,
+    /// Stderr.
+    pub stderr: String,
+    /// Exact stdout bytes when not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stdout_base64: Option<String>,
+    /// Exact stderr bytes when not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stderr_base64: Option<String>,
+    /// Whether either stream was capped.
+    pub truncated: bool,
+    /// Whether the timeout fired.
+    pub timed_out: bool,
+    /// Duration.
+    pub duration_ms: u64,
+}
+
+/// What a delete did.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeleteResult {
+    /// The workspace.
+    pub workspace_id: String,
+    /// Whether everything is gone.
+    pub deleted: bool,
+    /// Why.
+    pub reason: String,
+    /// What could not be removed.
+    pub errors: Vec<String>,
+}
+
+/// What one expiry sweep did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReapReport {
+    /// Workspaces stopped because their TTL passed.
+    pub stopped: Vec<String>,
+    /// Expired workspaces deleted after the grace period.
+    pub deleted: Vec<String>,
+    /// Workspaces skipped because a call was using them.
+    pub busy: Vec<String>,
+}
+
+/// A held per-workspace lock; released on drop.
+pub(crate) struct WsLock(#[allow(dead_code)] std::fs::File);
+
+impl Pyro {
+    pub(crate) fn ws_dir(&self, id: &str) -> PathBuf {
+        self.inner.config.paths.home.join("workspaces").join(id)
+    }
+
+    /// Takes the workspace's lock, shared or exclusive, waiting for it.
+    pub(crate) async fn ws_lock(&self, id: &str, exclusive: bool) -> Result<WsLock> {
+        let dir = self.ws_dir(id);
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir).ctx(|| format!("create {}", dir.display()))?;
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(dir.join("lock"))
+                .ctx(|| "open workspace lock".into())?;
+            if exclusive { f.lock() } else { f.lock_shared() }.ctx(|| "lock workspace".into())?;
+            Ok(WsLock(f))
+        })
+        .await
+        .map_err(|e| Error::InvalidRequest(format!("lock task failed: {e}")))?
+    }
+
+    fn try_ws_lock(&self, id: &str) -> Option<WsLock> {
+        let dir = self.ws_dir(id);
+        std::fs::create_dir_all(&dir).ok()?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("lock"))
+            .ok()?;
+        f.try_lock().ok()?;
+        Some(WsLock(f))
+    }
+
+    pub(crate) fn ws_row(&self, id: &str) -> Result<WorkspaceRow> {
+        self.inner
+            .store
+            .workspace(id)?
+            .ok_or_else(|| Error::WorkspaceNotFound(id.to_string()))
+    }
+
+    fn ws_sandbox(&self, id: &str) -> Result<SandboxRecord> {
+        self.inner
+            .store
+            .get(id)?
+            .ok_or_else(|| Error::SandboxNotFound(id.to_string()))
+    }
+
+    fn ws_backend(&self, w: &WorkspaceRow) -> Result<Arc<dyn Backend>> {
+        let level: Isolation = w.isolation.parse()?;
+        self.backend_for(level)
+    }
+
+    /// A handle on the running sandbox of a workspace. If pyro or the host died since, the
+    /// workspace is found stopped and says so.
+    pub(crate) async fn ws_running(&self, id: &str) -> Result<(WorkspaceRow, Sandbox)> {
+        let w = self.ws_row(id)?;
+        if w.state != "running" {
+            return Err(Error::WorkspaceNotRunning {
+                id: w.id,
+                state: w.state,
+            });
+        }
+        let rec = self.ws_sandbox(&w.id)?;
+        let backend = self.ws_backend(&w)?;
+        if !rec.runtime.is_some_and(|p| p.is_alive()) {
+            // The sandbox died under us (host reboot, killed runtime): clean its runtime files
+            // and record it as stopped; its files are intact.
+            let _lock = self.ws_lock(&w.id, true).await?;
+            backend.stop(&rec).await;
+            self.inner.store.set_stopped(&w.id)?;
+            self.inner.store.set_workspace_state(&w.id, "stopped")?;
+            return Err(Error::WorkspaceNotRunning {
+                id: w.id,
+                state: "stopped".into(),
+            });
+        }
+        Ok((w, Sandbox::attach(self.inner.clone(), backend, rec)))
+    }
+
+    /// The rootfs a workspace was created from (same digest), unpacked.
+    async fn ws_rootfs(&self, w: &WorkspaceRow, backend: &dyn Backend) -> Result<PathBuf> {
+        let env = match self.inner.envs.resolve(&w.environment) {
+            Ok(env) if env.manifest_digest == w.environment_digest => env,
+            _ => {
+                return self.inner.envs.existing_rootfs(&w.environment_digest, backend.uid_shift()).ok_or_else(|| Error::EnvironmentNotBuilt(format!(
+                    "{} at {} (the build this workspace was created from is no longer in the cache)",
+                    w.environment, w.environment_digest
+                )))
+            }
+        };
+        self.rootfs(&env, backend).await
+    }
+
+    /// Creates a workspace: a running sandbox whose `/workspace` holds the seed, with a
+    /// `baseline` snapshot for diff and reset.
+    pub async fn workspace_create(
+        &self,
+        req: &CreateWorkspace,
+        observer: Arc<dyn Observer>,
+    ) -> Result<WorkspaceInfo> {
+        if req.vcpus == 0 || req.vcpus > limits::MAX_VCPUS {
+            return Err(Error::InvalidRequest(format!(
+                "vcpus must be between 1 and {}",
+                limits::MAX_VCPUS
+            )));
+        }
+        if !(limits::MIN_MEM_MIB..=limits::MAX_MEM_MIB).contains(&req.mem_mib) {
+            return Err(Error::InvalidRequest(format!(
+                "memory must be between {} and {} MiB",
+                limits::MIN_MEM_MIB,
+                limits::MAX_MEM_MIB
+            )));
+        }
+        if req.ttl.is_some() && req.idle_ttl.is_some() {
+            return Err(Error::InvalidRequest(
+                "choose at most one of ttl and idle ttl".into(),
+            ));
+        }
+        for t in [req.ttl, req.idle_ttl].into_iter().flatten() {
+            if t < Duration::from_secs(1) {
+                return Err(Error::InvalidRequest(
+                    "ttl must be at least 1 second".into(),
+                ));
+            }
+        }
+        validate_labels(&req.labels)?;
+        if let Some(n) = &req.name {
+            validate_name(n)?;
+            if self
+                .inner
+                .store
+                .workspaces()?
+                .iter()
+                .any(|w| w.name.as_deref() == Some(n))
+            {
+                return Err(Error::AlreadyExists(format!("a workspace named {n:?}")));
+            }
+        }
+        let seed = match &req.seed {
+            Some(s) => Some(files::SeedSource::prepare(s)?),
+            None => None,
+        };
+        let level = match req.isolation {
+            Some(l) => l,
+            None => Isolation::default_from_env()?,
+        };
+        let backend = self.backend_for(level)?;
+        observer.phase(
+            "create",
+            &[
+                ("environment", req.environment.clone()),
+                ("isolation", level.to_string()),
+            ],
+        );
+        let env = {
+            let o = observer.clone();
+            let name = req.environment.clone();
+            self.resolve_env(
+                &req.environment,
+                req.build_missing,
+                Box::new(move |m: &str| o.build(&name, m)),
+            )
+            .await?
+        };
+        let rootfs = self.rootfs(&env, backend.as_ref()).await?;
+        let id = new_id();
+        let now = now_ms();
+        let row = WorkspaceRow {
+            id: id.clone(),
+            name: req.name.clone(),
+            labels: req.labels.clone(),
+            environment: env.name.clone(),
+            environment_digest: env.manifest_digest.clone(),
+            isolation: level.to_string(),
+            backend: backend.name().to_string(),
+            state: "creating".into(),
+            vcpus: req.vcpus,
+            mem_mib: req.mem_mib,
+            ttl_s: req.ttl.map(|d| d.as_secs()),
+            idle_ttl_s: req.idle_ttl.map(|d| d.as_secs()),
+            created_at_ms: now,
+            last_activity_ms: now,
+            stopped_at_ms: None,
+            expired_at_ms: None,
+            command_count: 0,
+            reset_count: 0,
+            seed: seed.as_ref().map(|s| s.describe()),
+        };
+        self.inner.store.insert_workspace(&row)?;
+        let _lock = self.ws_lock(&id, true).await?;
+        let resources = Resources {
+            vcpus: req.vcpus,
+            mem_mib: req.mem_mib,
+            pids: limits::DEFAULT_PIDS,
+        };
+        let result: Result<()> = async {
+            let sb = Sandbox::create_kind(
+                self.inner.clone(),
+                backend.clone(),
+                &env,
+                &rootfs,
+                resources,
+                SandboxKind::Workspace,
+                id.clone(),
+            )
+            .await?;
+            observer.phase("seed", &[("workspace", id.clone())]);
+            if let Some(seed) = &seed {
+                seed.upload(self, &sb, WORKSPACE_PATH).await?;
+            }
+            self.take_snapshot(&id, &sb, snapshot::BASELINE, "baseline")
+                .await?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            self.ws_destroy(&id, "error").await;
+            return Err(e);
+        }
+        self.inner.store.set_owner(&id, None)?;
+        self.inner.store.set_workspace_state(&id, "running")?;
+        Ok(WorkspaceInfo::from(&self.ws_row(&id)?))
+    }
+
+    /// Removes everything of a workspace (sandbox, snapshots, records); best effort.
+    async fn ws_destroy(&self, id: &str, reason: &str) -> DeleteResult {
+        let mut errors = Vec::new();
+        if let Ok(Some(rec)) = self.inner.store.get(id) {
+            match self.backend_named(&rec.backend) {
+                Some(b) => {
+                    let r = destroy_record(&self.inner, b.as_ref(), &rec, reason).await;
+                    errors.extend(r.errors);
+                }
+                None => errors.push(format!("unknown backend {}", rec.backend)),
+            }
+        }
+        let dir = self.ws_dir(id);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => errors.push(format!("remove {}: {e}", dir.display())),
+        }
+        if errors.is_empty() {
+            if let Err(e) = self.inner.store.delete_workspace(id) {
+                errors.push(format!("forget workspace: {e}"));
+            }
+        }
+        DeleteResult {
+            workspace_id: id.to_string(),
+            deleted: errors.is_empty(),
+            reason: reason.into(),
+            errors,
+        }
+    }
+
+    /// Every workspace, optionally filtered by labels (all must match) and state.
+    pub fn workspace_list(
+        &self,
+        labels: &BTreeMap<String, String>,
+        state: Option<&str>,
+    ) -> Result<Vec<WorkspaceInfo>> {
+        Ok(self
+            .inner
+            .store
+            .workspaces()?
+            .iter()
+            .filter(|w| labels.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
+            .filter(|w| state.is_none_or(|s| w.state == s))
+            .map(WorkspaceInfo::from)
+            .collect())
+    }
+
+    /// One workspace.
+    pub fn workspace_status(&self, id: &str) -> Result<WorkspaceInfo> {
+        Ok(WorkspaceInfo::from(&self.ws_row(id)?))
+    }
+
+    /// Changes name, labels or TTL.
+    pub async fn workspace_update(&self, id: &str, u: &UpdateWorkspace) -> Result<WorkspaceInfo> {
+        let w0 = self.ws_row(id)?;
+        let _lock = self.ws_lock(&w0.id, true).await?;
+        let mut w = self.ws_row(&w0.id)?;
+        if let Some(name) = &u.name {
+            if let Some(n) = name {
+                validate_name(n)?;
+                if self
+                    .inner
+                    .store
+                    .workspaces()?
+                    .iter()
+                    .any(|o| o.id != w.id && o.name.as_deref() == Some(n))
+                {
+                    return Err(Error::AlreadyExists(format!("a workspace named {n:?}")));
+                }
+            }
+            w.name = name.clone();
+        }
+        validate_labels(&u.set_labels)?;
+        w.labels.extend(u.set_labels.clone());
+        for k in &u.clear_labels {
+            w.labels.remove(k);
+        }
+        if let Some(t) = u.ttl {
+            w.ttl_s = t.map(|d| d.as_secs());
+            if t.is_some() {
+                w.idle_ttl_s = None;
+            }
+        }
+        if let Some(t) = u.idle_ttl {
+            w.idle_ttl_s = t.map(|d| d.as_secs());
+            if t.is_some() {
+                w.ttl_s = None;
+            }
+        }
+        w.last_activity_ms = now_ms();
+        self.inner.store.update_workspace(&w)?;
+        Ok(WorkspaceInfo::from(&w))
+    }
+
+    /// Runs a command in a workspace and records it in the workspace's history.
+    pub async fn workspace_exec(
+        &self,
+        id: &str,
+        argv: &[String],
+        opts: &ExecOptions,
+        output: Option<&mut dyn OutputSink>,
+    ) -> Result<WorkspaceExecResult> {
+        if argv.is_empty() {
+            return Err(Error::InvalidRequest(
+                "command is required after `--`".into(),
+            ));
+        }
+        if opts.timeout.is_zero() || opts.timeout > Duration::from_secs(limits::MAX_TIMEOUT_S) {
+            return Err(Error::InvalidRequest(format!(
+                "timeout must be between 1 and {} seconds",
+                limits::MAX_TIMEOUT_S
+            )));
+        }
+        let w = self.ws_row(id)?;
+        let _lock = self.ws_lock(&w.id, false).await?;
+        let (w, sb) = self.ws_running(&w.id).await?;
+        self.inner.store.touch_workspace(&w.id)?;
+        let started = now_ms();
+        let t = Instant::now();
+        let r = sb.exec(argv, opts, output).await?;
+        let o = &r.outcome;
+        let exit_code = if o.timed_out {
+            124
+        } else {
+            o.exit_code.unwrap_or_else(|| 128 + o.signal.unwrap_or(0))
+        };
+        let command = pyro_protocol::join_argv(argv).unwrap_or_default();
+        let cwd = opts.cwd.clone().unwrap_or_else(|| WORKSPACE_PATH.into());
+        let log = self.inner.store.append_log(
+            &w.id,
+            LogRow {
+                seq: 0,
+                started_at_ms: started,
+                command: command.clone(),
+                cwd: cwd.clone(),
+                exit_code,
+                signal: o.signal,
+                timed_out: o.timed_out,
+                duration_ms: t.elapsed().as_millis() as u64,
+                stdout_bytes: o.stdout_bytes,
+                stderr_bytes: o.stderr_bytes,
+            },
+        )?;
+        let (stdout, stdout_base64) = text_and_bytes(&r.stdout);
+        let (stderr, stderr_base64) = text_and_bytes(&r.stderr);
+        Ok(WorkspaceExecResult {
+            workspace_id: w.id,
+            sequence: log.seq,
+            command,
+            cwd,
+            exit_code,
+            signal: o.signal,
+            stdout,
+            stderr,
+            stdout_base64,
+            stderr_base64,
+            truncated: o.stdout_truncated || o.stderr_truncated,
+            timed_out: o.timed_out,
+            duration_ms: o.duration_ms,
+        })
+    }
+
+    /// The workspace's command history.
+    pub fn workspace_logs(&self, id: &str) -> Result<Vec<LogRow>> {
+        let w = self.ws_row(id)?;
+        self.inner.store.logs(&w.id)
+    }
+
+    /// Stops the sandbox; `/workspace` and snapshots are kept.
+    pub async fn workspace_stop(&self, id: &str) -> Result<WorkspaceInfo> {
+        let w = self.ws_row(id)?;
+        let _lock = self.ws_lock(&w.id, true).await?;
+        self.ws_stop_locked(&w.id, None).await?;
+        Ok(WorkspaceInfo::from(&self.ws_row(&w.id)?))
+    }
+
+    async fn ws_stop_locked(&self, id: &str, expired: Option<i64>) -> Result<()> {
+        let mut w = self.ws_row(id)?;
+        let rec = self.ws_sandbox(id)?;
+        let backend = self
+            .backend_named(&rec.backend)
+            .ok_or_else(|| Error::Backend {
+                backend: "container",
+                message: format!("unknown backend {}", rec.backend),
+            })?;
+        let report = backend.stop(&rec).await;
+        if !report.errors.is_empty() {
+            return Err(Error::Backend {
+                backend: backend.name(),
+                message: report.errors.join("; "),
+            });
+        }
+        self.inner.store.set_stopped(id)?;
+        if w.state == "running" {
+            w.state = "stopped".into();
+        }
+        w.stopped_at_ms = Some(now_ms());
+        if expired.is_some() {
+            w.expired_at_ms = expired;
+        }
+        self.inner.store.update_workspace(&w)?;
+        Ok(())
+    }
+
+    /// Starts a stopped workspace again with its files as they were.
+    pub async fn workspace_start(&self, id: &str) -> Result<WorkspaceInfo> {
+        let w = self.ws_row(id)?;
+        let _lock = self.ws_lock(&w.id, true).await?;
+        let mut w = self.ws_row(&w.id)?;
+        match w.state.as_str() {
+            "running"
+                if self
+                    .ws_sandbox(&w.id)?
+                    .runtime
+                    .is_some_and(|p| p.is_alive()) =>
+            {
+                return Ok(WorkspaceInfo::from(&w))
+            }
+            "running" | "stopped" => {}
+            other => {
+                return Err(Error::WorkspaceNotRunning {
+                    id: w.id.clone(),
+                    state: other.to_string(),
+                })
+            }
+        }
+        let backend = self.ws_backend(&w)?;
+        let rec = self.ws_sandbox(&w.id)?;
+        // Whatever is left of an earlier run (a crash) goes first.
+        backend.stop(&rec).await;
+        let rootfs = self.ws_rootfs(&w, backend.as_ref()).await?;
+        let resources = Resources {
+            vcpus: w.vcpus,
+            mem_mib: w.mem_mib,
+            pids: limits::DEFAULT_PIDS,
+        };
+        Sandbox::boot(self.inner.clone(), backend, rec, &rootfs, resources).await?;
+        w.state = "running".into();
+        w.expired_at_ms = None;
+        w.last_activity_ms = now_ms();
+        self.inner.store.update_workspace(&w)?;
+        Ok(WorkspaceInfo::from(&w))
+    }
+
+    /// Deletes a workspace: its sandbox, files, snapshots and history.
+    pub async fn workspace_delete(&self, id: &str) -> Result<DeleteResult> {
+        let w = self.ws_row(id)?;
+        let lock = self.ws_lock(&w.id, true).await?;
+        let r = self.ws_destroy(&w.id, "explicit_delete").await;
+        drop(lock);
+        Ok(r)
+    }
+
+    /// Recreates the whole sandbox from the environment and restores `/workspace` from the
+    /// baseline or a named snapshot: processes are gone, files are exactly the snapshot's.
+    pub async fn workspace_reset(
+        &self,
+        id: &str,
+        snapshot_name: Option<&str>,
+    ) -> Result<WorkspaceInfo> {
+        let w = self.ws_row(id)?;
+        let _lock = self.ws_lock(&w.id, true).await?;
+        let name = snapshot_name.unwrap_or(snapshot::BASELINE).to_string();
+        if !self
+            .inner
+            .store
+            .snapshots(&w.id)?
+            .iter()
+            .any(|s| s.name == name)
+        {
+            return Err(Error::InvalidRequest(format!(
+                "workspace {} has no snapshot named {name:?}",
+                w.id
+            )));
+        }
+        let mut w = self.ws_row(&w.id)?;
+        let backend = self.ws_backend(&w)?;
+        let rec = self.ws_sandbox(&w.id)?;
+        // Owned by this process while it is rebuilt: if pyro dies here, the workspace is left
+        // `resetting` and the next reset (or gc) knows what happened.
+        self.inner.store.set_owner(&w.id, Some(self.inner.me))?;
+        self.inner.store.set_workspace_state(&w.id, "resetting")?;
+        let rebuilt: Result<()> = async {
+            let report = backend.destroy(&rec).await;
+            if !report.errors.is_empty() {
+                return Err(Error::Backend {
+                    backend: backend.name(),
+                    message: report.errors.join("; "),
+                });
+            }
+            let rootfs = self.ws_rootfs(&w, backend.as_ref()).await?;
+            let resources = Resources {
+                vcpus: w.vcpus,
+                mem_mib: w.mem_mib,
+                pids: limits::DEFAULT_PIDS,
+            };
+            let sb = Sandbox::boot(
+                self.inner.clone(),
+                backend.clone(),
+                rec.clone(),
+                &rootfs,
+                resources,
+            )
+            .await?;
+            self.restore_snapshot(&w.id, &sb, &name).await?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = rebuilt {
+            self.inner.store.set_workspace_state(&w.id, "broken")?;
+            self.inner.store.set_owner(&w.id, None)?;
+            return Err(e);
+        }
+        self.inner.store.set_owner(&w.id, None)?;
+        w.state = "running".into();
+        w.reset_count += 1;
+        w.expired_at_ms = None;
+        w.last_activity_ms = now_ms();
+        self.inner.store.update_workspace(&w)?;
+        Ok(WorkspaceInfo::from(&w))
+    }
+
+    /// Stops workspaces whose TTL has passed and deletes those expired longer than the grace
+    /// period. A workspace in use by another call is skipped, never stopped mid-call.
+    pub async fn reap_expired(&self) -> Result<ReapReport> {
+        let mut report = ReapReport::default();
+        let now = now_ms();
+        for w in self.inner.store.workspaces()? {
+            let expired_long_ago = w
+                .expired_at_ms
+                .is_some_and(|t| now - t > EXPIRY_GRACE.as_millis() as i64);
+            let due = w.state == "running" && expires_at(&w).is_some_and(|t| t <= now);
+            if !due && !expired_long_ago {
+                continue;
+            }
+            let Some(lock) = self.try_ws_lock(&w.id) else {
+                report.busy.push(w.id);
+                continue;
+            };
+            if expired_long_ago {
+                let r = self.ws_destroy(&w.id, "expired").await;
+                if r.deleted {
+                    report.deleted.push(w.id);
+                }
+            } else if self.ws_stop_locked(&w.id, Some(now)).await.is_ok() {
+                report.stopped.push(w.id);
+            }
+            drop(lock);
+        }
+        Ok(report)
+    }
+
+    /// For `gc`: a workspace sandbox whose owner died mid-create or mid-reset.
+    pub(crate) async fn ws_orphan(&self, rec: &SandboxRecord) -> Result<bool> {
+        let Some(w) = self.inner.store.workspace(&rec.id)? else {
+            // A sandbox of a workspace that no longer exists.
+            return Ok(false);
+        };
+        match w.state.as_str() {
+            "creating" => {
+                self.ws_destroy(&w.id, "interrupted_create").await;
+            }
+            _ => {
+                if let Some(b) = self.backend_named(&rec.backend) {
+                    b.stop(rec).await;
+                }
+                self.inner.store.set_stopped(&w.id)?;
+                self.inner.store.set_owner(&w.id, None)?;
+                if w.state == "resetting" {
+                    self.inner.store.set_workspace_state(&w.id, "broken")?;
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+fn validate_name(n: &str) -> Result<()> {
+    let ok = !n.is_empty()
+        && n.len() <= 64
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !ok {
+        return Err(Error::InvalidRequest(format!(
+            "invalid workspace name {n:?} (1-64 of A-Z a-z 0-9 - _ .)"
+        )));
+    }
+    if n.len() == 12 && n.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(Error::InvalidRequest(format!(
+            "workspace name {n:?} looks like an id"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_labels(labels: &BTreeMap<String, String>) -> Result<()> {
+    for (k, v) in labels {
+        if k.is_empty()
+            || k.len() > 64
+            || v.len() > 256
+            || k.contains(['=', ',', '\0'])
+            || v.contains('\0')
+        {
+            return Err(Error::InvalidRequest(format!("invalid label {k:?}={v:?}")));
+        }
+    }
+    Ok(())
+}
