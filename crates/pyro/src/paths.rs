@@ -12,6 +12,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("PYRO_AGENT", "path to the statically linked pyro-agent binary (default: next to the pyro executable)"),
     ("PYRO_RUNC", "path to the runc binary (default: runc on PATH)"),
     ("PYRO_DEBIAN_MIRROR", "Debian mirror URL for environment builds (default: mmdebstrap's default, deb.debian.org)"),
+    ("PYRO_WORKSPACE_GRACE_S", "seconds an expired (stopped) workspace is kept before it is deleted (default 86400)"),
     ("PYRO_LOG", "log filter for pyro's own diagnostics on stderr, e.g. debug (default warn)"),
 ];
 

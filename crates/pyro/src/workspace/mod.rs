@@ -35,8 +35,14 @@ pub use snapshot::{DiffEntry, DiffResult, DiffSummary, PatchResult};
 
 /// The guest path every workspace starts in.
 pub const WORKSPACE_PATH: &str = "/workspace";
-/// How long an expired (stopped) workspace is kept before the reaper deletes it.
+/// How long an expired (stopped) workspace is kept before the reaper deletes it, unless
+/// `$PYRO_WORKSPACE_GRACE_S` says otherwise.
 pub const EXPIRY_GRACE: Duration = Duration::from_secs(24 * 3600);
+
+/// The grace period in force.
+pub fn expiry_grace() -> Duration {
+    std::env::var("PYRO_WORKSPACE_GRACE_S").ok().and_then(|v| v.parse().ok()).map_or(EXPIRY_GRACE, Duration::from_secs)
+}
 
 /// Where to seed a new workspace from.
 #[derive(Debug, Clone)]
@@ -575,6 +581,11 @@ impl Pyro {
                 w.ttl_s = None;
             }
         }
+        if u.ttl.is_some() || u.idle_ttl.is_some() {
+            // A new lifetime replaces the old verdict: no deletion after a grace period for an
+            // expiry the user has just overridden.
+            w.expired_at_ms = None;
+        }
         w.last_activity_ms = now_ms();
         self.inner.store.update_workspace(&w)?;
         Ok(WorkspaceInfo::from(&w))
@@ -712,6 +723,12 @@ impl Pyro {
                 })
             }
         }
+        if w.ttl_s.is_some() && expires_at(&w).is_some_and(|t| t <= now_ms()) {
+            return Err(Error::InvalidRequest(format!(
+                "workspace {} is past its ttl; extend it first with `pyro workspace update {} --ttl SECONDS` (or --clear-ttl)",
+                w.id, w.id
+            )));
+        }
         let backend = self.ws_backend(&w)?;
         let rec = self.ws_sandbox(&w.id)?;
         // Whatever is left of an earlier run (a crash) goes first.
@@ -813,10 +830,10 @@ impl Pyro {
     pub async fn reap_expired(&self) -> Result<ReapReport> {
         let mut report = ReapReport::default();
         let now = now_ms();
+        let grace = expiry_grace().as_millis() as i64;
         for w in self.inner.store.workspaces()? {
-            let expired_long_ago = w
-                .expired_at_ms
-                .is_some_and(|t| now - t > EXPIRY_GRACE.as_millis() as i64);
+            // Only a workspace still stopped since its expiry; a restart clears `expired_at`.
+            let expired_long_ago = w.state == "stopped" && w.expired_at_ms.is_some_and(|t| now - t >= grace);
             let due = w.state == "running" && expires_at(&w).is_some_and(|t| t <= now);
             if !due && !expired_long_ago {
                 continue;
