@@ -133,6 +133,11 @@ impl Pyro {
         if let Some(e) = failure {
             return Err(e);
         }
+        let mut results = vec![
+            Stats::of("run_true_end_to_end", e2e),
+            Stats::of("exec_round_trip", rt),
+        ];
+        results.extend(self.bench_workspaces(req, runs).await?);
         Ok(BenchReport {
             isolation: req.isolation,
             environment: req.environment.clone(),
@@ -143,11 +148,95 @@ impl Pyro {
                     .unwrap_or_default(),
                 cgroup: crate::backend::container::cgroup_version().into(),
             },
-            results: vec![
-                Stats::of("run_true_end_to_end", e2e),
-                Stats::of("exec_round_trip", rt),
-            ],
+            results,
         })
+    }
+
+    /// Workspace numbers: create to first exec, and diff, snapshot and reset on a workspace
+    /// seeded with 10,000 small files of which 10 change.
+    async fn bench_workspaces(&self, req: &BenchRequest, runs: usize) -> Result<Vec<Stats>> {
+        use crate::workspace::{CreateWorkspace, Seed};
+        let opts = ExecOptions {
+            timeout: Duration::from_secs(60),
+            env: Default::default(),
+            cwd: None,
+            max_output_bytes: 1 << 20,
+        };
+        let mut create = CreateWorkspace::new(req.environment.clone());
+        create.isolation = Some(req.isolation);
+        let mut first_exec = Vec::new();
+        for _ in 0..runs.min(10) {
+            let t = Instant::now();
+            let w = self.workspace_create(&create, Arc::new(Quiet)).await?;
+            let r = self
+                .workspace_exec(&w.workspace_id, &["true".to_string()], &opts, None)
+                .await;
+            first_exec.push(t.elapsed());
+            self.workspace_delete(&w.workspace_id).await?;
+            r?;
+        }
+
+        let seed_dir = self
+            .config()
+            .paths
+            .home
+            .join("tmp")
+            .join(format!("bench-seed-{}", std::process::id()));
+        let made: std::io::Result<()> = (|| {
+            for i in 0..10_000 {
+                let d = seed_dir.join(format!("d{}", i / 100));
+                if i % 100 == 0 {
+                    std::fs::create_dir_all(&d)?;
+                }
+                std::fs::write(d.join(format!("f{i}.txt")), format!("line {i}\n"))?;
+            }
+            Ok(())
+        })();
+        made.map_err(|e| crate::error::Error::io("create the 10k-file bench seed", e))?;
+        create.seed = Some(Seed::Dir(seed_dir.clone()));
+        let w = self.workspace_create(&create, Arc::new(Quiet)).await;
+        let _ = std::fs::remove_dir_all(&seed_dir);
+        let id = w?.workspace_id;
+        let result: Result<Vec<Stats>> = async {
+            let change = vec!["sh".to_string(), "-c".to_string(), "for i in 0 1 2 3 4 5 6 7 8 9; do echo changed$RANDOM >> d$i/f$((i*100+1)).txt; done".to_string()];
+            self.workspace_exec(&id, &change, &opts, None).await?;
+            let t = Instant::now();
+            let d = self.workspace_diff(&id).await?;
+            let cold = vec![t.elapsed()];
+            if d.summary.modified != 10 {
+                return Err(crate::error::Error::Agent(format!("bench diff saw {} modified files, expected 10", d.summary.modified)));
+            }
+            let mut warm = Vec::new();
+            for _ in 0..runs {
+                self.workspace_exec(&id, &change, &opts, None).await?;
+                let t = Instant::now();
+                self.workspace_diff(&id).await?;
+                warm.push(t.elapsed());
+            }
+            let mut snaps = Vec::new();
+            for i in 0..runs.min(10) {
+                self.workspace_exec(&id, &change, &opts, None).await?;
+                let t = Instant::now();
+                self.workspace_snapshot_create(&id, &format!("bench{i}")).await?;
+                snaps.push(t.elapsed());
+            }
+            let mut resets = Vec::new();
+            for _ in 0..runs.min(5) {
+                let t = Instant::now();
+                self.workspace_reset(&id, None).await?;
+                resets.push(t.elapsed());
+            }
+            Ok(vec![
+                Stats::of("workspace_create_to_first_exec", first_exec),
+                Stats::of("diff_10k_files_first", cold),
+                Stats::of("diff_10k_files_10_changed", warm),
+                Stats::of("snapshot_10k_files", snaps),
+                Stats::of("reset_10k_files", resets),
+            ])
+        }
+        .await;
+        self.workspace_delete(&id).await?;
+        result
     }
 }
 
