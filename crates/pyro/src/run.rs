@@ -19,6 +19,8 @@ pub trait Observer: Send + Sync {
     fn phase(&self, _phase: &str, _fields: &[(&str, String)]) {}
     /// A step of an environment build.
     fn build(&self, _environment: &str, _message: &str) {}
+    /// Progress of pulling an image that was not in the cache.
+    fn transfer(&self, _environment: &str, _event: &crate::env::Transfer) {}
 }
 
 /// An observer that ignores everything.
@@ -201,6 +203,16 @@ fn build_progress(observer: &Arc<dyn Observer>, env: &str) -> Box<dyn FnMut(&str
     Box::new(move |m: &str| o.build(&env, m))
 }
 
+/// Forwards pull progress to an observer.
+fn transfer_progress(
+    observer: &Arc<dyn Observer>,
+    env: &str,
+) -> Box<dyn FnMut(crate::env::Transfer) + Send> {
+    let o = observer.clone();
+    let env = env.to_string();
+    Box::new(move |t| o.transfer(&env, &t))
+}
+
 impl Pyro {
     /// Runs one command in a fresh sandbox and deletes the sandbox afterwards: on success, on
     /// command failure, on timeout and on host errors. If the returned future is dropped
@@ -231,6 +243,7 @@ impl Pyro {
                 &req.environment,
                 req.build_missing,
                 build_progress(&observer, &req.environment),
+                transfer_progress(&observer, &req.environment),
             )
             .await?;
         let rootfs = self.rootfs(&env, backend.as_ref()).await?;
