@@ -131,7 +131,9 @@ pub enum Error {
     #[error("image {0} is not pulled yet")]
     ImageNotPulled(String),
     /// A catalog environment has no pinned digest to pull it by.
-    #[error("environment {0} has no pinned digest: no published image of it is known to this pyro")]
+    #[error(
+        "environment {0} has no pinned digest: no published image of it is known to this pyro"
+    )]
     NotPinned(String),
 }
 

@@ -647,12 +647,11 @@ fn layer_reader(path: &Path, file: File) -> Result<Box<dyn io::Read>> {
             flate2::bufread::MultiGzDecoder::new(reader),
         )))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        let decoder = ruzstd::decoding::StreamingDecoder::new(reader).map_err(|e| {
-            Error::CorruptCache {
+        let decoder =
+            ruzstd::decoding::StreamingDecoder::new(reader).map_err(|e| Error::CorruptCache {
                 path: path.to_path_buf(),
                 message: format!("unreadable zstd layer: {e}"),
-            }
-        })?;
+            })?;
         Ok(Box::new(io::BufReader::with_capacity(1 << 20, decoder)))
     } else {
         Ok(Box::new(reader))

@@ -207,10 +207,8 @@ pub fn canonical_reference(text: &str) -> Result<String> {
 /// anonymous. Credentials are never logged.
 fn auth_for(registry: &str) -> RegistryAuth {
     let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
-    if let (Some(user), Some(pass)) = (
-        var("PYRO_REGISTRY_USERNAME"),
-        var("PYRO_REGISTRY_PASSWORD"),
-    ) {
+    if let (Some(user), Some(pass)) = (var("PYRO_REGISTRY_USERNAME"), var("PYRO_REGISTRY_PASSWORD"))
+    {
         return RegistryAuth::Basic(user, pass);
     }
     let config = var("DOCKER_CONFIG")
@@ -491,21 +489,29 @@ async fn download_blob(
 }
 
 /// Waits for a lock without blocking the async runtime.
-async fn lock_async(path: PathBuf, progress: &mut (dyn FnMut(Transfer) + Send), what: &str) -> Result<super::FileLock> {
+async fn lock_async(
+    path: PathBuf,
+    progress: &mut (dyn FnMut(Transfer) + Send),
+    what: &str,
+) -> Result<super::FileLock> {
     let mut told = false;
     loop {
         if let Some(lock) = try_lock_exclusive(&path)? {
             return Ok(lock);
         }
         if !told {
-            progress(Transfer::Phase(format!("waiting for another pull of {what}")));
+            progress(Transfer::Phase(format!(
+                "waiting for another pull of {what}"
+            )));
             told = true;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> impl std::future::Future<Output = Result<T>> {
+fn run_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> impl std::future::Future<Output = Result<T>> {
     async move {
         tokio::task::spawn_blocking(f)
             .await
@@ -645,9 +651,14 @@ pub(crate) async fn pull(
         .manifests
         .iter()
         .any(|d| d.digest == manifest_digest && d.annotation(ANN_REF_NAME) == Some(&plan.name))
-        && manifest.blobs().all(|b| layout.blob_path(&b.digest).is_ok_and(|p| p.is_file()))
+        && manifest
+            .blobs()
+            .all(|b| layout.blob_path(&b.digest).is_ok_and(|p| p.is_file()))
     {
-        progress(Transfer::Phase(format!("{} is already installed", plan.name)));
+        progress(Transfer::Phase(format!(
+            "{} is already installed",
+            plan.name
+        )));
         result.already_installed = true;
         return Ok(result);
     }
@@ -667,7 +678,14 @@ pub(crate) async fn pull(
         std::fs::read(layout.blob_path(&manifest.config.digest)?)
             .ctx(|| "reading image config".to_owned())?
     } else {
-        download_blob(&client, reference, &manifest.config, &config_path, &mut ignore).await?;
+        download_blob(
+            &client,
+            reference,
+            &manifest.config,
+            &config_path,
+            &mut ignore,
+        )
+        .await?;
         std::fs::read(&config_path).ctx(|| "reading image config".to_owned())?
     };
     let config: ImageConfig = serde_json::from_slice(&config_bytes)
@@ -804,7 +822,10 @@ pub(crate) async fn push(
         existing_blobs: 0,
         uploaded_bytes: 0,
     };
-    progress(Transfer::Phase(format!("checking blobs at {}", target.whole())));
+    progress(Transfer::Phase(format!(
+        "checking blobs at {}",
+        target.whole()
+    )));
     let mut to_upload = Vec::new();
     for blob in manifest.blobs() {
         let exists = client
@@ -813,7 +834,10 @@ pub(crate) async fn push(
             .map_err(|e| registry_error(target, e))?;
         if exists {
             result.existing_blobs += 1;
-        } else if !to_upload.iter().any(|b: &&Descriptor| b.digest == blob.digest) {
+        } else if !to_upload
+            .iter()
+            .any(|b: &&Descriptor| b.digest == blob.digest)
+        {
             to_upload.push(blob);
         }
     }
@@ -884,7 +908,10 @@ pub(crate) async fn push(
         .push_manifest_raw(target, manifest_bytes, content_type)
         .await
         .map_err(|e| registry_error(target, e))?;
-    progress(Transfer::Phase(format!("pushed {name} to {}", target.whole())));
+    progress(Transfer::Phase(format!(
+        "pushed {name} to {}",
+        target.whole()
+    )));
     Ok(result)
 }
 
@@ -965,7 +992,9 @@ mod tests {
             declared_media_type(br#"{"manifests":[]}"#).as_deref(),
             Some(oci::MEDIA_INDEX)
         );
-        assert!(is_supported_layer("application/vnd.oci.image.layer.v1.tar+gzip"));
+        assert!(is_supported_layer(
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        ));
         assert!(!is_supported_layer(
             "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
         ));
