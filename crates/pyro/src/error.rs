@@ -184,6 +184,7 @@ impl Error {
             Error::CorruptCache { .. } => Some("run `pyro env prune` and build the environment again".into()),
             Error::Backend { backend: "container", .. } => Some("run `pyro doctor` to check the container runtime".into()),
             Error::SandboxNotFound(_) => Some("it may have been deleted or reaped; see `pyro gc`".into()),
+            Error::AgentRefused { kind, message } if kind == "spawn" && message.contains("/bin/sh") => Some("the environment has no usable /bin/sh: pyro runs every command with `sh -lc`, so an image used as an environment needs a shell".into()),
             Error::Registry { .. } => Some("check the reference, network access and credentials (~/.docker/config.json or PYRO_REGISTRY_USERNAME/PYRO_REGISTRY_PASSWORD); plain-HTTP registries other than loopback go in PYRO_INSECURE_REGISTRIES".into()),
             Error::DigestMismatch { .. } => Some("the registry served other content than expected; nothing was installed".into()),
             Error::PlatformMismatch { .. } => Some("use an image (or an index entry) built for this host's architecture".into()),

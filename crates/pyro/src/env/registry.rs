@@ -519,6 +519,28 @@ fn run_blocking<T: Send + 'static>(
     }
 }
 
+/// Checks the image config (in `blobs` under `digest`, already verified): it must be for
+/// this host's OS and architecture.
+fn check_config(reference: &Reference, blobs: &[(PathBuf, String)], digest: &str) -> Result<()> {
+    let path = blobs
+        .iter()
+        .find(|(_, d)| d == digest)
+        .map(|(p, _)| p)
+        .ok_or_else(|| unsupported(reference, "image config is missing".into()))?;
+    let bytes = std::fs::read(path).ctx(|| format!("reading {}", path.display()))?;
+    let config: ImageConfig = serde_json::from_slice(&bytes)
+        .map_err(|e| unsupported(reference, format!("unreadable image config: {e}")))?;
+    let arch = host_arch();
+    if config.os != "linux" || config.architecture != arch {
+        return Err(Error::PlatformMismatch {
+            reference: reference.whole(),
+            wanted: format!("linux/{arch}"),
+            found: format!("{}/{}", config.os, config.architecture),
+        });
+    }
+    Ok(())
+}
+
 /// Pulls `plan.source` into the cache as `plan.name`.
 pub(crate) async fn pull(
     cache: &EnvCache,
@@ -668,66 +690,50 @@ pub(crate) async fn pull(
     remove_abandoned_scratch(&tmp_parent, &prefix);
     let scratch = ScratchDir::create(&tmp_parent, &prefix)?;
 
-    // The config: small, checked, parsed.
-    let config_path = scratch.path().join("config");
-    let mut ignore = |_n: u64| {};
-    let config_present = layout
-        .blob_path(&manifest.config.digest)
-        .is_ok_and(|p| p.is_file());
-    let config_bytes = if config_present {
-        std::fs::read(layout.blob_path(&manifest.config.digest)?)
-            .ctx(|| "reading image config".to_owned())?
-    } else {
-        download_blob(
-            &client,
-            reference,
-            &manifest.config,
-            &config_path,
-            &mut ignore,
-        )
-        .await?;
-        std::fs::read(&config_path).ctx(|| "reading image config".to_owned())?
-    };
-    let config: ImageConfig = serde_json::from_slice(&config_bytes)
-        .map_err(|e| unsupported(reference, format!("unreadable image config: {e}")))?;
-    let arch = host_arch();
-    if config.os != "linux" || config.architecture != arch {
-        return Err(Error::PlatformMismatch {
-            reference: reference.whole(),
-            wanted: format!("linux/{arch}"),
-            found: format!("{}/{}", config.os, config.architecture),
-        });
+    // Blobs the cache already has are hard-linked into the scratch dir, so that a prune running
+    // meanwhile (which may delete blobs no index entry references yet) cannot take them away.
+    let mut downloaded: Vec<(PathBuf, String)> = Vec::new();
+    let mut missing: Vec<&Descriptor> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, blob) in manifest.blobs().enumerate() {
+        if !seen.insert(blob.digest.clone()) {
+            continue;
+        }
+        let dest = scratch.path().join(format!("blob-{i}"));
+        let linked = layout
+            .blob_path(&blob.digest)
+            .is_ok_and(|p| std::fs::hard_link(p, &dest).is_ok());
+        if linked {
+            downloaded.push((dest, blob.digest.clone()));
+        } else {
+            missing.push(blob);
+        }
     }
-
-    let missing: Vec<&Descriptor> = manifest
-        .layers
-        .iter()
-        .filter(|l| !layout.blob_path(&l.digest).is_ok_and(|p| p.is_file()))
-        .collect();
-    let total: u64 = missing.iter().map(|l| l.size).sum();
+    let total: u64 = missing.iter().map(|b| b.size).sum();
     progress(Transfer::Phase(format!(
-        "downloading {} of {} layers ({total} bytes)",
+        "downloading {} of {} blobs ({total} bytes)",
         missing.len(),
-        manifest.layers.len()
+        seen.len()
     )));
     let mut done = 0u64;
     progress(Transfer::Bytes { done, total });
-    let mut downloaded: Vec<(PathBuf, String)> = Vec::new();
-    if !config_present {
-        downloaded.push((config_path, manifest.config.digest.clone()));
-    }
-    let mut seen = std::collections::HashSet::new();
-    for (i, layer) in missing.iter().enumerate() {
-        if !seen.insert(layer.digest.clone()) {
-            continue;
-        }
-        let dest = scratch.path().join(format!("layer-{i}"));
+    // The config first: it is small, and an image for another platform is refused before any
+    // layer is downloaded.
+    missing.sort_by_key(|b| b.digest != manifest.config.digest);
+    for (i, blob) in missing.iter().enumerate() {
+        let dest = scratch.path().join(format!("download-{i}"));
         let mut on_bytes = |n: u64| {
             done += n;
             progress(Transfer::Bytes { done, total });
         };
-        download_blob(&client, reference, layer, &dest, &mut on_bytes).await?;
-        downloaded.push((dest, layer.digest.clone()));
+        download_blob(&client, reference, blob, &dest, &mut on_bytes).await?;
+        downloaded.push((dest, blob.digest.clone()));
+        if blob.digest == manifest.config.digest {
+            check_config(reference, &downloaded, &manifest.config.digest)?;
+        }
+    }
+    if !missing.iter().any(|b| b.digest == manifest.config.digest) {
+        check_config(reference, &downloaded, &manifest.config.digest)?;
     }
     result.downloaded_bytes = done;
 
@@ -752,7 +758,7 @@ pub(crate) async fn pull(
                 .annotations
                 .insert(ANN_RECIPE_HASH.to_owned(), hash.clone());
         }
-        entry.platform = Some(serde_json::json!({ "architecture": arch, "os": "linux" }));
+        entry.platform = Some(serde_json::json!({ "architecture": host_arch(), "os": "linux" }));
         entry
     };
     let layout2 = layout.clone();
@@ -763,15 +769,13 @@ pub(crate) async fn pull(
         for (path, digest) in &downloaded {
             layout2.adopt_blob(path, digest)?;
         }
-        let written = layout2.write_blob(&manifest_bytes)?;
-        debug_assert_eq!(written, entry.digest);
+        layout2.write_blob(&manifest_bytes)?;
         for digest in &blobs {
             let path = layout2.blob_path(digest)?;
             if !path.is_file() {
-                // A prune removed an unreferenced blob this pull meant to reuse.
                 return Err(Error::CorruptCache {
                     path,
-                    message: "a blob vanished while pulling; pull again".into(),
+                    message: "a blob is missing after the pull installed it".into(),
                 });
             }
         }
