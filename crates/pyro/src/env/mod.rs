@@ -4,12 +4,14 @@
 //! Everything lives under one cache directory (`$PYRO_CACHE_DIR`, e.g. `~/.cache/pyro`):
 //!
 //! - `oci/`: an OCI image layout (`oci-layout`, `index.json`, `blobs/sha256/`) holding one image
-//!   per built environment, named by the `org.opencontainers.image.ref.name` annotation and tagged
-//!   with the recipe hash it was built from;
+//!   per built or pulled environment, named by the `org.opencontainers.image.ref.name` annotation
+//!   (a catalog name, or an image's canonical reference) and tagged with the recipe hash it was
+//!   built from (catalog environments) or the reference it was pulled from (`io.pyro.source`);
 //! - `rootfs/<manifest-hex>-u<shift>/`: root filesystems unpacked once per manifest digest and uid
 //!   shift, never modified afterwards (sandboxes put an overlay on top);
-//! - `locks/`: flock files serializing builds per environment and unpacks per rootfs;
-//! - `tmp/`: build scratch directories, each held by a flock while its build runs;
+//! - `locks/`: flock files serializing builds per environment, pulls per manifest digest and
+//!   unpacks per rootfs;
+//! - `tmp/`: build and pull scratch directories, each held by a flock while its owner runs;
 //! - `logs/`: mmdebstrap logs, one per environment and recipe hash.
 //!
 //! All of it is blocking code; async callers run it on a blocking thread.
