@@ -168,7 +168,7 @@ impl Error {
     pub fn hint(&self) -> Option<String> {
         match self {
             Error::UnknownEnvironment { known, .. } => Some(format!(
-                "known environments: {}; see `pyro env list`",
+                "known environments: {}; see `pyro env list`; OCI images are named by reference, e.g. registry.example/repo:tag",
                 known.join(", ")
             )),
             Error::EnvironmentNotBuilt(name) => Some(format!("run `pyro env build {name}`")),

@@ -117,7 +117,7 @@ impl RegistrySettings {
 
     fn protocol_for(&self, reference: &Reference) -> ClientProtocol {
         let registry = reference.resolve_registry().to_owned();
-        if is_loopback(&registry) || self.insecure.iter().any(|r| *r == registry) {
+        if is_loopback(&registry) || self.insecure.contains(&registry) {
             ClientProtocol::HttpsExcept(vec![registry])
         } else {
             ClientProtocol::Https
@@ -165,7 +165,10 @@ fn is_loopback(registry: &str) -> bool {
     } else {
         registry.split(':').next().unwrap_or("")
     };
-    host == "localhost" || host == "::1" || host.starts_with("127.")
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Parses and validates an image reference from outside (a user, a pins file).
@@ -181,6 +184,14 @@ pub fn parse_reference(text: &str) -> Result<Reference> {
     let reference: Reference = text
         .parse()
         .map_err(|e| Error::InvalidRequest(format!("invalid image reference {text:?}: {e}")))?;
+    let repo_ok = reference.repository().bytes().all(|b| {
+        b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-' | b'/')
+    });
+    if !repo_ok {
+        return Err(Error::InvalidRequest(format!(
+            "invalid image reference {text:?}: repository names are lowercase"
+        )));
+    }
     if let Some(d) = reference.digest() {
         if oci::sha256_hex(d).is_none() {
             return Err(Error::InvalidRequest(format!(
@@ -192,9 +203,10 @@ pub fn parse_reference(text: &str) -> Result<Reference> {
 }
 
 /// Whether an environment name is an image reference rather than a catalog name: references
-/// name their registry or repository path, so they contain a `/`.
+/// name their registry or repository path, so they contain a `/`, and they parse. Anything
+/// else is looked up in the catalog (and is an unknown environment there).
 pub fn is_image_reference(name: &str) -> bool {
-    name.contains('/')
+    name.contains('/') && parse_reference(name).is_ok()
 }
 
 /// The canonical form of an image reference, as it is named in the layout.
@@ -509,14 +521,12 @@ async fn lock_async(
     }
 }
 
-fn run_blocking<T: Send + 'static>(
+async fn run_blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> impl std::future::Future<Output = Result<T>> {
-    async move {
-        tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|e| Error::InvalidRequest(format!("blocking task failed: {e}")))?
-    }
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::InvalidRequest(format!("blocking task failed: {e}")))?
 }
 
 /// Checks the image config (in `blobs` under `digest`, already verified): it must be for
@@ -945,6 +955,7 @@ mod tests {
         }
         assert!(is_image_reference("127.0.0.1:5000/python:3.12"));
         assert!(!is_image_reference("debian:12"));
+        assert!(!is_image_reference("debian:99; rm -rf /"));
     }
 
     #[test]
