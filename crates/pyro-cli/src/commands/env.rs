@@ -128,7 +128,10 @@ pub async fn env(pyro: &Pyro, a: EnvArgs) -> anyhow::Result<ExitCode> {
             if a.out.json {
                 print_json(&r)?;
             } else {
-                println!("Pulled {} ({})", r.environment, r.reference);
+                println!("Pulled {}", r.environment);
+                if r.reference != r.environment {
+                    println!("From: {}", r.reference);
+                }
                 println!("Digest: {}", r.digest);
                 if r.source_digest != r.digest {
                     println!("Index digest: {}", r.source_digest);

@@ -944,6 +944,92 @@ mod tests {
             .expect("set mtime");
     }
 
+    /// Adds an image as a pull would: blobs (one gzip and one zstd layer) and an index entry
+    /// carrying `io.pyro.source`. Returns the manifest digest.
+    fn install_pulled(cache: &EnvCache, name: &str, bottom: &str, top: &str) -> String {
+        use std::io::Write as _;
+        let dir = cache.root().parent().expect("parent");
+        let base = fs::read(fake_layer(dir, bottom)).expect("layer");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&base).expect("gzip");
+        let gz = gz.finish().expect("gzip");
+        let upper = fs::read(fake_layer(dir, top)).expect("layer");
+        let zst = ruzstd::encoding::compress_to_vec(
+            upper.as_slice(),
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
+        let config = br#"{"architecture":"amd64","os":"linux"}"#;
+        let layout = cache.layout();
+        let _lock = layout.lock().expect("lock");
+        let desc = |media: &str, bytes: &[u8]| {
+            Descriptor::new(
+                media,
+                layout.write_blob(bytes).expect("blob"),
+                bytes.len() as u64,
+            )
+        };
+        let manifest = oci::Manifest {
+            schema_version: 2,
+            media_type: Some(oci::MEDIA_MANIFEST.into()),
+            config: desc(oci::MEDIA_CONFIG, config),
+            layers: vec![
+                desc("application/vnd.docker.image.rootfs.diff.tar.gzip", &gz),
+                desc("application/vnd.oci.image.layer.v1.tar+zstd", &zst),
+            ],
+            annotations: Default::default(),
+            extra: Default::default(),
+        };
+        let bytes = serde_json::to_vec(&manifest).expect("json");
+        let mut entry = desc(oci::MEDIA_MANIFEST, &bytes);
+        entry
+            .annotations
+            .insert(ANN_REF_NAME.into(), name.to_owned());
+        entry
+            .annotations
+            .insert(registry::ANN_SOURCE.into(), name.to_owned());
+        let mut index = layout.read_index().expect("index");
+        index.manifests.push(entry.clone());
+        layout.write_index(&index).expect("write index");
+        entry.digest
+    }
+
+    #[test]
+    fn pulled_images_list_resolve_unpack_and_survive_prune() {
+        let (_tmp, cache) = cache();
+        let name = "127.0.0.1:5000/team/tool:1";
+        let digest = install_pulled(&cache, name, "bottom", "top");
+        assert!(matches!(
+            cache.resolve("127.0.0.1:5000/team/other:1"),
+            Err(Error::ImageNotPulled(_))
+        ));
+        let list = cache.list().expect("list");
+        assert_eq!(list.len(), 4);
+        assert_eq!(list[3].name, name);
+        assert_eq!(list[3].kind, "image");
+        assert_eq!(list[3].source.as_deref(), Some(name));
+        assert_eq!(list[3].digest.as_deref(), Some(digest.as_str()));
+        assert_eq!(
+            cache.inspect(name).expect("inspect").digest,
+            Some(digest.clone())
+        );
+
+        let result = cache.prune(&[]).expect("prune");
+        assert!(result.removed.is_empty(), "{:?}", result.removed);
+        let resolved = cache.resolve(name).expect("resolve");
+        assert_eq!(resolved.manifest_digest, digest);
+        assert_eq!(resolved.layers.len(), 2);
+        cache.verify(name).expect("blobs intact");
+
+        if is_root() {
+            let root = cache.rootfs(&resolved, 0).expect("rootfs");
+            // The zstd layer on top of the gzip one.
+            assert_eq!(
+                fs::read_to_string(root.join("etc/marker")).expect("m"),
+                "top"
+            );
+        }
+    }
+
     #[test]
     fn install_then_resolve_list_and_layout_contents() {
         let (_tmp, cache) = cache();
