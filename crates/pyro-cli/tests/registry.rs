@@ -275,6 +275,15 @@ fn a_pull_killed_midway_installs_nothing_and_the_next_one_completes() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(got < layer.len() as u64, "stalled midway: {got} bytes");
+    // A prune meanwhile leaves the live pull's scratch dir alone.
+    let scratch = pull_scratch_dirs(&p);
+    let (out, pruned) = p.json(&["env", "prune"]);
+    assert!(out.status.success(), "{pruned}");
+    assert_eq!(pull_scratch_dirs(&p), scratch, "{pruned}");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the pull survives a prune"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(index_entries(&p).is_empty(), "nothing installed");
