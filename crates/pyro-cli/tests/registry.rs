@@ -14,6 +14,7 @@ use serde_json::Value;
 use util::registry::{
     gzip, push_image, push_image_manifest, push_manifest, registry_tests_enabled, sha256, tar_of,
     zstd, Layer, Proxy, Registry, INDEX, LAYER_GZIP, LAYER_TAR, LAYER_ZSTD, MANIFEST,
+    TEST_PASSWORD, TEST_USER,
 };
 use util::{container_tests_enabled, stderr, stdout, TestPyro};
 
@@ -524,4 +525,63 @@ fn an_image_without_a_shell_gives_a_clear_error() {
         "{v}"
     );
     assert_eq!(p.leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn credentials_come_from_the_environment_or_the_docker_config_and_are_never_logged() {
+    use base64::Engine;
+    require_registry!();
+    let reg = Registry::start_with_auth();
+    push_image(
+        reg.port,
+        "private/app",
+        "1",
+        host_arch(),
+        &[Layer {
+            media_type: LAYER_TAR,
+            blob: tar_of(&[("hello.txt", "hi\n")]),
+        }],
+    );
+    let reference = format!("{}/private/app:1", reg.host());
+    let mut p = TestPyro::with_private_cache();
+    let docker = p.dir.path().join("docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    p.env("DOCKER_CONFIG", docker.display().to_string());
+    p.env("PYRO_LOG", "trace");
+
+    let (out, v) = p.json(&["env", "pull", &reference]);
+    assert_error(&out, &v, "registry_error");
+
+    p.env("PYRO_REGISTRY_USERNAME", TEST_USER);
+    p.env("PYRO_REGISTRY_PASSWORD", "wrong-password");
+    let (out, v) = p.json(&["env", "pull", &reference]);
+    assert_error(&out, &v, "registry_error");
+    assert!(!stderr(&out).contains("wrong-password"));
+
+    p.env("PYRO_REGISTRY_PASSWORD", TEST_PASSWORD);
+    let (out, v) = p.json(&["env", "pull", &reference]);
+    assert!(out.status.success(), "{v}\n{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains(TEST_PASSWORD),
+        "a credential was logged"
+    );
+
+    // The Docker config instead, in a fresh cache.
+    let mut q = TestPyro::with_private_cache();
+    let encoded =
+        base64::engine::general_purpose::STANDARD.encode(format!("{TEST_USER}:{TEST_PASSWORD}"));
+    std::fs::write(
+        docker.join("config.json"),
+        serde_json::json!({"auths": {reg.host(): {"auth": encoded}}}).to_string(),
+    )
+    .unwrap();
+    q.env("DOCKER_CONFIG", docker.display().to_string());
+    q.env("PYRO_LOG", "trace");
+    let (out, v) = q.json(&["env", "pull", &reference]);
+    assert!(out.status.success(), "{v}\n{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        !err.contains(TEST_PASSWORD) && !err.contains(&encoded),
+        "a credential was logged"
+    );
 }

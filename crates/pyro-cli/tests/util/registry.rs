@@ -44,16 +44,43 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// The user and password of [`Registry::start_with_auth`] (bcrypt hash below, cost 5).
+pub const TEST_USER: &str = "tester";
+pub const TEST_PASSWORD: &str = "pyro-secret";
+const TEST_HTPASSWD: &str = "tester:$2b$05$wLP5zFYmYgI8lAoH3QxJ1OBZvMZ.BfBpvoA.or74TrlFL8RBZzvMG\n";
+/// `Authorization` for the test user; registries without auth ignore it.
+const TEST_AUTH_HEADER: &str = "Basic dGVzdGVyOnB5cm8tc2VjcmV0";
+
 impl Registry {
+    /// An anonymous registry.
     pub fn start() -> Registry {
+        Registry::start_inner(false)
+    }
+
+    /// A registry that wants [`TEST_USER`]/[`TEST_PASSWORD`] (htpasswd) for everything.
+    pub fn start_with_auth() -> Registry {
+        Registry::start_inner(true)
+    }
+
+    fn start_inner(auth: bool) -> Registry {
         let dir = tempfile::tempdir().expect("tempdir");
+        let auth_section = if auth {
+            let htpasswd = dir.path().join("htpasswd");
+            std::fs::write(&htpasswd, TEST_HTPASSWD).expect("htpasswd");
+            format!(
+                "auth:\n  htpasswd:\n    realm: pyro-test\n    path: {}\n",
+                htpasswd.display()
+            )
+        } else {
+            String::new()
+        };
         for _ in 0..5 {
             let port = free_port();
             let config = dir.path().join("config.yml");
             std::fs::write(
                 &config,
                 format!(
-                    "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: pyro-test-secret\n",
+                    "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: pyro-test-secret\n{auth_section}",
                     dir.path().join("data").display()
                 ),
             )
@@ -138,7 +165,7 @@ pub fn http(
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
     let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\nAuthorization: {TEST_AUTH_HEADER}\r\n",
         body.len()
     );
     for (k, v) in headers {
