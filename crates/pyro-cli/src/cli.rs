@@ -28,7 +28,7 @@ pub enum Command {
     /// The command's stdout and stderr pass through, and its exit code becomes pyro's
     /// (124 on timeout, 128+N when signal N ended it).
     Run(RunArgs),
-    /// Environments: list, inspect, build, prune.
+    /// Environments: list, inspect, build, pull, push, prune.
     Env(EnvArgs),
     /// Check what this host can do and which isolation levels it gives.
     Doctor(OutputArgs),
@@ -50,7 +50,8 @@ pub struct OutputArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Environment, e.g. debian:12 (see `pyro env list`).
+    /// Environment, e.g. debian:12 (see `pyro env list`), or an OCI image reference such as
+    /// 127.0.0.1:5000/python:3.12 (pulled first if missing).
     pub environment: String,
     /// Isolation level: microvm, vm-emulated or container [default: $PYRO_ISOLATION or microvm].
     #[arg(long)]
@@ -70,7 +71,7 @@ pub struct RunArgs {
     /// Bytes of stdout and of stderr to keep, each.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_output_bytes: u64,
-    /// Fail instead of building an environment that is not built yet.
+    /// Fail instead of building (or pulling) an environment that is not in the cache yet.
     #[arg(long)]
     pub no_build: bool,
     /// Print the result object as JSON on stdout instead of passing output through.
@@ -97,6 +98,32 @@ pub enum EnvCommand {
     Build(EnvBuildArgs),
     /// Remove cached blobs and root filesystems nothing uses.
     Prune(OutputArgs),
+    /// Pull an environment from an OCI registry: a catalog name from $PYRO_REGISTRY (checked
+    /// against its pin or --digest), or any image reference containing '/'.
+    Pull(EnvPullArgs),
+    /// Push an installed environment to an OCI registry (the manifest digest is kept).
+    Push(EnvPushArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EnvPullArgs {
+    /// A catalog name (debian:12) or an image reference (127.0.0.1:5000/python:3.12).
+    pub target: String,
+    /// The manifest digest the content must have (sha256:…); overrides the pin.
+    #[arg(long)]
+    pub digest: Option<String>,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct EnvPushArgs {
+    /// The installed environment: a catalog name or a pulled image reference.
+    pub name: String,
+    /// Where to push it: REGISTRY/REPOSITORY:TAG.
+    pub reference: String,
+    #[command(flatten)]
+    pub out: OutputArgs,
 }
 
 #[derive(Debug, Args)]

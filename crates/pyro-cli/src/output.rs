@@ -98,6 +98,52 @@ impl BuildProgress {
     }
 }
 
+/// Shows pull and push progress: a byte progress bar on a terminal, plain phase lines
+/// otherwise (no byte counts, so logs stay short).
+pub struct TransferProgress {
+    tag: &'static str,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl TransferProgress {
+    /// A progress display on stderr; `tag` is `env-pull` or `env-push`.
+    pub fn new(tag: &'static str) -> TransferProgress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = indicatif::ProgressBar::new(0);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            ) {
+                b.set_style(style.progress_chars("=> "));
+            }
+            b
+        });
+        TransferProgress { tag, bar }
+    }
+
+    /// One event.
+    pub fn event(&self, env: &str, event: &pyro::env::Transfer) {
+        match (event, &self.bar) {
+            (pyro::env::Transfer::Phase(m), Some(b)) => b.set_message(m.clone()),
+            (pyro::env::Transfer::Phase(m), None) => phase_line(
+                self.tag,
+                &[("environment", env.to_string()), ("step", m.clone())],
+            ),
+            (pyro::env::Transfer::Bytes { done, total }, Some(b)) => {
+                b.set_length(*total);
+                b.set_position(*done);
+            }
+            (pyro::env::Transfer::Bytes { .. }, None) => {}
+        }
+    }
+
+    /// Ends the display.
+    pub fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -108,6 +108,50 @@ pub enum Error {
     /// The operation was interrupted (SIGINT or SIGTERM); everything it started was cleaned up.
     #[error("interrupted")]
     Interrupted,
+    /// Talking to an OCI registry failed (network, authentication, a missing reference).
+    #[error("registry {reference}: {message}")]
+    Registry {
+        /// The image reference.
+        reference: String,
+        /// What failed.
+        message: String,
+    },
+    /// Content from outside did not match the digest it must have; nothing was installed.
+    #[error("digest mismatch for {what}: expected {expected}, got {actual}")]
+    DigestMismatch {
+        /// What was checked (a manifest, a blob, a pin).
+        what: String,
+        /// The digest it must have.
+        expected: String,
+        /// What arrived.
+        actual: String,
+    },
+    /// The image is not for this host's OS and architecture.
+    #[error("image {reference} is not for this host: it needs {wanted}, the image has {found}")]
+    PlatformMismatch {
+        /// The image reference.
+        reference: String,
+        /// This host's platform, e.g. `linux/amd64`.
+        wanted: String,
+        /// The platform(s) the image offers.
+        found: String,
+    },
+    /// The image uses something pyro cannot handle (media types, digests, sizes).
+    #[error("image {reference} is not usable: {message}")]
+    UnsupportedImage {
+        /// The image reference.
+        reference: String,
+        /// Why.
+        message: String,
+    },
+    /// An image reference used as an environment has not been pulled.
+    #[error("image {0} is not pulled yet")]
+    ImageNotPulled(String),
+    /// A catalog environment has no pinned digest to pull it by.
+    #[error(
+        "environment {0} has no pinned digest: no published image of it is known to this pyro"
+    )]
+    NotPinned(String),
 }
 
 impl Error {
@@ -139,6 +183,12 @@ impl Error {
             Error::Store(_) => "state_error",
             Error::Io { .. } => "io_error",
             Error::Interrupted => "interrupted",
+            Error::Registry { .. } => "registry_error",
+            Error::DigestMismatch { .. } => "digest_mismatch",
+            Error::PlatformMismatch { .. } => "platform_mismatch",
+            Error::UnsupportedImage { .. } => "unsupported_image",
+            Error::ImageNotPulled(_) => "image_not_pulled",
+            Error::NotPinned(_) => "not_pinned",
         }
     }
 
@@ -146,7 +196,7 @@ impl Error {
     pub fn hint(&self) -> Option<String> {
         match self {
             Error::UnknownEnvironment { known, .. } => Some(format!(
-                "known environments: {}; see `pyro env list`",
+                "known environments: {}; see `pyro env list`; OCI images are named by reference, e.g. registry.example/repo:tag",
                 known.join(", ")
             )),
             Error::EnvironmentNotBuilt(name) => Some(format!("run `pyro env build {name}`")),
@@ -168,6 +218,12 @@ impl Error {
             Error::AlreadyExists(_) => Some("pass --force to overwrite".into()),
             Error::AgentRefused { kind, .. } if kind == "bad_path" => Some("paths must stay inside /workspace".into()),
             Error::SandboxNotFound(_) => Some("it may have been deleted or reaped; see `pyro gc`".into()),
+            Error::AgentRefused { kind, message } if kind == "spawn" && message.contains("/bin/sh") => Some("the environment has no usable /bin/sh: pyro runs every command with `sh -lc`, so an image used as an environment needs a shell".into()),
+            Error::Registry { .. } => Some("check the reference, network access and credentials (~/.docker/config.json or PYRO_REGISTRY_USERNAME/PYRO_REGISTRY_PASSWORD); plain-HTTP registries other than loopback go in PYRO_INSECURE_REGISTRIES".into()),
+            Error::DigestMismatch { .. } => Some("the registry served other content than expected; nothing was installed".into()),
+            Error::PlatformMismatch { .. } => Some("use an image (or an index entry) built for this host's architecture".into()),
+            Error::ImageNotPulled(r) => Some(format!("run `pyro env pull {r}`")),
+            Error::NotPinned(n) => Some(format!("pass `--digest sha256:…` to `pyro env pull {n}`, point PYRO_PINS at a pins file, or build it locally with `pyro env build {n}`")),
             _ => None,
         }
     }

@@ -7,7 +7,10 @@ use serde::Serialize;
 
 use crate::backend::container::{find_runc, ContainerBackend};
 use crate::backend::{Backend, Isolation};
-use crate::env::{BuildOptions, EnvCache, EnvInfo, PruneResult, ResolvedEnv};
+use crate::env::{
+    is_image_reference, BuildOptions, EnvCache, EnvInfo, PruneResult, PullResult, PushResult,
+    RegistrySettings, ResolvedEnv, Transfer,
+};
 use crate::error::{Error, IoContext, Result};
 use crate::paths::Paths;
 use crate::procinfo::ProcessId;
@@ -25,6 +28,8 @@ pub struct Config {
     pub runc: Option<PathBuf>,
     /// Debian mirror for environment builds; `None` uses `$PYRO_DEBIAN_MIRROR` or mmdebstrap's.
     pub debian_mirror: Option<String>,
+    /// Registries: where catalog environments are pulled from, plain-HTTP registries, pins.
+    pub registry: RegistrySettings,
 }
 
 impl Config {
@@ -39,6 +44,7 @@ impl Config {
             debian_mirror: std::env::var("PYRO_DEBIAN_MIRROR")
                 .ok()
                 .filter(|v| !v.is_empty()),
+            registry: RegistrySettings::from_env(),
         }
     }
 }
@@ -379,16 +385,50 @@ impl Pyro {
         self.inner.envs.prune(&keep)
     }
 
-    /// Resolves an environment, building it first if asked to.
+    /// Pulls an environment from a registry: a catalog name (from `PYRO_REGISTRY`, checked
+    /// against `digest` or its pin) or any image reference containing `/`.
+    pub async fn env_pull(
+        &self,
+        target: &str,
+        digest: Option<&str>,
+        mut progress: Box<dyn FnMut(Transfer) + Send>,
+    ) -> Result<PullResult> {
+        self.inner
+            .envs
+            .pull(target, digest, &self.inner.config.registry, &mut *progress)
+            .await
+    }
+
+    /// Pushes an installed environment (catalog name or pulled reference) to an image
+    /// reference; the manifest digest stays the same.
+    pub async fn env_push(
+        &self,
+        name: &str,
+        target: &str,
+        mut progress: Box<dyn FnMut(Transfer) + Send>,
+    ) -> Result<PushResult> {
+        self.inner
+            .envs
+            .push(name, target, &self.inner.config.registry, &mut *progress)
+            .await
+    }
+
+    /// Resolves an environment, building it (catalog names) or pulling it (image references)
+    /// first if asked to.
     pub(crate) async fn resolve_env(
         &self,
         name: &str,
         build_missing: bool,
         progress: Box<dyn FnMut(&str) + Send>,
+        transfer: Box<dyn FnMut(Transfer) + Send>,
     ) -> Result<ResolvedEnv> {
         match self.inner.envs.resolve(name) {
             Err(Error::EnvironmentNotBuilt(_)) if build_missing => {
                 self.env_build(name, false, progress).await?;
+                self.inner.envs.resolve(name)
+            }
+            Err(Error::ImageNotPulled(_)) if build_missing && is_image_reference(name) => {
+                self.env_pull(name, None, transfer).await?;
                 self.inner.envs.resolve(name)
             }
             other => other,

@@ -13,6 +13,12 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("PYRO_RUNC", "path to the runc binary (default: runc on PATH)"),
     ("PYRO_DEBIAN_MIRROR", "Debian mirror URL for environment builds (default: mmdebstrap's default, deb.debian.org)"),
     ("PYRO_WORKSPACE_GRACE_S", "seconds an expired (stopped) workspace is kept before it is deleted (default 86400)"),
+    ("PYRO_REGISTRY", "registry host and namespace that catalog environments are pulled from: debian:12 is $PYRO_REGISTRY/debian:12 (default ghcr.io/pyro-sandbox; nothing is published there yet)"),
+    ("PYRO_PINS", "a pins file ([pins] name = \"sha256:…\") replacing the shipped envs/pins.toml when pulling catalog environments"),
+    ("PYRO_INSECURE_REGISTRIES", "comma-separated host:port registries reached over plain HTTP; loopback registries (127.0.0.1, localhost, [::1]) always are"),
+    ("PYRO_REGISTRY_USERNAME", "registry user name for pull and push (with PYRO_REGISTRY_PASSWORD); default: ~/.docker/config.json, else anonymous"),
+    ("PYRO_REGISTRY_PASSWORD", "registry password or token for PYRO_REGISTRY_USERNAME; never logged"),
+    ("DOCKER_CONFIG", "directory of the Docker config.json whose `auths` give registry credentials (default ~/.docker)"),
     ("PYRO_LOG", "log filter for pyro's own diagnostics on stderr, e.g. debug (default warn)"),
 ];
 

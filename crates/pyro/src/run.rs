@@ -19,6 +19,8 @@ pub trait Observer: Send + Sync {
     fn phase(&self, _phase: &str, _fields: &[(&str, String)]) {}
     /// A step of an environment build.
     fn build(&self, _environment: &str, _message: &str) {}
+    /// Progress of pulling an image that was not in the cache.
+    fn transfer(&self, _environment: &str, _event: &crate::env::Transfer) {}
 }
 
 /// An observer that ignores everything.
@@ -195,10 +197,23 @@ pub fn text_and_bytes(bytes: &[u8]) -> (String, Option<String>) {
 }
 
 /// Forwards build progress to an observer.
-fn build_progress(observer: &Arc<dyn Observer>, env: &str) -> Box<dyn FnMut(&str) + Send> {
+pub(crate) fn build_progress(
+    observer: &Arc<dyn Observer>,
+    env: &str,
+) -> Box<dyn FnMut(&str) + Send> {
     let o = observer.clone();
     let env = env.to_string();
     Box::new(move |m: &str| o.build(&env, m))
+}
+
+/// Forwards pull progress to an observer.
+pub(crate) fn transfer_progress(
+    observer: &Arc<dyn Observer>,
+    env: &str,
+) -> Box<dyn FnMut(crate::env::Transfer) + Send> {
+    let o = observer.clone();
+    let env = env.to_string();
+    Box::new(move |t| o.transfer(&env, &t))
 }
 
 impl Pyro {
@@ -231,6 +246,7 @@ impl Pyro {
                 &req.environment,
                 req.build_missing,
                 build_progress(&observer, &req.environment),
+                transfer_progress(&observer, &req.environment),
             )
             .await?;
         let rootfs = self.rootfs(&env, backend.as_ref()).await?;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use pyro::Pyro;
 
 use crate::cli::{EnvArgs, EnvCommand};
-use crate::output::{print_json, BuildProgress};
+use crate::output::{print_json, BuildProgress, TransferProgress};
 
 fn size(bytes: Option<u64>) -> String {
     match bytes {
@@ -17,6 +17,17 @@ fn size(bytes: Option<u64>) -> String {
 fn describe(e: &pyro::env::EnvInfo) {
     println!("Environment: {}", e.name);
     println!("Description: {}", e.description);
+    if let Some(s) = &e.source {
+        println!("Pulled from: {s}");
+    }
+    if e.kind == "image" {
+        if let Some(d) = &e.digest {
+            println!("Digest: {d}");
+        }
+        println!("Size: {}", size(e.size_bytes));
+        println!("OCI layout: {}", e.oci_layout.display());
+        return;
+    }
     println!("Distribution: {} {}", e.distribution, e.suite);
     println!(
         "Packages: {}",
@@ -99,6 +110,60 @@ pub async fn env(pyro: &Pyro, a: EnvArgs) -> anyhow::Result<ExitCode> {
                 print_json(&e)?;
             } else {
                 describe(&e);
+            }
+        }
+        EnvCommand::Pull(a) => {
+            let progress = std::sync::Arc::new(TransferProgress::new("env-pull"));
+            let p = progress.clone();
+            let target = a.target.clone();
+            let r = pyro
+                .env_pull(
+                    &a.target,
+                    a.digest.as_deref(),
+                    Box::new(move |t| p.event(&target, &t)),
+                )
+                .await;
+            progress.finish();
+            let r = r?;
+            if a.out.json {
+                print_json(&r)?;
+            } else {
+                println!("Pulled {}", r.environment);
+                if r.reference != r.environment {
+                    println!("From: {}", r.reference);
+                }
+                println!("Digest: {}", r.digest);
+                if r.source_digest != r.digest {
+                    println!("Index digest: {}", r.source_digest);
+                }
+                println!(
+                    "Size: {} in {} layers, {} downloaded",
+                    size(Some(r.size_bytes)),
+                    r.layers,
+                    size(Some(r.downloaded_bytes))
+                );
+            }
+        }
+        EnvCommand::Push(a) => {
+            let progress = std::sync::Arc::new(TransferProgress::new("env-push"));
+            let p = progress.clone();
+            let name = a.name.clone();
+            let r = pyro
+                .env_push(&a.name, &a.reference, Box::new(move |t| p.event(&name, &t)))
+                .await;
+            progress.finish();
+            let r = r?;
+            if a.out.json {
+                print_json(&r)?;
+            } else {
+                println!("Pushed {} to {}", r.environment, r.reference);
+                println!("Digest: {}", r.digest);
+                println!(
+                    "Uploaded {} blobs ({}), {} already there",
+                    r.uploaded_blobs,
+                    size(Some(r.uploaded_bytes)),
+                    r.existing_blobs
+                );
             }
         }
         EnvCommand::Prune(o) => {

@@ -9,17 +9,19 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use super::parse_pairs;
 use crate::cli::RunArgs;
-use crate::output::{phase_line, print_json, BuildProgress};
+use crate::output::{phase_line, print_json, BuildProgress, TransferProgress};
 
 /// Renders run phases on stderr and build progress.
 struct RunObserver {
     phases: bool,
     build: BuildProgress,
+    pull: TransferProgress,
 }
 
 impl pyro::Observer for RunObserver {
     fn phase(&self, phase: &str, fields: &[(&str, String)]) {
         self.build.finish();
+        self.pull.finish();
         if self.phases {
             let mut all = vec![("phase", phase.to_string())];
             all.extend(fields.iter().map(|(k, v)| (*k, v.clone())));
@@ -28,6 +30,9 @@ impl pyro::Observer for RunObserver {
     }
     fn build(&self, env: &str, message: &str) {
         self.build.step(env, message);
+    }
+    fn transfer(&self, env: &str, event: &pyro::env::Transfer) {
+        self.pull.event(env, event);
     }
 }
 
@@ -43,6 +48,7 @@ pub async fn run(pyro: &Pyro, a: RunArgs) -> anyhow::Result<ExitCode> {
     let observer = Arc::new(RunObserver {
         phases: !a.json,
         build: BuildProgress::new(),
+        pull: TransferProgress::new("env-pull"),
     });
 
     let mut sigint = signal(SignalKind::interrupt())?;

@@ -9,6 +9,8 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
+pub mod registry;
+
 /// Why container tests cannot run here, if they cannot.
 pub fn container_prerequisites() -> Option<String> {
     if !nix_is_root() {
@@ -76,6 +78,10 @@ pub fn shared_cache() -> PathBuf {
 pub struct TestPyro {
     pub dir: tempfile::TempDir,
     pub home: PathBuf,
+    /// `$PYRO_CACHE_DIR`: the shared cache unless [`TestPyro::with_private_cache`].
+    pub cache: PathBuf,
+    /// Extra environment variables for every command.
+    pub envs: Vec<(String, String)>,
 }
 
 impl TestPyro {
@@ -87,16 +93,39 @@ impl TestPyro {
     pub fn with_home_name(name: &str) -> TestPyro {
         let dir = tempfile::tempdir().expect("tempdir");
         let home = dir.path().join(name);
-        TestPyro { dir, home }
+        TestPyro {
+            dir,
+            home,
+            cache: shared_cache(),
+            envs: Vec::new(),
+        }
+    }
+
+    /// An installation with its own, empty environment cache.
+    pub fn with_private_cache() -> TestPyro {
+        let mut p = TestPyro::new();
+        p.cache = p.dir.path().join("cache");
+        p
+    }
+
+    /// Sets an environment variable for every later command.
+    pub fn env(&mut self, key: &str, value: impl Into<String>) -> &mut TestPyro {
+        self.envs.push((key.to_owned(), value.into()));
+        self
     }
 
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_pyro"));
         c.args(args)
             .env("PYRO_HOME", &self.home)
-            .env("PYRO_CACHE_DIR", shared_cache())
+            .env("PYRO_CACHE_DIR", &self.cache)
             .env_remove("PYRO_ISOLATION")
+            .env_remove("PYRO_REGISTRY")
+            .env_remove("PYRO_PINS")
             .stdin(Stdio::null());
+        for (k, v) in &self.envs {
+            c.env(k, v);
+        }
         if let Some(a) = agent() {
             c.env("PYRO_AGENT", a);
         }

@@ -4,12 +4,14 @@
 //! Everything lives under one cache directory (`$PYRO_CACHE_DIR`, e.g. `~/.cache/pyro`):
 //!
 //! - `oci/`: an OCI image layout (`oci-layout`, `index.json`, `blobs/sha256/`) holding one image
-//!   per built environment, named by the `org.opencontainers.image.ref.name` annotation and tagged
-//!   with the recipe hash it was built from;
+//!   per built or pulled environment, named by the `org.opencontainers.image.ref.name` annotation
+//!   (a catalog name, or an image's canonical reference) and tagged with the recipe hash it was
+//!   built from (catalog environments) or the reference it was pulled from (`io.pyro.source`);
 //! - `rootfs/<manifest-hex>-u<shift>/`: root filesystems unpacked once per manifest digest and uid
 //!   shift, never modified afterwards (sandboxes put an overlay on top);
-//! - `locks/`: flock files serializing builds per environment and unpacks per rootfs;
-//! - `tmp/`: build scratch directories, each held by a flock while its build runs;
+//! - `locks/`: flock files serializing builds per environment, pulls per manifest digest and
+//!   unpacks per rootfs;
+//! - `tmp/`: build and pull scratch directories, each held by a flock while its owner runs;
 //! - `logs/`: mmdebstrap logs, one per environment and recipe hash.
 //!
 //! All of it is blocking code; async callers run it on a blocking thread.
@@ -17,6 +19,7 @@
 mod build;
 mod oci;
 mod recipe;
+mod registry;
 mod unpack;
 
 use std::collections::HashSet;
@@ -31,6 +34,10 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::Serialize;
 
 pub use recipe::{catalog, host_arch, Recipe, BUILDER_VERSION};
+pub use registry::{
+    canonical_reference, is_image_reference, parse_reference, PullResult, PushResult,
+    RegistrySettings, Transfer, DEFAULT_REGISTRY,
+};
 pub use unpack::{unpack_layer, UnpackStats};
 
 use crate::error::{Error, IoContext, Result};
@@ -52,20 +59,26 @@ pub struct BuildOptions {
     pub mirror: Option<String>,
 }
 
-/// One catalog environment and its state in the cache.
+/// One environment (a catalog entry, or an image pulled by reference) and its state in the
+/// cache.
 #[derive(Debug, Clone, Serialize)]
 pub struct EnvInfo {
-    /// The environment's name, e.g. `debian:12`.
+    /// The environment's name, e.g. `debian:12`, or an image's canonical reference.
     pub name: String,
+    /// `catalog` (built from a recipe here, or pulled by pin) or `image` (any OCI image, pulled
+    /// by reference).
+    pub kind: String,
+    /// The registry reference the installed image was pulled from, if it was pulled.
+    pub source: Option<String>,
     /// What is in it.
     pub description: String,
-    /// The distribution it is built from (`debian`).
+    /// The distribution it is built from (`debian`; empty for images).
     pub distribution: String,
-    /// The distribution suite, e.g. `bookworm`.
+    /// The distribution suite, e.g. `bookworm` (empty for images).
     pub suite: String,
-    /// Packages added to the base variant.
+    /// Packages added to the base variant (none for images).
     pub packages: Vec<String>,
-    /// The hash of the current recipe.
+    /// The hash of the current recipe (empty for images).
     pub recipe_hash: String,
     /// Whether an image of this environment is in the cache (current or stale).
     pub installed: bool,
@@ -89,7 +102,7 @@ pub struct ResolvedEnv {
     pub name: String,
     /// The image's manifest digest, `sha256:<hex>`.
     pub manifest_digest: String,
-    /// Layer blobs (uncompressed tars), bottom layer first.
+    /// Layer blobs (tars, plain or gzip- or zstd-compressed), bottom layer first.
     pub layers: Vec<PathBuf>,
 }
 
@@ -123,20 +136,136 @@ impl EnvCache {
         OciLayout::new(self.root.join("oci"))
     }
 
-    /// Every catalog environment, installed or not, in catalog order.
+    /// Every catalog environment, installed or not, in catalog order, then every image pulled
+    /// by reference, by name.
     pub fn list(&self) -> Result<Vec<EnvInfo>> {
         let index = self.layout().read_index()?;
-        Ok(catalog()
+        let mut list: Vec<EnvInfo> = catalog()
             .iter()
             .map(|recipe| self.info(recipe, &index))
-            .collect())
+            .collect();
+        let mut images: Vec<&Descriptor> = index
+            .manifests
+            .iter()
+            .filter(|d| is_pulled_image(d))
+            .collect();
+        images.sort_by(|a, b| a.annotation(ANN_REF_NAME).cmp(&b.annotation(ANN_REF_NAME)));
+        list.extend(images.into_iter().map(|d| self.image_info(d)));
+        Ok(list)
     }
 
-    /// One catalog environment; [`Error::UnknownEnvironment`] for names not in the catalog.
+    /// One environment: a catalog name, or an image reference (containing `/`) that was
+    /// pulled. [`Error::UnknownEnvironment`] for names not in the catalog,
+    /// [`Error::ImageNotPulled`] for references not in the cache.
     pub fn inspect(&self, name: &str) -> Result<EnvInfo> {
+        if is_image_reference(name) {
+            let name = canonical_reference(name)?;
+            let index = self.layout().read_index()?;
+            return index
+                .manifests
+                .iter()
+                .rev()
+                .find(|d| is_pulled_image(d) && d.annotation(ANN_REF_NAME) == Some(&name))
+                .map(|d| self.image_info(d))
+                .ok_or(Error::ImageNotPulled(name));
+        }
         let recipe = recipe::find(name)?;
         let index = self.layout().read_index()?;
         Ok(self.info(&recipe, &index))
+    }
+
+    /// The index entry an environment name resolves to: the current recipe's image for a
+    /// catalog name, the pulled image for a reference.
+    fn entry_for(&self, name: &str) -> Result<(String, Descriptor)> {
+        let index = self.layout().read_index()?;
+        if is_image_reference(name) {
+            let name = canonical_reference(name)?;
+            let entry = index
+                .manifests
+                .iter()
+                .rev()
+                .find(|d| is_pulled_image(d) && d.annotation(ANN_REF_NAME) == Some(&name))
+                .cloned()
+                .ok_or_else(|| Error::ImageNotPulled(name.clone()))?;
+            return Ok((name, entry));
+        }
+        let recipe = recipe::find(name)?;
+        let hash = recipe.hash();
+        let entry = index
+            .manifests
+            .iter()
+            .rev()
+            .find(|d| {
+                d.annotation(ANN_REF_NAME) == Some(name)
+                    && d.annotation(ANN_RECIPE_HASH) == Some(&hash)
+            })
+            .cloned()
+            .ok_or_else(|| Error::EnvironmentNotBuilt(name.to_owned()))?;
+        Ok((name.to_owned(), entry))
+    }
+
+    /// Pulls an environment from a registry: a catalog name from `settings.registry`, checked
+    /// against `digest` or else its pin (refused without one), or any image reference
+    /// (containing `/`), checked against `digest` or the digest the reference names.
+    pub async fn pull(
+        &self,
+        target: &str,
+        digest: Option<&str>,
+        settings: &RegistrySettings,
+        progress: &mut (dyn FnMut(Transfer) + Send),
+    ) -> Result<PullResult> {
+        if let Some(d) = digest {
+            if oci::sha256_hex(d).is_none() {
+                return Err(Error::InvalidRequest(format!(
+                    "--digest must be sha256:<64 lowercase hex>, not {d:?}"
+                )));
+            }
+        }
+        let plan = if is_image_reference(target) {
+            let source = parse_reference(target)?;
+            registry::PullPlan {
+                name: source.whole(),
+                source,
+                expected: digest.map(str::to_owned),
+                recipe_hash: None,
+            }
+        } else {
+            let recipe = recipe::find(target)?;
+            let expected = match digest {
+                Some(d) => d.to_owned(),
+                None => settings
+                    .pin(target)?
+                    .ok_or_else(|| Error::NotPinned(target.to_owned()))?,
+            };
+            let source = parse_reference(&format!("{}/{target}", settings.registry))?;
+            registry::PullPlan {
+                source,
+                name: target.to_owned(),
+                expected: Some(expected),
+                recipe_hash: Some(recipe.hash()),
+            }
+        };
+        registry::pull(self, settings, &plan, progress).await
+    }
+
+    /// Pushes an installed environment (catalog name or pulled reference) to `target`, an
+    /// image reference; the manifest keeps its digest.
+    pub async fn push(
+        &self,
+        name: &str,
+        target: &str,
+        settings: &RegistrySettings,
+        progress: &mut (dyn FnMut(Transfer) + Send),
+    ) -> Result<PushResult> {
+        let target = parse_reference(target)?;
+        if target.digest().is_some() {
+            return Err(Error::InvalidRequest(format!(
+                "push needs a tag, not a digest: {}",
+                target.whole()
+            )));
+        }
+        let (name, entry) = self.entry_for(name)?;
+        registry::push(self, settings, &name, &entry, &target, progress).await
     }
 
     /// Builds an environment with mmdebstrap into the OCI layout, unless an image from the
@@ -187,25 +316,18 @@ impl EnvCache {
     /// The current image of a catalog environment. [`Error::EnvironmentNotBuilt`] when there is
     /// none built from the current recipe; [`Error::CorruptCache`] when a blob is missing or has
     /// the wrong size (contents are only re-hashed by [`EnvCache::verify`]).
+    ///
+    /// An image reference (a name containing `/`) resolves to the image pulled under that
+    /// reference; [`Error::ImageNotPulled`] when there is none.
     pub fn resolve(&self, name: &str) -> Result<ResolvedEnv> {
-        let recipe = recipe::find(name)?;
         let layout = self.layout();
-        let index = layout.read_index()?;
-        let hash = recipe.hash();
-        let entry = index
-            .manifests
-            .iter()
-            .rev()
-            .find(|d| {
-                d.annotation(ANN_REF_NAME) == Some(name)
-                    && d.annotation(ANN_RECIPE_HASH) == Some(&hash)
-            })
-            .ok_or_else(|| Error::EnvironmentNotBuilt(name.to_owned()))?;
+        let (name, entry) = self.entry_for(name)?;
+        let entry = &entry;
         let manifest = layout.read_manifest(entry)?;
         let mut layers = Vec::with_capacity(manifest.layers.len());
         for layer in &manifest.layers {
             let path = layout.blob_path(&layer.digest)?;
-            if !oci::is_tar_layer(&layer.media_type) {
+            if !registry::is_supported_layer(&layer.media_type) {
                 return Err(Error::CorruptCache {
                     path,
                     message: format!("unsupported layer media type {}", layer.media_type),
@@ -230,7 +352,7 @@ impl EnvCache {
             layers.push(path);
         }
         Ok(ResolvedEnv {
-            name: name.to_owned(),
+            name,
             manifest_digest: entry.digest.clone(),
             layers,
         })
@@ -297,11 +419,7 @@ impl EnvCache {
             .ctx(|| format!("creating {}", fs_dir.display()))?;
         for layer in &env.layers {
             let file = File::open(layer).ctx(|| format!("opening layer {}", layer.display()))?;
-            unpack_layer(
-                io::BufReader::with_capacity(1 << 20, file),
-                &fs_dir,
-                uid_shift,
-            )?;
+            unpack_layer(layer_reader(layer, file)?, &fs_dir, uid_shift)?;
         }
         lchown(&fs_dir, Some(uid_shift), Some(uid_shift))
             .ctx(|| format!("changing owner of {}", fs_dir.display()))?;
@@ -472,6 +590,8 @@ impl EnvCache {
         let manifest = entry.and_then(|e| self.layout().read_manifest(e).ok());
         EnvInfo {
             name: recipe.name().to_owned(),
+            kind: "catalog".to_owned(),
+            source: entry.and_then(|e| e.annotation(registry::ANN_SOURCE).map(str::to_owned)),
             description: recipe.description().to_owned(),
             distribution: "debian".to_owned(),
             suite: recipe.suite().to_owned(),
@@ -488,6 +608,62 @@ impl EnvCache {
                 .and_then(|m| m.annotations.get(ANN_CREATED).cloned()),
             oci_layout: self.layout().dir().to_path_buf(),
         }
+    }
+}
+
+/// Whether an index entry is an image pulled by reference (not a catalog environment).
+fn is_pulled_image(d: &Descriptor) -> bool {
+    d.annotation(registry::ANN_SOURCE).is_some() && d.annotation(ANN_RECIPE_HASH).is_none()
+}
+
+impl EnvCache {
+    /// A pulled image's entry with its state.
+    fn image_info(&self, entry: &Descriptor) -> EnvInfo {
+        let manifest = self.layout().read_manifest(entry).ok();
+        let name = entry.annotation(ANN_REF_NAME).unwrap_or("").to_owned();
+        EnvInfo {
+            description: format!("OCI image {name}"),
+            name,
+            kind: "image".to_owned(),
+            source: entry.annotation(registry::ANN_SOURCE).map(str::to_owned),
+            distribution: String::new(),
+            suite: String::new(),
+            packages: Vec::new(),
+            recipe_hash: String::new(),
+            installed: true,
+            stale: false,
+            digest: Some(entry.digest.clone()),
+            size_bytes: manifest
+                .as_ref()
+                .map(|m| entry.size + m.blobs().map(|d| d.size).sum::<u64>()),
+            built_at: None,
+            oci_layout: self.layout().dir().to_path_buf(),
+        }
+    }
+}
+
+/// A reader of a layer blob's tar stream, decompressing gzip or zstd (recognized by their
+/// magic bytes, so the blob's content decides, not a label).
+fn layer_reader(path: &Path, file: File) -> Result<Box<dyn io::Read>> {
+    use io::BufRead;
+    let mut reader = io::BufReader::with_capacity(1 << 20, file);
+    let head = reader
+        .fill_buf()
+        .ctx(|| format!("reading layer {}", path.display()))?;
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Ok(Box::new(io::BufReader::with_capacity(
+            1 << 20,
+            flate2::bufread::MultiGzDecoder::new(reader),
+        )))
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        let decoder =
+            ruzstd::decoding::StreamingDecoder::new(reader).map_err(|e| Error::CorruptCache {
+                path: path.to_path_buf(),
+                message: format!("unreadable zstd layer: {e}"),
+            })?;
+        Ok(Box::new(io::BufReader::with_capacity(1 << 20, decoder)))
+    } else {
+        Ok(Box::new(reader))
     }
 }
 
@@ -773,6 +949,92 @@ mod tests {
         File::open(path)
             .and_then(|f| f.set_times(FileTimes::new().set_modified(time).set_accessed(time)))
             .expect("set mtime");
+    }
+
+    /// Adds an image as a pull would: blobs (one gzip and one zstd layer) and an index entry
+    /// carrying `io.pyro.source`. Returns the manifest digest.
+    fn install_pulled(cache: &EnvCache, name: &str, bottom: &str, top: &str) -> String {
+        use std::io::Write as _;
+        let dir = cache.root().parent().expect("parent");
+        let base = fs::read(fake_layer(dir, bottom)).expect("layer");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&base).expect("gzip");
+        let gz = gz.finish().expect("gzip");
+        let upper = fs::read(fake_layer(dir, top)).expect("layer");
+        let zst = ruzstd::encoding::compress_to_vec(
+            upper.as_slice(),
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
+        let config = br#"{"architecture":"amd64","os":"linux"}"#;
+        let layout = cache.layout();
+        let _lock = layout.lock().expect("lock");
+        let desc = |media: &str, bytes: &[u8]| {
+            Descriptor::new(
+                media,
+                layout.write_blob(bytes).expect("blob"),
+                bytes.len() as u64,
+            )
+        };
+        let manifest = oci::Manifest {
+            schema_version: 2,
+            media_type: Some(oci::MEDIA_MANIFEST.into()),
+            config: desc(oci::MEDIA_CONFIG, config),
+            layers: vec![
+                desc("application/vnd.docker.image.rootfs.diff.tar.gzip", &gz),
+                desc("application/vnd.oci.image.layer.v1.tar+zstd", &zst),
+            ],
+            annotations: Default::default(),
+            extra: Default::default(),
+        };
+        let bytes = serde_json::to_vec(&manifest).expect("json");
+        let mut entry = desc(oci::MEDIA_MANIFEST, &bytes);
+        entry
+            .annotations
+            .insert(ANN_REF_NAME.into(), name.to_owned());
+        entry
+            .annotations
+            .insert(registry::ANN_SOURCE.into(), name.to_owned());
+        let mut index = layout.read_index().expect("index");
+        index.manifests.push(entry.clone());
+        layout.write_index(&index).expect("write index");
+        entry.digest
+    }
+
+    #[test]
+    fn pulled_images_list_resolve_unpack_and_survive_prune() {
+        let (_tmp, cache) = cache();
+        let name = "127.0.0.1:5000/team/tool:1";
+        let digest = install_pulled(&cache, name, "bottom", "top");
+        assert!(matches!(
+            cache.resolve("127.0.0.1:5000/team/other:1"),
+            Err(Error::ImageNotPulled(_))
+        ));
+        let list = cache.list().expect("list");
+        assert_eq!(list.len(), 4);
+        assert_eq!(list[3].name, name);
+        assert_eq!(list[3].kind, "image");
+        assert_eq!(list[3].source.as_deref(), Some(name));
+        assert_eq!(list[3].digest.as_deref(), Some(digest.as_str()));
+        assert_eq!(
+            cache.inspect(name).expect("inspect").digest,
+            Some(digest.clone())
+        );
+
+        let result = cache.prune(&[]).expect("prune");
+        assert!(result.removed.is_empty(), "{:?}", result.removed);
+        let resolved = cache.resolve(name).expect("resolve");
+        assert_eq!(resolved.manifest_digest, digest);
+        assert_eq!(resolved.layers.len(), 2);
+        cache.verify(name).expect("blobs intact");
+
+        if is_root() {
+            let root = cache.rootfs(&resolved, 0).expect("rootfs");
+            // The zstd layer on top of the gzip one.
+            assert_eq!(
+                fs::read_to_string(root.join("etc/marker")).expect("m"),
+                "top"
+            );
+        }
     }
 
     #[test]

@@ -27,8 +27,6 @@ pub(crate) const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+j
 pub(crate) const MEDIA_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 /// Media type of an uncompressed layer, the only kind pyro writes.
 pub(crate) const MEDIA_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
-/// Docker's name for the same uncompressed layer, accepted when reading.
-const MEDIA_DOCKER_LAYER_TAR: &str = "application/vnd.docker.image.rootfs.diff.tar";
 
 /// Standard annotation: the image's name in the layout (pyro uses the environment name).
 pub(crate) const ANN_REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -123,11 +121,6 @@ impl Manifest {
     pub fn blobs(&self) -> impl Iterator<Item = &Descriptor> {
         std::iter::once(&self.config).chain(self.layers.iter())
     }
-}
-
-/// Whether a layer media type is one pyro can unpack (uncompressed tar).
-pub(crate) fn is_tar_layer(media_type: &str) -> bool {
-    media_type == MEDIA_LAYER_TAR || media_type == MEDIA_DOCKER_LAYER_TAR
 }
 
 /// The hex part of a `sha256:<64 lowercase hex>` digest, or `None` for anything else. Digests

@@ -26,7 +26,7 @@ use crate::agent_client::OutputSink;
 use crate::backend::{Backend, Isolation, Resources};
 use crate::error::{Error, IoContext, Result};
 use crate::facade::Pyro;
-use crate::run::{limits, text_and_bytes, Observer};
+use crate::run::{build_progress, limits, text_and_bytes, transfer_progress, Observer};
 use crate::sandbox::{destroy_record, new_id, ExecOptions, Sandbox};
 use crate::store::{now_ms, LogRow, SandboxKind, SandboxRecord, WorkspaceRow};
 
@@ -424,16 +424,14 @@ impl Pyro {
                 ("isolation", level.to_string()),
             ],
         );
-        let env = {
-            let o = observer.clone();
-            let name = req.environment.clone();
-            self.resolve_env(
+        let env = self
+            .resolve_env(
                 &req.environment,
                 req.build_missing,
-                Box::new(move |m: &str| o.build(&name, m)),
+                build_progress(&observer, &req.environment),
+                transfer_progress(&observer, &req.environment),
             )
-            .await?
-        };
+            .await?;
         let rootfs = self.rootfs(&env, backend.as_ref()).await?;
         let id = new_id();
         let now = now_ms();

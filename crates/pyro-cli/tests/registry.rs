@@ -1,0 +1,587 @@
+//! Environments over a real OCI registry on loopback (Debian's `docker-registry`, started per
+//! test): push, pinned pulls, digest checks, interrupted and concurrent pulls, images of
+//! another architecture, and arbitrary multi-layer images run as environments. Pull-only tests
+//! need just the registry; the ones that run sandboxes need root and runc too.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod util;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use util::registry::{
+    gzip, push_image, push_image_manifest, push_manifest, registry_tests_enabled, sha256, tar_of,
+    zstd, Layer, Proxy, Registry, INDEX, LAYER_GZIP, LAYER_TAR, LAYER_ZSTD, MANIFEST,
+    TEST_PASSWORD, TEST_USER,
+};
+use util::{container_tests_enabled, stderr, stdout, TestPyro};
+
+macro_rules! require_registry {
+    () => {
+        if !registry_tests_enabled(module_path!()) {
+            return;
+        }
+    };
+}
+
+macro_rules! require_containers {
+    () => {
+        if !container_tests_enabled(module_path!()) {
+            return;
+        }
+    };
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap_or_default()).unwrap_or(Value::Null)
+}
+
+/// Index entries of an installation's OCI layout.
+fn index_entries(p: &TestPyro) -> Vec<Value> {
+    read_json(&p.cache.join("oci/index.json"))["manifests"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn blob_exists(p: &TestPyro, digest: &str) -> bool {
+    p.cache
+        .join("oci/blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"))
+        .exists()
+}
+
+/// Scratch directories of pulls under the cache's tmp/.
+fn pull_scratch_dirs(p: &TestPyro) -> Vec<PathBuf> {
+    std::fs::read_dir(p.cache.join("tmp"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("pull-"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn assert_error(out: &std::process::Output, v: &Value, kind: &str) {
+    assert_eq!(out.status.code(), Some(1), "{v}\nstderr: {}", stderr(out));
+    assert_eq!(v["error"]["kind"], kind, "{v}");
+}
+
+fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+#[test]
+fn build_push_prune_pull_run() {
+    require_registry!();
+    require_containers!();
+    let reg = Registry::start();
+    let publisher = TestPyro::new();
+    let out = publisher.run(&["env", "build", "debian:12"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let built = publisher.json(&["env", "inspect", "debian:12"]).1;
+    let target = format!("{}/pyro/debian:12", reg.host());
+    let (out, pushed) = publisher.json(&["env", "push", "debian:12", &target]);
+    assert!(out.status.success(), "{pushed}\n{}", stderr(&out));
+    assert_eq!(
+        pushed["digest"], built["digest"],
+        "the manifest keeps its digest"
+    );
+    assert_eq!(pushed["uploaded_blobs"], 2, "{pushed}");
+    let digest = pushed["digest"].as_str().unwrap().to_owned();
+    let (_, again) = publisher.json(&["env", "push", "debian:12", &target]);
+    assert_eq!(again["uploaded_blobs"], 0, "{again}");
+    assert_eq!(again["existing_blobs"], 2, "{again}");
+
+    let mut p = TestPyro::with_private_cache();
+    p.env("PYRO_REGISTRY", format!("{}/pyro", reg.host()));
+    let (out, v) = p.json(&["env", "pull", "debian:12"]);
+    assert_error(&out, &v, "not_pinned");
+
+    // A pin that is not what the registry serves: refused, nothing installed.
+    let pins = p.dir.path().join("pins.toml");
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    std::fs::write(&pins, format!("[pins]\n\"debian:12\" = \"{wrong}\"\n")).unwrap();
+    p.env("PYRO_PINS", pins.display().to_string());
+    let (out, v) = p.json(&["env", "pull", "debian:12"]);
+    assert_error(&out, &v, "digest_mismatch");
+    assert!(index_entries(&p).is_empty());
+    let (_, v) = p.json(&["env", "pull", "debian:12", "--digest", &wrong]);
+    assert_eq!(v["error"]["kind"], "digest_mismatch", "{v}");
+
+    std::fs::write(&pins, format!("[pins]\n\"debian:12\" = \"{digest}\"\n")).unwrap();
+    let (out, v) = p.json(&["env", "pull", "debian:12"]);
+    assert!(out.status.success(), "{v}\n{}", stderr(&out));
+    assert_eq!(v["digest"], digest.as_str());
+    assert_eq!(v["pinned_digest"], digest.as_str());
+    assert!(v["downloaded_bytes"].as_u64().unwrap() > 1 << 20, "{v}");
+    let err = stderr(&out);
+    assert!(
+        err.contains("[env-pull]"),
+        "plain phase lines off a terminal: {err}"
+    );
+
+    let (out, pruned) = p.json(&["env", "prune"]);
+    assert!(out.status.success(), "{pruned}");
+    let info = p.json(&["env", "inspect", "debian:12"]).1;
+    assert_eq!(info["installed"], true, "{info}");
+    assert_eq!(info["digest"], digest.as_str());
+    assert_eq!(info["source"], target.as_str());
+
+    let out = p.run(&[
+        "run",
+        "debian:12",
+        "--isolation",
+        "container",
+        "--no-build",
+        "--",
+        "git",
+        "--version",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("git version 2.39"),
+        "{}",
+        stdout(&out)
+    );
+
+    // The same image by reference: pulled on first use, its blobs already in the cache.
+    let (out, v) = p.json(&[
+        "run",
+        &target,
+        "--isolation",
+        "container",
+        "--",
+        "cat",
+        "/etc/debian_version",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{v}\n{}", stderr(&out));
+    assert!(v["stdout"].as_str().unwrap().starts_with("12."), "{v}");
+    assert_eq!(v["environment_digest"], digest.as_str());
+    let list = p.json(&["env", "list"]).1;
+    let names: Vec<&str> = list["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "debian:12",
+            "debian:12-base",
+            "debian:12-build",
+            target.as_str()
+        ]
+    );
+}
+
+#[test]
+fn a_tampered_blob_fails_with_a_digest_error_and_installs_nothing() {
+    require_registry!();
+    let reg = Registry::start();
+    let layer = tar_of(&[("hello.txt", "hello world\n")]);
+    let layer_digest = sha256(&layer);
+    push_image(
+        reg.port,
+        "tiny/app",
+        "1",
+        host_arch(),
+        &[Layer {
+            media_type: LAYER_TAR,
+            blob: layer.clone(),
+        }],
+    );
+    // Same size, one byte different: only the digest can tell.
+    let file = reg.blob_file(&layer_digest);
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[0] ^= 0x20;
+    std::fs::write(&file, &bytes).unwrap();
+
+    let p = TestPyro::with_private_cache();
+    let reference = format!("{}/tiny/app:1", reg.host());
+    let (out, v) = p.json(&["env", "pull", &reference]);
+    assert_error(&out, &v, "digest_mismatch");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&layer_digest),
+        "{v}"
+    );
+    assert!(index_entries(&p).is_empty());
+    assert!(!blob_exists(&p, &layer_digest));
+    assert_eq!(pull_scratch_dirs(&p), Vec::<PathBuf>::new());
+    let (out, v) = p.json(&["env", "inspect", &reference]);
+    assert_error(&out, &v, "image_not_pulled");
+}
+
+#[test]
+fn a_pull_killed_midway_installs_nothing_and_the_next_one_completes() {
+    require_registry!();
+    let reg = Registry::start();
+    let big = "0123456789abcdef".repeat(1 << 19); // 8 MiB
+    let layer = tar_of(&[("big.bin", big.as_str())]);
+    let layer_digest = sha256(&layer);
+    let manifest_digest = push_image(
+        reg.port,
+        "big/app",
+        "1",
+        host_arch(),
+        &[Layer {
+            media_type: LAYER_TAR,
+            blob: layer.clone(),
+        }],
+    );
+    let proxy = Proxy::start(reg.port, 1 << 20);
+    let reference = format!("127.0.0.1:{}/big/app:1", proxy.port);
+    let p = TestPyro::with_private_cache();
+
+    let mut child = p
+        .cmd(&["env", "pull", &reference])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // The layer's partial download: the only file in the scratch dir above a KiB (the config
+    // is tiny and complete).
+    let partial_size = |p: &TestPyro| -> Option<u64> {
+        pull_scratch_dirs(p).into_iter().find_map(|d| {
+            std::fs::read_dir(d)
+                .ok()?
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("download-"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .find(|len| *len > 1024)
+        })
+    };
+    let got = loop {
+        if let Some(len) = partial_size(&p) {
+            break len;
+        }
+        assert!(Instant::now() < deadline, "the pull never got going");
+        assert!(child.try_wait().unwrap().is_none(), "the pull ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(got < layer.len() as u64, "stalled midway: {got} bytes");
+    // A prune meanwhile leaves the live pull's scratch dir alone.
+    let scratch = pull_scratch_dirs(&p);
+    let (out, pruned) = p.json(&["env", "prune"]);
+    assert!(out.status.success(), "{pruned}");
+    assert_eq!(pull_scratch_dirs(&p), scratch, "{pruned}");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the pull survives a prune"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(index_entries(&p).is_empty(), "nothing installed");
+    assert!(!blob_exists(&p, &layer_digest));
+
+    proxy
+        .stall
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let (out, v) = p.json(&["env", "pull", &reference]);
+    assert!(out.status.success(), "{v}\n{}", stderr(&out));
+    assert_eq!(v["digest"], manifest_digest.as_str());
+    let downloaded = v["downloaded_bytes"].as_u64().unwrap();
+    assert!(
+        downloaded > layer.len() as u64 && downloaded < layer.len() as u64 + 1024,
+        "layer and config downloaded in full again: {v}"
+    );
+    assert!(blob_exists(&p, &layer_digest));
+    assert_eq!(
+        pull_scratch_dirs(&p),
+        Vec::<PathBuf>::new(),
+        "the dead pull's scratch dir is gone"
+    );
+
+    // Two pulls of the same image at once, into a fresh cache: both succeed, one entry.
+    let q = TestPyro::with_private_cache();
+    let direct = format!("{}/big/app:1", reg.host());
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            q.cmd(&["env", "pull", &direct, "--json"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let entries = index_entries(&q);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0]["digest"], manifest_digest.as_str());
+    let blob = std::fs::read(
+        q.cache
+            .join("oci/blobs/sha256")
+            .join(layer_digest.trim_start_matches("sha256:")),
+    )
+    .unwrap();
+    assert_eq!(sha256(&blob), layer_digest);
+}
+
+#[test]
+fn images_of_another_architecture_are_refused() {
+    require_registry!();
+    let reg = Registry::start();
+    let layer = Layer {
+        media_type: LAYER_TAR,
+        blob: tar_of(&[("hello.txt", "hi\n")]),
+    };
+    let other = if host_arch() == "s390x" {
+        "riscv64"
+    } else {
+        "s390x"
+    };
+    let p = TestPyro::with_private_cache();
+
+    let (other_digest, other_manifest) = push_image_manifest(
+        reg.port,
+        "multi/app",
+        "other",
+        other,
+        std::slice::from_ref(&layer),
+    );
+    let (out, v) = p.json(&["env", "pull", &format!("{}/multi/app:other", reg.host())]);
+    assert_error(&out, &v, "platform_mismatch");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains(other),
+        "{v}"
+    );
+
+    // An index without this host's platform.
+    let entry = |digest: &str, size: usize, arch: &str| {
+        serde_json::json!({"mediaType": MANIFEST, "digest": digest, "size": size,
+            "platform": {"os": "linux", "architecture": arch}})
+    };
+    let index = serde_json::json!({"schemaVersion": 2, "mediaType": INDEX,
+        "manifests": [entry(&other_digest, other_manifest.len(), other)]});
+    push_manifest(
+        reg.port,
+        "multi/app",
+        "only-other",
+        INDEX,
+        &serde_json::to_vec(&index).unwrap(),
+    );
+    let (out, v) = p.json(&[
+        "env",
+        "pull",
+        &format!("{}/multi/app:only-other", reg.host()),
+    ]);
+    assert_error(&out, &v, "platform_mismatch");
+    assert!(index_entries(&p).is_empty());
+
+    // An index with both: the host's entry is chosen.
+    let (host_digest, host_manifest) =
+        push_image_manifest(reg.port, "multi/app", "host", host_arch(), &[layer]);
+    let index = serde_json::json!({"schemaVersion": 2, "mediaType": INDEX, "manifests": [
+        entry(&other_digest, other_manifest.len(), other),
+        entry(&host_digest, host_manifest.len(), host_arch()),
+    ]});
+    let index_digest = push_manifest(
+        reg.port,
+        "multi/app",
+        "both",
+        INDEX,
+        &serde_json::to_vec(&index).unwrap(),
+    );
+    let (out, v) = p.json(&["env", "pull", &format!("{}/multi/app:both", reg.host())]);
+    assert!(out.status.success(), "{v}\n{}", stderr(&out));
+    assert_eq!(v["digest"], host_digest.as_str());
+    assert_eq!(v["source_digest"], index_digest.as_str());
+    // By digest too; a digest the content does not have is refused.
+    let by_digest = format!("{}/multi/app@{index_digest}", reg.host());
+    let (out, v) = p.json(&["env", "pull", &by_digest]);
+    assert!(out.status.success(), "{v}\n{}", stderr(&out));
+    let (out, v) = p.json(&[
+        "env",
+        "pull",
+        &format!("{}/multi/app:both", reg.host()),
+        "--digest",
+        &host_digest,
+    ]);
+    assert_error(&out, &v, "digest_mismatch");
+}
+
+/// The layers of the shared cache's debian:12 image, bottom first.
+fn debian_layers() -> Vec<Vec<u8>> {
+    let p = TestPyro::new();
+    let out = p.run(&["env", "build", "debian:12"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let info = p.json(&["env", "inspect", "debian:12"]).1;
+    let blobs = p.cache.join("oci/blobs/sha256");
+    let hex = |d: &str| d.trim_start_matches("sha256:").to_owned();
+    let manifest = read_json(&blobs.join(hex(info["digest"].as_str().unwrap())));
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| std::fs::read(blobs.join(hex(l["digest"].as_str().unwrap()))).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_multi_layer_image_with_whiteouts_and_hard_links_gives_the_expected_tree() {
+    require_registry!();
+    require_containers!();
+    let reg = Registry::start();
+    let mut layers: Vec<Layer> = debian_layers()
+        .into_iter()
+        .map(|blob| Layer {
+            media_type: LAYER_TAR,
+            blob,
+        })
+        .collect();
+    layers.push(Layer {
+        media_type: LAYER_GZIP,
+        blob: gzip(&tar_of(&[
+            ("t/", ""),
+            ("t/keep", "v1\n"),
+            ("t/gone", "x\n"),
+            ("t/dir/", ""),
+            ("t/dir/x", "x\n"),
+            ("t/dir/y", "y\n"),
+        ])),
+    });
+    layers.push(Layer {
+        media_type: LAYER_ZSTD,
+        blob: zstd(&tar_of(&[
+            ("t/keep", "v2\n"),
+            ("t/.wh.gone", ""),
+            ("t/dir/", ""),
+            ("t/dir/.wh..wh..opq", ""),
+            ("t/dir/z", "z\n"),
+            ("t/hl-src", "same\n"),
+            ("t/hl", "@t/hl-src"),
+            ("etc/.wh.debian_version", ""),
+        ])),
+    });
+    let digest = push_image(reg.port, "layered/app", "1", host_arch(), &layers);
+    let reference = format!("{}/layered/app:1", reg.host());
+    let p = TestPyro::with_private_cache();
+    let (out, v) = p.json(&[
+        "run",
+        &reference,
+        "--isolation",
+        "container",
+        "--",
+        "sh",
+        "-c",
+        "cd /t && find . | sort && cat keep && stat -c '%h' hl && \
+         [ \"$(stat -c %i hl)\" = \"$(stat -c %i hl-src)\" ] && echo same-inode && \
+         cat hl && test ! -e /etc/debian_version && echo whiteout-ok",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{v}\n{}", stderr(&out));
+    assert_eq!(v["environment_digest"], digest.as_str());
+    assert_eq!(
+        v["stdout"],
+        ".\n./dir\n./dir/z\n./hl\n./hl-src\n./keep\nv2\n2\nsame-inode\nsame\nwhiteout-ok\n",
+        "{v}"
+    );
+}
+
+#[test]
+fn an_image_without_a_shell_gives_a_clear_error() {
+    require_registry!();
+    require_containers!();
+    let reg = Registry::start();
+    push_image(
+        reg.port,
+        "noshell/app",
+        "1",
+        host_arch(),
+        &[Layer {
+            media_type: LAYER_TAR,
+            blob: tar_of(&[("hello.txt", "hi\n")]),
+        }],
+    );
+    let p = TestPyro::with_private_cache();
+    let reference = format!("{}/noshell/app:1", reg.host());
+    let (out, v) = p.json(&["run", &reference, "--isolation", "container", "--", "true"]);
+    assert_eq!(out.status.code(), Some(1), "{v}\n{}", stderr(&out));
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("cannot start /bin/sh"), "{v}");
+    assert!(
+        v["error"]["hint"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("needs a shell"),
+        "{v}"
+    );
+    assert_eq!(p.leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn credentials_come_from_the_environment_or_the_docker_config_and_are_never_logged() {
+    use base64::Engine;
+    require_registry!();
+    let reg = Registry::start_with_auth();
+    push_image(
+        reg.port,
+        "private/app",
+        "1",
+        host_arch(),
+        &[Layer {
+            media_type: LAYER_TAR,
+            blob: tar_of(&[("hello.txt", "hi\n")]),
+        }],
+    );
+    let reference = format!("{}/private/app:1", reg.host());
+    let mut p = TestPyro::with_private_cache();
+    let docker = p.dir.path().join("docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    p.env("DOCKER_CONFIG", docker.display().to_string());
+    p.env("PYRO_LOG", "trace");
+
+    let (out, v) = p.json(&["env", "pull", &reference]);
+    assert_error(&out, &v, "registry_error");
+
+    p.env("PYRO_REGISTRY_USERNAME", TEST_USER);
+    p.env("PYRO_REGISTRY_PASSWORD", "wrong-password");
+    let (out, v) = p.json(&["env", "pull", &reference]);
+    assert_error(&out, &v, "registry_error");
+    assert!(!stderr(&out).contains("wrong-password"));
+
+    p.env("PYRO_REGISTRY_PASSWORD", TEST_PASSWORD);
+    let (out, v) = p.json(&["env", "pull", &reference]);
+    assert!(out.status.success(), "{v}\n{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains(TEST_PASSWORD),
+        "a credential was logged"
+    );
+
+    // The Docker config instead, in a fresh cache.
+    let mut q = TestPyro::with_private_cache();
+    let encoded =
+        base64::engine::general_purpose::STANDARD.encode(format!("{TEST_USER}:{TEST_PASSWORD}"));
+    std::fs::write(
+        docker.join("config.json"),
+        serde_json::json!({"auths": {reg.host(): {"auth": encoded}}}).to_string(),
+    )
+    .unwrap();
+    q.env("DOCKER_CONFIG", docker.display().to_string());
+    q.env("PYRO_LOG", "trace");
+    let (out, v) = q.json(&["env", "pull", &reference]);
+    assert!(out.status.success(), "{v}\n{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        !err.contains(TEST_PASSWORD) && !err.contains(&encoded),
+        "a credential was logged"
+    );
+}
