@@ -11,3 +11,5 @@ pub mod files;
 pub mod init;
 pub mod reaper;
 pub mod server;
+pub mod services;
+pub mod shells;

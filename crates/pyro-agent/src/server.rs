@@ -13,6 +13,7 @@ use pyro_protocol::{
 use crate::archive::{self, DataReader};
 use crate::exec;
 use crate::files;
+use crate::{services, shells};
 
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 256;
@@ -189,6 +190,66 @@ fn handle(
             data.drain();
             match r {
                 Ok((entries, bytes)) => Response::ArchiveDone { entries, bytes },
+                Err(e) => error(e.kind, e.message),
+            }
+        }
+        Ok(Request::ShellOpen(req)) => match shells::open(&cfg.root(), &req) {
+            Ok(info) => Response::Shell(info),
+            Err(e) => error(e.kind, e.message),
+        },
+        Ok(Request::ShellRead {
+            shell_id,
+            cursor,
+            max_bytes,
+        }) => match shells::read(&shell_id, cursor, max_bytes) {
+            Ok((bytes, cursor, next_cursor, dropped, shell)) => {
+                for chunk in bytes.chunks(256 * 1024) {
+                    pyro_protocol::write_frame(&mut writer, FrameKind::Data, chunk)
+                        .map_err(to_io)?;
+                }
+                Response::ShellOutput {
+                    shell,
+                    cursor,
+                    next_cursor,
+                    dropped,
+                }
+            }
+            Err(e) => error(e.kind, e.message),
+        },
+        Ok(Request::ShellWrite { shell_id, input }) => shells::write(&shell_id, &input)
+            .map_or_else(|e| error(e.kind, e.message), Response::Shell),
+        Ok(Request::ShellSignal { shell_id, signal }) => shells::signal(&shell_id, &signal)
+            .map_or_else(|e| error(e.kind, e.message), Response::Shell),
+        Ok(Request::ShellClose { shell_id }) => {
+            shells::close(&shell_id).map_or_else(|e| error(e.kind, e.message), Response::Shell)
+        }
+        Ok(Request::ShellList) => Response::Shells {
+            shells: shells::list(),
+        },
+        Ok(Request::ServiceStart(req)) => services::start(&cfg.root(), &req)
+            .map_or_else(|e| error(e.kind, e.message), Response::Service),
+        Ok(Request::ServiceStatus { name }) => {
+            services::status(&name).map_or_else(|e| error(e.kind, e.message), Response::Service)
+        }
+        Ok(Request::ServiceList) => Response::Services {
+            services: services::list(),
+        },
+        Ok(Request::ServiceLogs { name, tail_lines }) => match services::logs(&name, tail_lines) {
+            Ok((service, stdout, stderr, truncated)) => Response::ServiceLogs {
+                service,
+                stdout,
+                stderr,
+                truncated,
+            },
+            Err(e) => error(e.kind, e.message),
+        },
+        Ok(Request::ServiceStop { name, grace_ms }) => {
+            services::stop(&name, std::time::Duration::from_millis(grace_ms))
+                .map_or_else(|e| error(e.kind, e.message), Response::Service)
+        }
+        Ok(Request::SecretsInstall { secrets }) => {
+            match services::install_secrets(std::path::Path::new("/run/pyro-secrets"), &secrets) {
+                Ok(()) => Response::Ok,
                 Err(e) => error(e.kind, e.message),
             }
         }

@@ -44,6 +44,203 @@ pub enum WorkspaceCommand {
     Snapshot(SnapshotCommand),
     /// Recreate the sandbox and restore the baseline or a named snapshot.
     Reset(ResetArgs),
+    /// Interactive PTY shells that keep their state between calls.
+    #[command(subcommand)]
+    Shell(ShellCommand),
+    /// Long-running services with readiness checks.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ShellCommand {
+    /// Open a shell (bash, else sh) on a PTY in the workspace.
+    Open(ShellOpenArgs),
+    /// Read a shell's output from a cursor.
+    Read(ShellReadArgs),
+    /// Type input into a shell.
+    Write(ShellWriteArgs),
+    /// Send a signal (INT interrupts the foreground job, like Ctrl-C).
+    Signal(ShellSignalArgs),
+    /// Close a shell.
+    Close(ShellIdArgs),
+    /// List shells.
+    List(IdArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ShellOpenArgs {
+    /// Workspace id or name.
+    pub id: String,
+    /// Working directory in the guest.
+    #[arg(long)]
+    pub cwd: Option<String>,
+    /// Terminal columns.
+    #[arg(long, default_value_t = 120)]
+    pub cols: u16,
+    /// Terminal rows.
+    #[arg(long, default_value_t = 30)]
+    pub rows: u16,
+    /// Map a secret into the shell's environment: NAME or NAME=VAR (repeatable).
+    #[arg(long = "secret-env", value_name = "NAME[=VAR]")]
+    pub secret_env: Vec<String>,
+    /// Print only the shell id.
+    #[arg(long, conflicts_with = "json")]
+    pub id_only: bool,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ShellIdArgs {
+    /// Workspace id or name.
+    pub id: String,
+    /// Shell id.
+    pub shell: String,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ShellReadArgs {
+    /// Workspace id or name.
+    pub id: String,
+    /// Shell id.
+    pub shell: String,
+    /// Absolute byte cursor to read from (use the previous read's next_cursor).
+    #[arg(long, default_value_t = 0)]
+    pub cursor: u64,
+    /// Most bytes to return.
+    #[arg(long, default_value_t = 65536)]
+    pub max_chars: u64,
+    /// Strip terminal control sequences.
+    #[arg(long)]
+    pub plain: bool,
+    /// Keep reading until no output arrived for this many milliseconds (1-10000).
+    #[arg(long)]
+    pub wait_for_idle_ms: Option<u64>,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ShellWriteArgs {
+    /// Workspace id or name.
+    pub id: String,
+    /// Shell id.
+    pub shell: String,
+    /// The input to type.
+    #[arg(long)]
+    pub input: String,
+    /// Do not press Enter after the input.
+    #[arg(long)]
+    pub no_newline: bool,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ShellSignalArgs {
+    /// Workspace id or name.
+    pub id: String,
+    /// Shell id.
+    pub shell: String,
+    /// INT, TERM, KILL, HUP, QUIT, TSTP, CONT, USR1 or USR2.
+    #[arg(default_value = "INT")]
+    pub signal: String,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Start a service; returns once it is ready.
+    Start(Box<ServiceStartArgs>),
+    /// List services.
+    List(IdArgs),
+    /// One service's state.
+    Status(ServiceNameArgs),
+    /// A service's logs.
+    Logs(ServiceLogsArgs),
+    /// Stop a service (TERM, then KILL after the grace period).
+    Stop(ServiceStopArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceStartArgs {
+    /// Workspace id or name.
+    pub id: String,
+    /// Service name.
+    pub name: String,
+    /// Working directory in the guest.
+    #[arg(long)]
+    pub cwd: Option<String>,
+    /// Extra environment variable KEY=VALUE (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Map a secret into the service's environment: NAME or NAME=VAR (repeatable).
+    #[arg(long = "secret-env", value_name = "NAME[=VAR]")]
+    pub secret_env: Vec<String>,
+    /// Ready when this file exists (a workspace path).
+    #[arg(long, group = "ready")]
+    pub ready_file: Option<String>,
+    /// Ready when HOST:PORT accepts a TCP connection.
+    #[arg(long, group = "ready")]
+    pub ready_tcp: Option<String>,
+    /// Ready when this http:// URL answers 200-399.
+    #[arg(long, group = "ready")]
+    pub ready_http: Option<String>,
+    /// Ready when this shell command exits 0.
+    #[arg(long, group = "ready")]
+    pub ready_command: Option<String>,
+    /// Seconds to wait for readiness.
+    #[arg(long, default_value_t = 30)]
+    pub ready_timeout: u64,
+    /// Restart policy: never or on-failure.
+    #[arg(long, default_value = "never")]
+    pub restart: String,
+    #[command(flatten)]
+    pub out: OutputArgs,
+    /// The command, after `--`.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceNameArgs {
+    /// Workspace id or name.
+    pub id: String,
+    /// Service name.
+    pub name: String,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceLogsArgs {
+    /// Workspace id or name.
+    pub id: String,
+    /// Service name.
+    pub name: String,
+    /// Last lines of each stream (default: all kept).
+    #[arg(long)]
+    pub tail_lines: Option<u64>,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceStopArgs {
+    /// Workspace id or name.
+    pub id: String,
+    /// Service name.
+    pub name: String,
+    /// Seconds between TERM and KILL.
+    #[arg(long, default_value_t = 5)]
+    pub grace: u64,
+    #[command(flatten)]
+    pub out: OutputArgs,
 }
 
 #[derive(Debug, Args)]
@@ -85,6 +282,12 @@ pub struct CreateArgs {
     /// Fail instead of building an environment that is not built yet.
     #[arg(long)]
     pub no_build: bool,
+    /// A secret NAME=VALUE (repeatable); stored 0600 on the host, never shown.
+    #[arg(long = "secret", value_name = "NAME=VALUE")]
+    pub secrets: Vec<String>,
+    /// A secret NAME=PATH read from a host file (repeatable).
+    #[arg(long = "secret-file", value_name = "NAME=PATH")]
+    pub secret_files: Vec<String>,
     /// Print only the id.
     #[arg(long, conflicts_with = "json")]
     pub id_only: bool,
@@ -150,6 +353,9 @@ pub struct ExecArgs {
     /// Bytes of stdout and of stderr to keep, each.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_output_bytes: u64,
+    /// Map a secret into the command's environment: NAME or NAME=VAR (repeatable).
+    #[arg(long = "secret-env", value_name = "NAME[=VAR]")]
+    pub secret_env: Vec<String>,
     /// Print the result as JSON instead of passing output through.
     #[arg(long)]
     pub json: bool,

@@ -213,6 +213,179 @@ pub enum Request {
         /// Most entries accepted.
         max_entries: u64,
     },
+    /// Open a PTY shell.
+    ShellOpen(ShellOpen),
+    /// Send output from `cursor` (at most `max_bytes`) as `Data` frames, then
+    /// [`Response::ShellOutput`].
+    ShellRead {
+        /// The shell.
+        shell_id: String,
+        /// Absolute cursor to read from.
+        cursor: u64,
+        /// Most bytes to send.
+        max_bytes: u64,
+    },
+    /// Write input to a shell.
+    ShellWrite {
+        /// The shell.
+        shell_id: String,
+        /// Bytes to type.
+        input: String,
+    },
+    /// Send a signal: `INT` goes to the terminal's foreground process group (like Ctrl-C),
+    /// others to the shell's whole session.
+    ShellSignal {
+        /// The shell.
+        shell_id: String,
+        /// `INT`, `TERM`, `KILL`, `HUP`, `QUIT`, `TSTP`, `CONT`, `USR1`, `USR2`.
+        signal: String,
+    },
+    /// Close a shell (HUP, then KILL).
+    ShellClose {
+        /// The shell.
+        shell_id: String,
+    },
+    /// List shells.
+    ShellList,
+    /// Start a service and wait until it is ready (or fails).
+    ServiceStart(ServiceStart),
+    /// One service.
+    ServiceStatus {
+        /// Name.
+        name: String,
+    },
+    /// Every service.
+    ServiceList,
+    /// A service's logs, the last `tail_lines` lines of each stream (all when `None`).
+    ServiceLogs {
+        /// Name.
+        name: String,
+        /// Lines per stream.
+        tail_lines: Option<u64>,
+    },
+    /// Stop a service: TERM to its process group, KILL after `grace_ms`.
+    ServiceStop {
+        /// Name.
+        name: String,
+        /// Grace period.
+        grace_ms: u64,
+    },
+    /// Write secret files to `/run/pyro-secrets/NAME` (0400, on tmpfs), replacing the set.
+    SecretsInstall {
+        /// Name → value.
+        secrets: BTreeMap<String, String>,
+    },
+}
+
+/// Terminal size and program environment for a new shell.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShellOpen {
+    /// Working directory (default the workspace).
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Columns.
+    pub cols: u16,
+    /// Rows.
+    pub rows: u16,
+    /// Extra environment variables (e.g. mapped secrets).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// A shell as the agent reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShellInfo {
+    /// Id, unique within the sandbox.
+    pub shell_id: String,
+    /// The shell's pid in the sandbox.
+    pub pid: i32,
+    /// `running` or `exited`.
+    pub state: String,
+    /// Exit code (or 128+signal) once exited.
+    pub exit_code: Option<i32>,
+    /// Working directory it started in.
+    pub cwd: String,
+    /// Columns.
+    pub cols: u16,
+    /// Rows.
+    pub rows: u16,
+    /// Bytes of output produced so far (the absolute cursor of the end of the buffer).
+    pub total_bytes: u64,
+    /// Absolute cursor of the oldest byte still in the ring buffer.
+    pub buffer_start: u64,
+}
+
+/// How a service proves it is ready.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Readiness {
+    /// A file exists (path inside the workspace).
+    File {
+        /// The path.
+        path: String,
+    },
+    /// A TCP connect succeeds.
+    Tcp {
+        /// `host:port`.
+        address: String,
+    },
+    /// An HTTP GET answers 200–399.
+    Http {
+        /// `http://host:port/path`.
+        url: String,
+    },
+    /// A command exits 0.
+    Command {
+        /// Shell command line.
+        command: String,
+    },
+}
+
+/// A service to start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStart {
+    /// Unique name.
+    pub name: String,
+    /// Command argv (run by `sh -lc`).
+    pub argv: Vec<String>,
+    /// Working directory.
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Extra environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Readiness probe; none means ready once started.
+    #[serde(default)]
+    pub readiness: Option<Readiness>,
+    /// How long to wait for readiness.
+    pub ready_timeout_ms: u64,
+    /// `never` or `on-failure`.
+    pub restart: String,
+}
+
+/// A service as the agent reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceInfo {
+    /// Name.
+    pub name: String,
+    /// `starting`, `ready`, `exited`, `failed` or `stopped`.
+    pub state: String,
+    /// Current or last pid.
+    pub pid: Option<i32>,
+    /// Exit code (or 128+signal) of the last run.
+    pub exit_code: Option<i32>,
+    /// Why it failed or stopped.
+    pub reason: Option<String>,
+    /// Restarts so far under `on-failure`.
+    pub restarts: u32,
+    /// The shell command line.
+    pub command: String,
+    /// Restart policy.
+    pub restart: String,
+    /// Unix ms of the first start.
+    pub started_at_ms: i64,
+    /// Unix ms it became ready.
+    pub ready_at_ms: Option<i64>,
 }
 
 /// One directory entry, as listed by [`Request::List`].
@@ -338,6 +511,42 @@ pub enum Response {
         entries: u64,
         /// Bytes of file content.
         bytes: u64,
+    },
+    /// A shell.
+    Shell(ShellInfo),
+    /// Output of a shell read (the bytes came as `Data` frames).
+    ShellOutput {
+        /// The shell.
+        shell: ShellInfo,
+        /// Where the returned bytes start (later than asked when older bytes were dropped).
+        cursor: u64,
+        /// The cursor to read from next.
+        next_cursor: u64,
+        /// Bytes between the asked cursor and `cursor` that the ring buffer had dropped.
+        dropped: u64,
+    },
+    /// Shells.
+    Shells {
+        /// All shells.
+        shells: Vec<ShellInfo>,
+    },
+    /// A service.
+    Service(ServiceInfo),
+    /// Services.
+    Services {
+        /// All services.
+        services: Vec<ServiceInfo>,
+    },
+    /// Service logs.
+    ServiceLogs {
+        /// The service.
+        service: ServiceInfo,
+        /// Stdout text (lossy UTF-8).
+        stdout: String,
+        /// Stderr text (lossy UTF-8).
+        stderr: String,
+        /// Whether older lines were left out.
+        truncated: bool,
     },
     /// The request failed.
     Error {

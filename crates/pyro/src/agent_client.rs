@@ -382,6 +382,35 @@ impl AgentClient {
         }
     }
 
+    /// Sends a request with no data stream and returns the agent's answer; agent errors become
+    /// [`Error::AgentRefused`].
+    pub async fn call(&self, req: &Request) -> Result<Response> {
+        let mut sink = tokio::io::sink();
+        match self.request_data(req, &mut sink, 0).await? {
+            Response::Error { kind, message } => Err(refused(kind, message)),
+            other => Ok(other),
+        }
+    }
+
+    /// Reads shell output from `cursor`: (bytes, the answer).
+    pub async fn shell_read(
+        &self,
+        shell_id: &str,
+        cursor: u64,
+        max: u64,
+    ) -> Result<(Vec<u8>, Response)> {
+        let mut buf = Vec::new();
+        let req = Request::ShellRead {
+            shell_id: shell_id.into(),
+            cursor,
+            max_bytes: max,
+        };
+        match self.request_data(&req, &mut buf, max).await? {
+            r @ Response::ShellOutput { .. } => Ok((buf, r)),
+            other => Err(unexpected("shell read", other)),
+        }
+    }
+
     /// Asks the agent to stop every process and power off.
     pub async fn shutdown(&self) -> Result<()> {
         let (mut s, _) = self.open().await?;

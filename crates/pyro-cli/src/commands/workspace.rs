@@ -6,7 +6,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use pyro::sandbox::ExecOptions;
-use pyro::workspace::{CreateWorkspace, Seed, UpdateWorkspace, WorkspaceInfo};
+use pyro::workspace::{
+    secret_from_file, CreateWorkspace, Readiness, Secret, Seed, ServiceStartRequest,
+    ShellOpenRequest, UpdateWorkspace, WorkspaceInfo,
+};
+
 use pyro::{OutputSink, Pyro};
 use tokio::io::AsyncReadExt;
 
@@ -79,6 +83,9 @@ fn summary(action: &str, w: &WorkspaceInfo) {
     println!("Created: {}", ms_to_rfc3339(w.created_at_ms));
     println!("Last activity: {}", ms_to_rfc3339(w.last_activity_ms));
     println!("Commands: {}  Resets: {}", w.command_count, w.reset_count);
+    if !w.secrets.is_empty() {
+        println!("Secrets: {}", w.secrets.join(", "));
+    }
 }
 
 fn ttl(secs: Option<u64>) -> Option<Duration> {
@@ -98,6 +105,16 @@ pub async fn workspace(pyro: &Pyro, cmd: WorkspaceCommand) -> anyhow::Result<Exi
             req.mem_mib = a.mem;
             req.isolation = a.isolation.as_deref().map(str::parse).transpose()?;
             req.build_missing = !a.no_build;
+            for (name, value) in parse_pairs("--secret", &a.secrets)? {
+                if value.is_empty() {
+                    anyhow::bail!("--secret {name}= has an empty value");
+                }
+                req.secrets.insert(name, Secret::new(value));
+            }
+            for (name, path) in parse_pairs("--secret-file", &a.secret_files)? {
+                req.secrets
+                    .insert(name, secret_from_file(std::path::Path::new(path.trim()))?);
+            }
             let observer = Arc::new(Phases {
                 show: !a.json && !a.id_only,
                 build: BuildProgress::new(),
@@ -223,7 +240,9 @@ pub async fn workspace(pyro: &Pyro, cmd: WorkspaceCommand) -> anyhow::Result<Exi
             };
             let mut pass = Passthrough;
             let out: Option<&mut dyn OutputSink> = if a.json { None } else { Some(&mut pass) };
-            let r = pyro.workspace_exec(&a.id, &a.command, &opts, out).await?;
+            let r = pyro
+                .workspace_exec_with_secrets(&a.id, &a.command, &opts, &a.secret_env, out)
+                .await?;
             if a.json {
                 print_json(&r)?;
             } else {
@@ -437,9 +456,224 @@ pub async fn workspace(pyro: &Pyro, cmd: WorkspaceCommand) -> anyhow::Result<Exi
                 println!("Deleted workspace snapshot: {}", a.name);
             }
         }
+        WorkspaceCommand::Shell(c) => return shell(pyro, c).await,
+        WorkspaceCommand::Service(c) => return service(pyro, c).await,
         WorkspaceCommand::Reset(a) => {
             let w = pyro.workspace_reset(&a.id, a.snapshot.as_deref()).await?;
             show(w, "Reset workspace", a.out.json)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn shell_line(tag: &str, s: &pyro::workspace::ShellResult) {
+    phase_line(
+        tag,
+        &[
+            ("workspace_id", s.workspace_id.clone()),
+            ("shell_id", s.shell.shell_id.clone()),
+            ("state", s.shell.state.clone()),
+            (
+                "exit_code",
+                s.shell.exit_code.map_or("-".into(), |c| c.to_string()),
+            ),
+            ("next_cursor", s.shell.total_bytes.to_string()),
+        ],
+    );
+}
+
+async fn shell(pyro: &Pyro, c: ShellCommand) -> anyhow::Result<ExitCode> {
+    match c {
+        ShellCommand::Open(a) => {
+            let req = ShellOpenRequest {
+                cwd: a.cwd,
+                cols: a.cols,
+                rows: a.rows,
+                secret_env: a.secret_env,
+            };
+            let r = pyro.workspace_shell_open(&a.id, &req).await?;
+            if a.json {
+                print_json(&r)?;
+            } else if a.id_only {
+                println!("{}", r.shell.shell_id);
+            } else {
+                shell_line("workspace-shell-open", &r);
+            }
+        }
+        ShellCommand::Read(a) => {
+            let idle = a.wait_for_idle_ms.map(Duration::from_millis);
+            let r = pyro
+                .workspace_shell_read(&a.id, &a.shell, a.cursor, a.max_chars, a.plain, idle)
+                .await?;
+            if a.out.json {
+                print_json(&r)?;
+            } else {
+                print!("{}", r.output);
+                phase_line(
+                    "workspace-shell-read",
+                    &[
+                        ("workspace_id", r.workspace_id.clone()),
+                        ("shell_id", r.shell.shell_id.clone()),
+                        ("state", r.shell.state.clone()),
+                        ("cursor", r.cursor.to_string()),
+                        ("next_cursor", r.next_cursor.to_string()),
+                        ("dropped", r.dropped.to_string()),
+                        ("truncated", r.truncated.to_string()),
+                    ],
+                );
+            }
+        }
+        ShellCommand::Write(a) => {
+            let r = pyro
+                .workspace_shell_write(&a.id, &a.shell, &a.input, !a.no_newline)
+                .await?;
+            if a.out.json {
+                print_json(
+                    &serde_json::json!({"shell": r, "input_length": a.input.len(), "append_newline": !a.no_newline}),
+                )?;
+            } else {
+                shell_line("workspace-shell-write", &r);
+            }
+        }
+        ShellCommand::Signal(a) => {
+            let r = pyro
+                .workspace_shell_signal(&a.id, &a.shell, &a.signal)
+                .await?;
+            if a.out.json {
+                print_json(&serde_json::json!({"shell": r, "signal": a.signal}))?;
+            } else {
+                shell_line("workspace-shell-signal", &r);
+            }
+        }
+        ShellCommand::Close(a) => {
+            let r = pyro.workspace_shell_close(&a.id, &a.shell).await?;
+            if a.out.json {
+                print_json(&r)?;
+            } else {
+                shell_line("workspace-shell-close", &r);
+            }
+        }
+        ShellCommand::List(a) => {
+            let shells = pyro.workspace_shell_list(&a.id).await?;
+            if a.out.json {
+                print_json(&serde_json::json!({"count": shells.len(), "shells": shells}))?;
+            } else if shells.is_empty() {
+                println!("No shells.");
+            } else {
+                for s in &shells {
+                    println!(
+                        "{} [{}] pid={} cwd={} bytes={}",
+                        s.shell_id, s.state, s.pid, s.cwd, s.total_bytes
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn service_line(tag: &str, s: &pyro::workspace::ServiceInfo) {
+    phase_line(
+        tag,
+        &[
+            ("service", s.name.clone()),
+            ("state", s.state.clone()),
+            ("pid", s.pid.map_or("-".into(), |p| p.to_string())),
+            (
+                "exit_code",
+                s.exit_code.map_or("-".into(), |c| c.to_string()),
+            ),
+            ("restarts", s.restarts.to_string()),
+            ("reason", s.reason.clone().unwrap_or_default()),
+        ],
+    );
+}
+
+async fn service(pyro: &Pyro, c: ServiceCommand) -> anyhow::Result<ExitCode> {
+    match c {
+        ServiceCommand::Start(a) => {
+            let a = *a;
+            let readiness = if let Some(path) = a.ready_file {
+                Some(Readiness::File { path })
+            } else if let Some(address) = a.ready_tcp {
+                Some(Readiness::Tcp { address })
+            } else if let Some(url) = a.ready_http {
+                Some(Readiness::Http { url })
+            } else {
+                a.ready_command
+                    .map(|command| Readiness::Command { command })
+            };
+            let req = ServiceStartRequest {
+                name: a.name,
+                argv: a.command,
+                cwd: a.cwd,
+                env: parse_pairs("--env", &a.env)?,
+                secret_env: a.secret_env,
+                readiness,
+                ready_timeout: Duration::from_secs(a.ready_timeout),
+                restart: a.restart,
+            };
+            let r = pyro.workspace_service_start(&a.id, &req).await?;
+            if a.out.json {
+                print_json(&r)?;
+            } else {
+                service_line("workspace-service-start", &r.service);
+            }
+        }
+        ServiceCommand::List(a) => {
+            let list = pyro.workspace_service_list(&a.id).await?;
+            if a.out.json {
+                let running = list
+                    .iter()
+                    .filter(|s| s.state == "ready" || s.state == "starting")
+                    .count();
+                print_json(
+                    &serde_json::json!({"count": list.len(), "running_service_count": running, "services": list}),
+                )?;
+            } else if list.is_empty() {
+                println!("No workspace services found.");
+            } else {
+                for s in &list {
+                    println!(
+                        "{} [{}] pid={} restarts={} $ {}",
+                        s.name,
+                        s.state,
+                        s.pid.map_or("-".into(), |p| p.to_string()),
+                        s.restarts,
+                        s.command
+                    );
+                }
+            }
+        }
+        ServiceCommand::Status(a) => {
+            let r = pyro.workspace_service_status(&a.id, &a.name).await?;
+            if a.out.json {
+                print_json(&r)?;
+            } else {
+                service_line("workspace-service-status", &r.service);
+            }
+        }
+        ServiceCommand::Logs(a) => {
+            let r = pyro
+                .workspace_service_logs(&a.id, &a.name, a.tail_lines)
+                .await?;
+            if a.out.json {
+                print_json(&r)?;
+            } else {
+                print!("{}", r.stdout);
+                eprint!("{}", r.stderr);
+                service_line("workspace-service-logs", &r.service);
+            }
+        }
+        ServiceCommand::Stop(a) => {
+            let r = pyro
+                .workspace_service_stop(&a.id, &a.name, Duration::from_secs(a.grace))
+                .await?;
+            if a.out.json {
+                print_json(&r)?;
+            } else {
+                service_line("workspace-service-stop", &r.service);
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -220,6 +220,7 @@ impl Pyro {
             patch.push_str(&text);
         }
         let summary = summarize(&entries);
+        let patch = self.redactor(&w.id)?.text(&patch);
         Ok(DiffResult {
             workspace_id: w.id,
             changed: !entries.is_empty(),

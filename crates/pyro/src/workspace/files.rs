@@ -246,6 +246,7 @@ impl Pyro {
         let (w, sb) = self.ws_running(&w.id).await?;
         self.inner.store.touch_workspace(&w.id)?;
         let (bytes, size, truncated) = sb.client().read_file(path, max_bytes).await?;
+        let bytes = self.redactor(&w.id)?.bytes(&bytes);
         let (content, content_base64) = crate::run::text_and_bytes(&bytes);
         Ok(FileReadResult {
             workspace_id: w.id,

@@ -13,6 +13,8 @@
 
 mod diff;
 mod files;
+mod interactive;
+mod secrets;
 mod snapshot;
 
 use std::collections::BTreeMap;
@@ -31,7 +33,13 @@ use crate::sandbox::{destroy_record, new_id, ExecOptions, Sandbox};
 use crate::store::{now_ms, LogRow, SandboxKind, SandboxRecord, WorkspaceRow};
 
 pub use files::{ExportResult, FileListResult, FileReadResult, FileWriteResult, SyncResult};
-pub use snapshot::{DiffEntry, DiffResult, DiffSummary, PatchResult};
+pub use interactive::{
+    plain_text, ServiceLogsResult, ServiceResult, ServiceStartRequest, ShellOpenRequest,
+    ShellReadResult, ShellResult,
+};
+pub use pyro_protocol::{Readiness, ServiceInfo, ShellInfo};
+pub use secrets::{secret_from_file, Redactor, Secret, StreamRedactor};
+pub use snapshot::{DiffEntry, DiffResult, DiffSummary, PatchResult, SnapshotResult};
 
 /// The guest path every workspace starts in.
 pub const WORKSPACE_PATH: &str = "/workspace";
@@ -91,6 +99,8 @@ pub struct CreateWorkspace {
     pub isolation: Option<Isolation>,
     /// Build the environment first if needed.
     pub build_missing: bool,
+    /// Secrets, by name: stored on the host 0600, installed in the guest on tmpfs.
+    pub secrets: BTreeMap<String, Secret>,
 }
 
 impl CreateWorkspace {
@@ -107,6 +117,7 @@ impl CreateWorkspace {
             mem_mib: 1024,
             isolation: None,
             build_missing: false,
+            secrets: BTreeMap::new(),
         }
     }
 }
@@ -169,6 +180,8 @@ pub struct WorkspaceInfo {
     pub reset_count: u64,
     /// How it was seeded.
     pub seed: Option<serde_json::Value>,
+    /// Names of its secrets (values are never shown).
+    pub secrets: Vec<String>,
 }
 
 fn expires_at(w: &WorkspaceRow) -> Option<i64> {
@@ -203,6 +216,7 @@ impl From<&WorkspaceRow> for WorkspaceInfo {
             command_count: w.command_count,
             reset_count: w.reset_count,
             seed: w.seed.clone(),
+            secrets: Vec::new(),
         }
     }
 }
@@ -264,6 +278,46 @@ pub struct ReapReport {
     pub busy: Vec<String>,
 }
 
+/// Forwards output with the workspace's secrets redacted, per stream, across chunk boundaries.
+struct RedactingSink<'a> {
+    inner: &'a mut dyn OutputSink,
+    out: secrets::StreamRedactor,
+    err: secrets::StreamRedactor,
+}
+
+impl<'a> RedactingSink<'a> {
+    fn new(inner: &'a mut dyn OutputSink, r: &Redactor) -> RedactingSink<'a> {
+        RedactingSink {
+            inner,
+            out: secrets::StreamRedactor::new(r.clone()),
+            err: secrets::StreamRedactor::new(r.clone()),
+        }
+    }
+
+    fn finish(&mut self) {
+        let o = self.out.finish();
+        if !o.is_empty() {
+            self.inner.output(crate::OutputStream::Stdout, &o);
+        }
+        let e = self.err.finish();
+        if !e.is_empty() {
+            self.inner.output(crate::OutputStream::Stderr, &e);
+        }
+    }
+}
+
+impl OutputSink for RedactingSink<'_> {
+    fn output(&mut self, stream: crate::OutputStream, bytes: &[u8]) {
+        let safe = match stream {
+            crate::OutputStream::Stdout => self.out.feed(bytes),
+            crate::OutputStream::Stderr => self.err.feed(bytes),
+        };
+        if !safe.is_empty() {
+            self.inner.output(stream, &safe);
+        }
+    }
+}
+
 /// A held per-workspace lock; released on drop.
 pub(crate) struct WsLock(#[allow(dead_code)] std::fs::File);
 
@@ -301,6 +355,13 @@ impl Pyro {
             .ok()?;
         f.try_lock().ok()?;
         Some(WsLock(f))
+    }
+
+    /// The user-facing view of a workspace row, with its secret names.
+    pub(crate) fn ws_info(&self, w: &WorkspaceRow) -> WorkspaceInfo {
+        let mut info = WorkspaceInfo::from(w);
+        info.secrets = self.secret_names(&w.id);
+        info
     }
 
     pub(crate) fn ws_row(&self, id: &str) -> Result<WorkspaceRow> {
@@ -396,6 +457,9 @@ impl Pyro {
             }
         }
         validate_labels(&req.labels)?;
+        for name in req.secrets.keys() {
+            secrets::validate_secret_name(name)?;
+        }
         if let Some(n) = &req.name {
             validate_name(n)?;
             if self
@@ -464,6 +528,7 @@ impl Pyro {
             pids: limits::DEFAULT_PIDS,
         };
         let result: Result<()> = async {
+            self.store_secrets(&id, &req.secrets)?;
             let sb = Sandbox::create_kind(
                 self.inner.clone(),
                 backend.clone(),
@@ -474,6 +539,7 @@ impl Pyro {
                 id.clone(),
             )
             .await?;
+            self.install_secrets(&id, &sb).await?;
             observer.phase("seed", &[("workspace", id.clone())]);
             if let Some(seed) = &seed {
                 seed.upload(self, &sb, WORKSPACE_PATH).await?;
@@ -489,7 +555,7 @@ impl Pyro {
         }
         self.inner.store.set_owner(&id, None)?;
         self.inner.store.set_workspace_state(&id, "running")?;
-        Ok(WorkspaceInfo::from(&self.ws_row(&id)?))
+        Ok(self.ws_info(&self.ws_row(&id)?))
     }
 
     /// Removes everything of a workspace (sandbox, snapshots, records); best effort.
@@ -504,11 +570,12 @@ impl Pyro {
                 None => errors.push(format!("unknown backend {}", rec.backend)),
             }
         }
-        let dir = self.ws_dir(id);
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => errors.push(format!("remove {}: {e}", dir.display())),
+        for dir in [self.ws_dir(id), self.secrets_dir(id)] {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => errors.push(format!("remove {}: {e}", dir.display())),
+            }
         }
         if errors.is_empty() {
             if let Err(e) = self.inner.store.delete_workspace(id) {
@@ -536,13 +603,13 @@ impl Pyro {
             .iter()
             .filter(|w| labels.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
             .filter(|w| state.is_none_or(|s| w.state == s))
-            .map(WorkspaceInfo::from)
+            .map(|w| self.ws_info(w))
             .collect())
     }
 
     /// One workspace.
     pub fn workspace_status(&self, id: &str) -> Result<WorkspaceInfo> {
-        Ok(WorkspaceInfo::from(&self.ws_row(id)?))
+        Ok(self.ws_info(&self.ws_row(id)?))
     }
 
     /// Changes name, labels or TTL.
@@ -589,7 +656,7 @@ impl Pyro {
         }
         w.last_activity_ms = now_ms();
         self.inner.store.update_workspace(&w)?;
-        Ok(WorkspaceInfo::from(&w))
+        Ok(self.ws_info(&w))
     }
 
     /// Runs a command in a workspace and records it in the workspace's history.
@@ -598,6 +665,20 @@ impl Pyro {
         id: &str,
         argv: &[String],
         opts: &ExecOptions,
+        output: Option<&mut dyn OutputSink>,
+    ) -> Result<WorkspaceExecResult> {
+        self.workspace_exec_with_secrets(id, argv, opts, &[], output)
+            .await
+    }
+
+    /// Like [`Pyro::workspace_exec`], with `NAME[=VAR]` secrets mapped into the command's
+    /// environment. Output (streamed and returned) and the recorded command line are redacted.
+    pub async fn workspace_exec_with_secrets(
+        &self,
+        id: &str,
+        argv: &[String],
+        opts: &ExecOptions,
+        secret_env: &[String],
         output: Option<&mut dyn OutputSink>,
     ) -> Result<WorkspaceExecResult> {
         if argv.is_empty() {
@@ -615,16 +696,30 @@ impl Pyro {
         let _lock = self.ws_lock(&w.id, false).await?;
         let (w, sb) = self.ws_running(&w.id).await?;
         self.inner.store.touch_workspace(&w.id)?;
+        let redactor = self.redactor(&w.id)?;
+        let mut opts = opts.clone();
+        opts.env.extend(self.secret_env(&w.id, secret_env)?);
         let started = now_ms();
         let t = Instant::now();
-        let r = sb.exec(argv, opts, output).await?;
+        let mut redacting = output.map(|o| RedactingSink::new(o, &redactor));
+        let r = sb
+            .exec(
+                argv,
+                &opts,
+                redacting.as_mut().map(|s| s as &mut dyn OutputSink),
+            )
+            .await;
+        if let Some(s) = redacting.as_mut() {
+            s.finish();
+        }
+        let r = r?;
         let o = &r.outcome;
         let exit_code = if o.timed_out {
             124
         } else {
             o.exit_code.unwrap_or_else(|| 128 + o.signal.unwrap_or(0))
         };
-        let command = pyro_protocol::join_argv(argv).unwrap_or_default();
+        let command = redactor.text(&pyro_protocol::join_argv(argv).unwrap_or_default());
         let cwd = opts.cwd.clone().unwrap_or_else(|| WORKSPACE_PATH.into());
         let log = self.inner.store.append_log(
             &w.id,
@@ -641,8 +736,8 @@ impl Pyro {
                 stderr_bytes: o.stderr_bytes,
             },
         )?;
-        let (stdout, stdout_base64) = text_and_bytes(&r.stdout);
-        let (stderr, stderr_base64) = text_and_bytes(&r.stderr);
+        let (stdout, stdout_base64) = text_and_bytes(&redactor.bytes(&r.stdout));
+        let (stderr, stderr_base64) = text_and_bytes(&redactor.bytes(&r.stderr));
         Ok(WorkspaceExecResult {
             workspace_id: w.id,
             sequence: log.seq,
@@ -671,7 +766,7 @@ impl Pyro {
         let w = self.ws_row(id)?;
         let _lock = self.ws_lock(&w.id, true).await?;
         self.ws_stop_locked(&w.id, None).await?;
-        Ok(WorkspaceInfo::from(&self.ws_row(&w.id)?))
+        Ok(self.ws_info(&self.ws_row(&w.id)?))
     }
 
     async fn ws_stop_locked(&self, id: &str, expired: Option<i64>) -> Result<()> {
@@ -714,7 +809,7 @@ impl Pyro {
                     .runtime
                     .is_some_and(|p| p.is_alive()) =>
             {
-                return Ok(WorkspaceInfo::from(&w))
+                return Ok(self.ws_info(&w))
             }
             "running" | "stopped" => {}
             other => {
@@ -740,12 +835,13 @@ impl Pyro {
             mem_mib: w.mem_mib,
             pids: limits::DEFAULT_PIDS,
         };
-        Sandbox::boot(self.inner.clone(), backend, rec, &rootfs, resources).await?;
+        let sb = Sandbox::boot(self.inner.clone(), backend, rec, &rootfs, resources).await?;
+        self.install_secrets(&w.id, &sb).await?;
         w.state = "running".into();
         w.expired_at_ms = None;
         w.last_activity_ms = now_ms();
         self.inner.store.update_workspace(&w)?;
-        Ok(WorkspaceInfo::from(&w))
+        Ok(self.ws_info(&w))
     }
 
     /// Deletes a workspace: its sandbox, files, snapshots and history.
@@ -808,6 +904,7 @@ impl Pyro {
                 resources,
             )
             .await?;
+            self.install_secrets(&w.id, &sb).await?;
             self.restore_snapshot(&w.id, &sb, &name).await?;
             Ok(())
         }
@@ -823,7 +920,7 @@ impl Pyro {
         w.expired_at_ms = None;
         w.last_activity_ms = now_ms();
         self.inner.store.update_workspace(&w)?;
-        Ok(WorkspaceInfo::from(&w))
+        Ok(self.ws_info(&w))
     }
 
     /// Stops workspaces whose TTL has passed and deletes those expired longer than the grace
