@@ -115,6 +115,14 @@ pub fn archive_out(
         b.mode(tar::HeaderMode::Complete);
         let io = |e: io::Error| err("io", format!("{path}: archiving: {e}"));
         if meta.is_dir() {
+            // A leading "./" entry marks the archive as a directory (so a directory holding one
+            // file is not mistaken for that file) and carries the directory's own mode.
+            let mut top = tar::Header::new_gnu();
+            top.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+            top.set_entry_type(tar::EntryType::Directory);
+            top.set_size(0);
+            b.append_data(&mut top, "./", std::io::empty())
+                .map_err(io)?;
             let mut stack = vec![PathBuf::new()];
             while let Some(dir) = stack.pop() {
                 let mut names: Vec<_> = std::fs::read_dir(base.join(&dir))
@@ -147,7 +155,10 @@ pub fn archive_out(
                 .file_name()
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("file"));
-            b.append_path_with_name(&base, &name).map_err(io)?;
+            // Through the already resolved fd: `base` itself is a /proc magic link, which
+            // `append_path` would archive as a symlink.
+            let mut f = std::fs::File::open(&base).map_err(io)?;
+            b.append_file(&name, &mut f).map_err(io)?;
             entries = 1;
             content = meta.len();
         }

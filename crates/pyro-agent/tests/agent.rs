@@ -152,7 +152,7 @@ fn timeout_kills_the_group_and_keeps_partial_output() {
     let mut r = req(&[
         "sh",
         "-c",
-        "echo before; trap '' TERM; (sleep 60; echo child) & sleep 60",
+        "echo before; trap '' TERM; (sleep 6071; echo child) & sleep 6071",
     ]);
     r.timeout_ms = Some(300);
     let t = Instant::now();
@@ -162,11 +162,12 @@ fn timeout_kills_the_group_and_keeps_partial_output() {
     assert_eq!(o.signal, Some(9));
     assert_eq!(out, b"before\n");
     assert!(t.elapsed() < Duration::from_secs(30));
-    // Nothing from that group may still run: the backgrounded sleep is gone too.
+    // Nothing from that group may still run: the backgrounded sleep is gone too (a duration no
+    // other process on the host is likely to use).
     let (out, _, _) = a.exec(req(&[
         "sh",
         "-c",
-        "ps -eo args 2>/dev/null | grep -c '^sleep 60' || true",
+        "ps -eo args 2>/dev/null | grep -c '^sleep 6071' || true",
     ]));
     assert_eq!(String::from_utf8_lossy(&out).trim(), "0");
 }

@@ -406,26 +406,25 @@ fn place_export(tar_path: &Path, out: &Path, as_archive: bool) -> Result<String>
         Ok(tar::Archive::new(std::io::BufReader::new(f)))
     };
     // A single regular file exports as that file.
-    let mut first = open()?;
-    let mut it = first.entries().ctx(|| "read export archive".into())?;
-    if let Some(Ok(e)) = it.next() {
-        let single = e.header().entry_type().is_file()
-            && !e.path().is_ok_and(|p| p.components().count() > 1);
-        if single && it.next().is_none() {
-            let mut e2 = open()?;
-            if let Some(Ok(mut only)) = e2.entries().ctx(|| "read export archive".into())?.next() {
-                let mut f =
-                    std::fs::File::create(out).ctx(|| format!("create {}", out.display()))?;
-                std::io::copy(&mut only, &mut f).ctx(|| format!("write {}", out.display()))?;
-                if let Ok(mode) = only.header().mode() {
-                    use std::os::unix::fs::PermissionsExt;
-                    let _ = std::fs::set_permissions(
-                        out,
-                        std::fs::Permissions::from_mode(mode & 0o777),
-                    );
-                }
-                return Ok("file".into());
+    let mut count = 0usize;
+    let mut only_file = false;
+    for e in open()?.entries().ctx(|| "read export archive".into())? {
+        let e = e.ctx(|| "read export archive".into())?;
+        count += 1;
+        only_file = count == 1 && e.header().entry_type().is_file();
+    }
+    if count == 1 && only_file {
+        let mut ar = open()?;
+        if let Some(entry) = ar.entries().ctx(|| "read export archive".into())?.next() {
+            let mut only = entry.ctx(|| "read export archive".into())?;
+            let mut f = std::fs::File::create(out).ctx(|| format!("create {}", out.display()))?;
+            std::io::copy(&mut only, &mut f).ctx(|| format!("write {}", out.display()))?;
+            if let Ok(mode) = only.header().mode() {
+                use std::os::unix::fs::PermissionsExt;
+                let _ =
+                    std::fs::set_permissions(out, std::fs::Permissions::from_mode(mode & 0o777));
             }
+            return Ok("file".into());
         }
     }
     std::fs::create_dir_all(out).ctx(|| format!("create {}", out.display()))?;
