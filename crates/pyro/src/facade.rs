@@ -306,6 +306,23 @@ impl Pyro {
         Ok(report)
     }
 
+    /// Removes one one-shot sandbox this process owns, leaving every other alone: for a front
+    /// door that serves many calls at once (the MCP server), where one interrupted call must
+    /// not tear down the sandboxes of the calls still running. Workspace sandboxes are not
+    /// touched (their lifecycle goes through `workspace_*`).
+    pub async fn cleanup_sandbox(&self, id: &str) -> Result<GcReport> {
+        let mut report = GcReport::default();
+        let rec = self.inner.store.list()?.into_iter().find(|r| {
+            r.id == id
+                && r.owner == Some(self.inner.me)
+                && r.kind != crate::store::SandboxKind::Workspace
+        });
+        if let Some(rec) = rec {
+            self.reap(rec, "interrupted", &mut report).await?;
+        }
+        Ok(report)
+    }
+
     async fn reap(
         &self,
         rec: crate::store::SandboxRecord,

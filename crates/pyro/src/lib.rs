@@ -19,6 +19,7 @@
 pub mod agent_client;
 pub mod backend;
 pub mod bench;
+pub mod blocking;
 pub mod doctor;
 pub mod env;
 pub mod error;
@@ -35,3 +36,5 @@ pub use backend::Isolation;
 pub use error::{Error, Result};
 pub use facade::{Config, GcReport, Pyro};
 pub use run::{Observer, Quiet, RunRequest, RunResult};
+pub use sandbox::ExecOptions;
+pub use workspace::{CreateWorkspace, Seed, UpdateWorkspace, WorkspaceExecResult, WorkspaceInfo};

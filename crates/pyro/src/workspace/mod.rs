@@ -31,7 +31,7 @@ use crate::sandbox::{destroy_record, new_id, ExecOptions, Sandbox};
 use crate::store::{now_ms, LogRow, SandboxKind, SandboxRecord, WorkspaceRow};
 
 pub use files::{ExportResult, FileListResult, FileReadResult, FileWriteResult, SyncResult};
-pub use snapshot::{DiffEntry, DiffResult, DiffSummary, PatchResult};
+pub use snapshot::{DiffEntry, DiffResult, DiffSummary, PatchResult, SnapshotResult};
 
 /// The guest path every workspace starts in.
 pub const WORKSPACE_PATH: &str = "/workspace";
@@ -41,7 +41,10 @@ pub const EXPIRY_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 /// The grace period in force.
 pub fn expiry_grace() -> Duration {
-    std::env::var("PYRO_WORKSPACE_GRACE_S").ok().and_then(|v| v.parse().ok()).map_or(EXPIRY_GRACE, Duration::from_secs)
+    std::env::var("PYRO_WORKSPACE_GRACE_S")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(EXPIRY_GRACE, Duration::from_secs)
 }
 
 /// Where to seed a new workspace from.
@@ -833,7 +836,8 @@ impl Pyro {
         let grace = expiry_grace().as_millis() as i64;
         for w in self.inner.store.workspaces()? {
             // Only a workspace still stopped since its expiry; a restart clears `expired_at`.
-            let expired_long_ago = w.state == "stopped" && w.expired_at_ms.is_some_and(|t| now - t >= grace);
+            let expired_long_ago =
+                w.state == "stopped" && w.expired_at_ms.is_some_and(|t| now - t >= grace);
             let due = w.state == "running" && expires_at(&w).is_some_and(|t| t <= now);
             if !due && !expired_long_ago {
                 continue;
