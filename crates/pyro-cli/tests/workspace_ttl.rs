@@ -11,7 +11,13 @@ use std::time::Duration;
 use util::{container_tests_enabled, TestPyro};
 
 fn create(p: &TestPyro, extra: &[&str]) -> String {
-    let mut args = vec!["workspace", "create", "debian:12", "--isolation", "container"];
+    let mut args = vec![
+        "workspace",
+        "create",
+        "debian:12",
+        "--isolation",
+        "container",
+    ];
     args.extend_from_slice(extra);
     let (out, v) = p.json(&args);
     assert_eq!(out.status.code(), Some(0), "{v}");
@@ -40,7 +46,13 @@ fn an_absolute_ttl_stops_the_workspace_and_keeps_its_files() {
     // Kept for the grace period. Starting it needs a longer (or no) ttl first.
     let (out, v) = p.json(&["workspace", "start", &id]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(v["error"]["message"].as_str().unwrap().contains("past its ttl"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("past its ttl"),
+        "{v}"
+    );
     let (out, v) = p.json(&["workspace", "update", &id, "--clear-ttl"]);
     assert_eq!(out.status.code(), Some(0), "{v}");
     let (out, v) = p.json(&["workspace", "start", &id]);
@@ -60,7 +72,11 @@ fn activity_refreshes_an_idle_ttl() {
     for _ in 0..3 {
         std::thread::sleep(Duration::from_millis(1500));
         let (out, v) = p.json(&["workspace", "exec", &id, "--", "true"]);
-        assert_eq!(out.status.code(), Some(0), "activity must keep it alive: {v}");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "activity must keep it alive: {v}"
+        );
     }
     std::thread::sleep(Duration::from_millis(3500));
     assert_eq!(state(&p, &id)["state"], "stopped");
@@ -76,9 +92,17 @@ fn an_expired_workspace_is_deleted_after_the_grace_period() {
     let id = create(&p, &["--ttl", "1"]);
     std::thread::sleep(Duration::from_millis(1500));
     // First sweep stops it; with no grace the next sweep deletes it.
-    let out = p.cmd(&["workspace", "list", "--json"]).env("PYRO_WORKSPACE_GRACE_S", "0").output().unwrap();
+    let out = p
+        .cmd(&["workspace", "list", "--json"])
+        .env("PYRO_WORKSPACE_GRACE_S", "0")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0));
-    let out = p.cmd(&["workspace", "list", "--json"]).env("PYRO_WORKSPACE_GRACE_S", "0").output().unwrap();
+    let out = p
+        .cmd(&["workspace", "list", "--json"])
+        .env("PYRO_WORKSPACE_GRACE_S", "0")
+        .output()
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["count"], 0, "{v}");
     assert_eq!(util::host_traces(&id), Vec::<String>::new());
@@ -88,6 +112,14 @@ fn an_expired_workspace_is_deleted_after_the_grace_period() {
 #[test]
 fn ttl_and_idle_ttl_are_exclusive() {
     let p = TestPyro::new();
-    let out = p.run(&["workspace", "create", "debian:12", "--ttl", "5", "--idle-ttl", "5"]);
+    let out = p.run(&[
+        "workspace",
+        "create",
+        "debian:12",
+        "--ttl",
+        "5",
+        "--idle-ttl",
+        "5",
+    ]);
     assert_eq!(out.status.code(), Some(2));
 }

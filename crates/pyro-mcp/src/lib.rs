@@ -108,6 +108,34 @@ async fn shut_down(pyro: &pyro::Pyro, tools: &PyroTools) {
     }
 }
 
+/// Stdin that reports its end: a client that goes away closes its end of the pipe, and calls
+/// in progress should stop then, not after rmcp's drain period.
+struct EofWatch<R> {
+    inner: R,
+    closed: tokio_util::sync::CancellationToken,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for EofWatch<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        match &r {
+            std::task::Poll::Ready(Ok(()))
+                if buf.filled().len() == before && buf.remaining() > 0 =>
+            {
+                self.closed.cancel()
+            }
+            std::task::Poll::Ready(Err(_)) => self.closed.cancel(),
+            _ => {}
+        }
+        r
+    }
+}
+
 /// Serves MCP over stdin/stdout until the client closes stdin or `shutdown` completes (the
 /// CLI passes SIGINT/SIGTERM). Calls still running then are cancelled and cleaned up.
 pub async fn serve_stdio(
@@ -117,10 +145,19 @@ pub async fn serve_stdio(
 ) -> Result<(), ServeError> {
     use rmcp::ServiceExt;
     let _reaper = Reaper::start(pyro.clone(), config.reap_interval);
-    let tools = PyroTools::new(pyro.clone(), config.profile, config.roots);
+    let closed = tokio_util::sync::CancellationToken::new();
+    let tools =
+        PyroTools::new(pyro.clone(), config.profile, config.roots).with_closed(closed.clone());
+    let (stdin, stdout) = rmcp::transport::stdio();
     let running = tools
         .clone()
-        .serve(rmcp::transport::stdio())
+        .serve((
+            EofWatch {
+                inner: stdin,
+                closed: closed.clone(),
+            },
+            stdout,
+        ))
         .await
         .map_err(|e| ServeError::Session(e.to_string()))?;
     let ct = running.cancellation_token();
@@ -130,7 +167,10 @@ pub async fn serve_stdio(
                 tracing::warn!("mcp session ended abnormally: {e}");
             }
         }
-        () = shutdown => ct.cancel(),
+        () = shutdown => {
+            closed.cancel();
+            ct.cancel();
+        }
     }
     shut_down(&pyro, &tools).await;
     Ok(())

@@ -82,6 +82,9 @@ pub struct PyroTools {
     roots: Arc<AllowedRoots>,
     profile: Profile,
     in_flight: InFlight,
+    /// Fires when the whole connection is gone (stdin closed); per-request cancellation
+    /// only fires later, after rmcp's drain period.
+    closed: CancellationToken,
     tool_router: ToolRouter<PyroTools>,
 }
 
@@ -118,6 +121,14 @@ fn interrupted() -> ToolError {
     }
 }
 
+/// Resolves when either token is cancelled.
+async fn either(a: &CancellationToken, b: &CancellationToken) {
+    tokio::select! {
+        () = a.cancelled() => {}
+        () = b.cancelled() => {}
+    }
+}
+
 type ToolResult = Result<CallToolResult, ErrorData>;
 
 #[tool_router]
@@ -136,8 +147,15 @@ impl PyroTools {
             roots: Arc::new(roots),
             profile,
             in_flight: InFlight::default(),
+            closed: CancellationToken::new(),
             tool_router,
         }
+    }
+
+    /// The same server, treating `closed` as every call's cancellation too.
+    pub(crate) fn with_closed(mut self, closed: CancellationToken) -> PyroTools {
+        self.closed = closed;
+        self
     }
 
     /// The names of the tools this server offers.
@@ -181,7 +199,7 @@ impl PyroTools {
         let ids = Arc::new(SandboxId::default());
         let r = tokio::select! {
             r = self.pyro.run(&req, ids.clone(), None) => r.map_err(ToolError::from),
-            () = ct.cancelled() => {
+            () = either(&ct, &self.closed) => {
                 // The client went away or cancelled: the run future is dropped here, so remove
                 // its sandbox now rather than leave it until the server exits.
                 if let Some(id) = ids.get() {
@@ -378,7 +396,7 @@ impl PyroTools {
             // Dropping the exec closes its agent connection, which kills the command.
             tokio::select! {
                 r = self.pyro.workspace_exec(&p.workspace_id, &argv, &opts, None) => Ok(r?),
-                () = ct.cancelled() => Err(ToolError {
+                () = either(&ct, &self.closed) => Err(ToolError {
                     kind: "interrupted".into(),
                     message: "the call was cancelled; the command was killed".into(),
                     hint: None,
