@@ -13,6 +13,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("PYRO_RUNC", "path to the runc binary (default: runc on PATH)"),
     ("PYRO_DEBIAN_MIRROR", "Debian mirror URL for environment builds (default: mmdebstrap's default, deb.debian.org)"),
     ("PYRO_WORKSPACE_GRACE_S", "seconds an expired (stopped) workspace is kept before it is deleted (default 86400)"),
+    ("PYRO_MCP_TOKEN", "bearer token `pyro mcp serve --http` requires from clients (required on non-loopback addresses)"),
     ("PYRO_LOG", "log filter for pyro's own diagnostics on stderr, e.g. debug (default warn)"),
 ];
 
