@@ -162,7 +162,9 @@ async def scenario_errors(args):
         r = await call(s, "vm_run", {"environment": "no-such-env", "command": "true", **ISO}, ok=False)
         check(error_kind(r) in ("unknown_environment", "isolation_unavailable"), "an unknown environment is refused", r)
         r = await call(s, "vm_run", {"environment": "debian:12", "comand": "typo"}, ok=False)
-        check("comand" in r[1], "an unknown parameter is named", r[1])
+        check(error_kind(r) == "invalid_request" and "comand" in r[1], "an unknown parameter is an invalid_request naming it", r)
+        r = await call(s, "workspace_exec", {"workspace_id": "x", "command": "true", "timeout_seconds": "soon"}, ok=False)
+        check(error_kind(r) == "invalid_request", "a mistyped parameter is an invalid_request", r)
         tools = (await s.list_tools()).tools
         check(len(tools) == len(FULL), "the server still answers after the errors")
     print("errors ok")
