@@ -67,7 +67,7 @@ pub enum ServeError {
     TokenRequired(String),
 }
 
-/// Reaps expired workspaces every `interval` until dropped (the task is aborted with it).
+/// Reaps expired workspaces and VMs every `interval` until dropped (the task is aborted with it).
 struct Reaper(tokio::task::JoinHandle<()>);
 
 impl Reaper {
@@ -83,6 +83,13 @@ impl Reaper {
                     }
                     Ok(_) => {}
                     Err(e) => tracing::warn!("reaping expired workspaces: {e}"),
+                }
+                match pyro.vm_reap_expired().await {
+                    Ok(r) if r.count > 0 => {
+                        tracing::info!(deleted = ?r.deleted_vm_ids, "expired VMs")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("reaping expired VMs: {e}"),
                 }
             }
         }))

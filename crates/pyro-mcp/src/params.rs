@@ -287,3 +287,59 @@ pub struct SnapshotParams {
     /// Snapshot name.
     pub snapshot_name: String,
 }
+
+pub(crate) fn default_vm_ttl() -> u64 {
+    600
+}
+
+/// `vm_create`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmCreateParams {
+    /// Environment, e.g. `debian:12`.
+    pub environment: String,
+    /// Virtual CPUs.
+    #[serde(default = "default_vcpus")]
+    #[schemars(range(min = 1, max = 64))]
+    pub vcpu_count: u32,
+    /// Memory in MiB.
+    #[serde(default = "default_mem_mib")]
+    #[schemars(range(min = 64, max = 262144))]
+    pub mem_mib: u64,
+    /// Seconds until vm_reap_expired (and the server's background sweep) deletes it.
+    #[serde(default = "default_vm_ttl")]
+    #[schemars(range(min = 60, max = 3600))]
+    pub ttl_seconds: u64,
+    /// Isolation level: `microvm`, `vm-emulated` or `container`. Default: the server's
+    /// `PYRO_ISOLATION`, else `microvm`.
+    #[serde(default)]
+    pub isolation: Option<String>,
+}
+
+/// Tools that take only a VM.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmIdParams {
+    /// VM id (12 hex characters) from vm_create.
+    pub vm_id: String,
+}
+
+/// `vm_exec`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmExecParams {
+    /// VM id from vm_create (started with vm_start).
+    pub vm_id: String,
+    /// Shell command line, run by `sh -c` in `/workspace`.
+    #[schemars(length(min = 1))]
+    pub command: String,
+    /// Seconds before the command's whole process group is killed (exit code 124).
+    #[serde(default = "default_timeout")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub timeout_seconds: u64,
+    /// Most bytes of stdout, and of stderr, to return; the rest is dropped and `truncated` is
+    /// set.
+    #[serde(default = "default_output")]
+    #[schemars(range(min = 0, max = 1048576))]
+    pub max_output_bytes: u64,
+}

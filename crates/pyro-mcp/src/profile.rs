@@ -42,6 +42,13 @@ const WORKSPACE_CORE: &[&str] = &[
 /// What `workspace-full` adds to `workspace-core`.
 const FULL_EXTRA: &[&str] = &[
     "vm_list_environments",
+    "vm_create",
+    "vm_start",
+    "vm_exec",
+    "vm_stop",
+    "vm_delete",
+    "vm_status",
+    "vm_reap_expired",
     "workspace_stop",
     "workspace_start",
     "snapshot_create",
@@ -112,6 +119,6 @@ mod tests {
         assert_eq!(Profile::VmRun.tools(), ["vm_run"]);
         assert!(core.iter().all(|t| full.contains(t)));
         assert_eq!(core.len(), 16);
-        assert_eq!(full.len(), 22);
+        assert_eq!(full.len(), 29);
     }
 }

@@ -64,6 +64,7 @@ impl From<pyro::Error> for ToolError {
                     .into(),
             ),
             pyro::Error::AlreadyExists(_) => Some("pass overwrite: true to replace it".into()),
+            pyro::Error::VmNotStarted { .. } => Some("call vm_start first".into()),
             _ => e.hint(),
         };
         ToolError {

@@ -239,6 +239,106 @@ impl PyroTools {
     }
 
     #[tool(
+        description = "Low-level one-shot lifecycle, step 1: record a VM (state created; nothing runs yet). Then vm_start, then vm_exec (which runs one command and deletes the VM). VMs belong to this server process and are deleted after ttl_seconds. For a plain one-off command, vm_run does all steps in one call."
+    )]
+    async fn vm_create(&self, Parameters(p): Parameters<VmCreateParams>) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = async {
+            let mut req = pyro::CreateVm::new(p.environment);
+            req.vcpus = p.vcpu_count;
+            req.mem_mib = p.mem_mib;
+            req.ttl = Duration::from_secs(p.ttl_seconds);
+            req.isolation = isolation(p.isolation.as_deref())?;
+            Ok(self.pyro.vm_create(&req).await?)
+        }
+        .await;
+        Ok(outcome(r, |v| format!("vm {} is {}", v.vm_id, v.state)))
+    }
+
+    #[tool(
+        description = "Start a created (or stopped) VM: boots a fresh sandbox and waits until it answers."
+    )]
+    async fn vm_start(&self, Parameters(p): Parameters<VmIdParams>) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = self.pyro.vm_start(&p.vm_id).await.map_err(ToolError::from);
+        Ok(outcome(r, |v| format!("vm {} is {}", v.vm_id, v.state)))
+    }
+
+    #[tool(
+        description = "Run one shell command in a started VM, then delete the VM (VMs are one-shot). Returns the same result as vm_run: exit_code, stdout, stderr (capped at max_output_bytes), timed_out, cleanup."
+    )]
+    async fn vm_exec(
+        &self,
+        Parameters(p): Parameters<VmExecParams>,
+        ct: CancellationToken,
+    ) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let cap = p.max_output_bytes;
+        let r = async {
+            let argv = shell(&p.command)?;
+            let opts = pyro::ExecOptions {
+                timeout: Duration::from_secs(p.timeout_seconds),
+                max_output_bytes: output_cap(p.max_output_bytes, "max_output_bytes")?,
+                ..pyro::ExecOptions::default()
+            };
+            tokio::select! {
+                r = self.pyro.vm_exec(&p.vm_id, &argv, &opts) => Ok(r?),
+                () = either(&ct, &self.closed) => {
+                    // The exec owned the VM's sandbox and was dropped: remove it now.
+                    if let Err(e) = self.pyro.cleanup_sandbox(&p.vm_id).await {
+                        tracing::warn!("cleaning up interrupted vm {}: {e}", p.vm_id);
+                    }
+                    Err(interrupted())
+                }
+            }
+        }
+        .await;
+        Ok(outcome(r, |r| {
+            exec_summary(&r.command, r.exit_code, r.timed_out, r.truncated, cap)
+        }))
+    }
+
+    #[tool(
+        description = "Stop a started VM: its sandbox is destroyed; vm_start boots a fresh one."
+    )]
+    async fn vm_stop(&self, Parameters(p): Parameters<VmIdParams>) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = self.pyro.vm_stop(&p.vm_id).await.map_err(ToolError::from);
+        Ok(outcome(r, |v| format!("vm {} is {}", v.vm_id, v.state)))
+    }
+
+    #[tool(
+        description = "Delete a VM and its sandbox.",
+        annotations(destructive_hint = true)
+    )]
+    async fn vm_delete(&self, Parameters(p): Parameters<VmIdParams>) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = self.pyro.vm_delete(&p.vm_id).await.map_err(ToolError::from);
+        Ok(outcome(r, |d| {
+            format!("vm {} deleted: {}", d.vm_id, d.deleted)
+        }))
+    }
+
+    #[tool(
+        description = "Show one VM: state (created, started, stopped), environment, limits and expiry.",
+        annotations(read_only_hint = true)
+    )]
+    async fn vm_status(&self, Parameters(p): Parameters<VmIdParams>) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = self.pyro.vm_status(&p.vm_id).map_err(ToolError::from);
+        Ok(outcome(r, |v| format!("vm {} is {}", v.vm_id, v.state)))
+    }
+
+    #[tool(
+        description = "Delete every VM of this server whose ttl has passed, and VMs left by pyro processes that died. Returns the deleted ids."
+    )]
+    async fn vm_reap_expired(&self, Parameters(_): Parameters<NoParams>) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = self.pyro.vm_reap_expired().await.map_err(ToolError::from);
+        Ok(outcome(r, |r| format!("{} VMs deleted", r.count)))
+    }
+
+    #[tool(
         description = "Create a persistent workspace: an isolated Linux sandbox that stays alive across calls, with /workspace holding the optional seed (a host directory or tar archive under the server's allowed roots). Returns the workspace, including workspace_id for the other workspace_* tools. A baseline snapshot is taken for workspace_diff and workspace_reset. Delete it with workspace_delete when done, or give it a ttl_seconds/idle_ttl_seconds."
     )]
     async fn workspace_create(

@@ -30,6 +30,7 @@ use crate::facade::{Config, GcReport, LevelStatus};
 use crate::run::{Observer, Quiet, RunRequest, RunResult};
 use crate::sandbox::ExecOptions;
 use crate::store::{LogRow, SnapshotRow};
+use crate::vm::{CreateVm, VmDeleteResult, VmInfo, VmReapReport};
 use crate::workspace::{
     CreateWorkspace, DeleteResult, DiffResult, ExportResult, FileListResult, FileReadResult,
     FileWriteResult, PatchResult, ReapReport, SnapshotResult, SyncResult, UpdateWorkspace,
@@ -278,5 +279,45 @@ impl Pyro {
     pub fn workspace_patch_apply(&self, id: &str, patch: &str) -> Result<PatchResult> {
         self.runtime
             .block_on(self.inner.workspace_patch_apply(id, patch))
+    }
+
+    /// Records a VM owned by this process (see [`crate::Pyro::vm_create`]).
+    pub fn vm_create(&self, req: &CreateVm) -> Result<VmInfo> {
+        self.runtime.block_on(self.inner.vm_create(req))
+    }
+
+    /// Starts a created or stopped VM.
+    pub fn vm_start(&self, id: &str) -> Result<VmInfo> {
+        self.runtime.block_on(self.inner.vm_start(id))
+    }
+
+    /// Runs one command in a started VM, then deletes the VM.
+    pub fn vm_exec(&self, id: &str, argv: &[String], opts: &ExecOptions) -> Result<RunResult> {
+        self.runtime.block_on(self.inner.vm_exec(id, argv, opts))
+    }
+
+    /// Stops a started VM (its sandbox is destroyed; the record stays).
+    pub fn vm_stop(&self, id: &str) -> Result<VmInfo> {
+        self.runtime.block_on(self.inner.vm_stop(id))
+    }
+
+    /// Deletes a VM of this process.
+    pub fn vm_delete(&self, id: &str) -> Result<VmDeleteResult> {
+        self.runtime.block_on(self.inner.vm_delete(id))
+    }
+
+    /// One VM.
+    pub fn vm_status(&self, id: &str) -> Result<VmInfo> {
+        self.inner.vm_status(id)
+    }
+
+    /// Every VM on record.
+    pub fn vm_list(&self) -> Result<Vec<VmInfo>> {
+        self.inner.vm_list()
+    }
+
+    /// Deletes expired VMs of this process and VMs of dead processes.
+    pub fn vm_reap_expired(&self) -> Result<VmReapReport> {
+        self.runtime.block_on(self.inner.vm_reap_expired())
     }
 }

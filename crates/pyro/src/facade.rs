@@ -84,6 +84,8 @@ pub(crate) struct Inner {
     pub store: Store,
     pub envs: EnvCache,
     pub me: ProcessId,
+    /// The started VMs of this process (see `vm`).
+    pub vms: crate::vm::LiveVms,
 }
 
 impl Inner {
@@ -149,6 +151,7 @@ impl Pyro {
                 store,
                 envs,
                 me: ProcessId::current(),
+                vms: Default::default(),
             }),
         };
         let gc = pyro.gc().await?;
@@ -292,6 +295,12 @@ impl Pyro {
             }
             self.reap(rec, "orphaned", &mut report).await?;
         }
+        // VM records of dead processes; their sandboxes went with the loop above.
+        for id in self.vm_forget_orphans() {
+            if !report.removed.contains(&id) {
+                report.removed.push(id);
+            }
+        }
         Ok(report)
     }
 
@@ -303,6 +312,7 @@ impl Pyro {
                 self.reap(rec, "interrupted", &mut report).await?;
             }
         }
+        self.vm_forget_mine().await;
         Ok(report)
     }
 

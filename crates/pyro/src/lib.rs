@@ -65,6 +65,7 @@ pub mod procinfo;
 pub mod run;
 pub mod sandbox;
 pub mod store;
+pub mod vm;
 pub mod workspace;
 
 pub use agent_client::{OutputSink, OutputStream};
@@ -73,4 +74,5 @@ pub use error::{Error, Result};
 pub use facade::{Config, GcReport, Pyro};
 pub use run::{Observer, Quiet, RunRequest, RunResult};
 pub use sandbox::ExecOptions;
+pub use vm::{CreateVm, VmDeleteResult, VmInfo, VmReapReport};
 pub use workspace::{CreateWorkspace, Seed, UpdateWorkspace, WorkspaceExecResult, WorkspaceInfo};

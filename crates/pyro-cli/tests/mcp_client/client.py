@@ -26,7 +26,8 @@ CORE = {
     "workspace_export", "workspace_reset", "workspace_delete",
 }
 FULL = CORE | {
-    "vm_list_environments", "workspace_stop", "workspace_start", "snapshot_create",
+    "vm_list_environments", "vm_create", "vm_start", "vm_exec", "vm_stop", "vm_delete",
+    "vm_status", "vm_reap_expired", "workspace_stop", "workspace_start", "snapshot_create",
     "snapshot_list", "snapshot_delete",
 }
 EXPECTED = {"vm-run": {"vm_run"}, "workspace-core": CORE, "workspace-full": FULL}
@@ -235,6 +236,69 @@ async def scenario_story(args):
     print("story ok")
 
 
+async def scenario_vm(args):
+    """The low-level lifecycle: create, start, stop, start, exec (which deletes), and delete."""
+    async with session(args) as s:
+        envs = await call(s, "vm_list_environments", {})
+        check(any(e.get("name") == "debian:12" for e in envs["environments"]), "debian:12 is listed", envs)
+        v = await call(s, "vm_create", {"environment": "debian:12", "ttl_seconds": 600, **ISO})
+        vid = v["vm_id"]
+        check(v["state"] == "created", "a new VM is created, not started", v)
+        r = await call(s, "vm_exec", {"vm_id": vid, "command": "true"}, ok=False)
+        check(error_kind(r) == "vm_not_started", "exec before start is refused", r)
+        check((await call(s, "vm_start", {"vm_id": vid}))["state"] == "started", "vm_start starts it")
+        check((await call(s, "vm_stop", {"vm_id": vid}))["state"] == "stopped", "vm_stop stops it")
+        await call(s, "vm_start", {"vm_id": vid})
+        check((await call(s, "vm_status", {"vm_id": vid}))["state"] == "started", "vm_status tells")
+        r = await call(s, "vm_exec", {"vm_id": vid, "command": "echo vm; exit 4"})
+        check(r["stdout"] == "vm\n" and r["exit_code"] == 4 and r["cleanup"]["deleted"], "vm_exec runs and deletes", r)
+        r = await call(s, "vm_status", {"vm_id": vid}, ok=False)
+        check(error_kind(r) == "vm_not_found", "the VM is gone after exec", r)
+        v = await call(s, "vm_create", {"environment": "debian:12", **ISO})
+        await call(s, "vm_start", {"vm_id": v["vm_id"]})
+        d = await call(s, "vm_delete", {"vm_id": v["vm_id"]})
+        check(d["deleted"], "vm_delete deletes a started VM", d)
+        reap = await call(s, "vm_reap_expired", {})
+        check(reap["count"] == 0, "nothing is expired", reap)
+        r = await call(s, "vm_create", {"environment": "debian:12", "ttl_seconds": 5, **ISO}, ok=False)
+        check(error_kind(r) == "invalid_request", "a ttl below the minimum is refused", r)
+        # Left started on purpose: the server removes it when the client goes away.
+        v = await call(s, "vm_create", {"environment": "debian:12", **ISO})
+        await call(s, "vm_start", {"vm_id": v["vm_id"]})
+    print("vm ok")
+
+
+async def scenario_killed(args):
+    """A server killed with SIGKILL leaves a started VM; the next pyro's gc removes it."""
+    env = dict(os.environ)
+    proc = subprocess.Popen([args.pyro, "mcp", "serve", "--profile", "workspace-full", "--http", "127.0.0.1:0"],
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, text=True)
+    try:
+        url = None
+        for line in proc.stderr:
+            if "listening=" in line:
+                url = line.strip().split("listening=", 1)[1]
+                break
+        check(url, "the HTTP server announces its address")
+        async with http_session(url) as s:
+            v = await call(s, "vm_create", {"environment": "debian:12", **ISO})
+            await call(s, "vm_start", {"vm_id": v["vm_id"]})
+            proc.kill()
+            proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    home = os.environ["PYRO_HOME"]
+    record = os.path.join(home, "vms", v["vm_id"] + ".json")
+    state = os.path.join(home, "sandboxes", v["vm_id"])
+    check(os.path.exists(record) and os.path.exists(state), "the killed server left its VM behind")
+    # Any pyro start sweeps (gc runs in Pyro::open).
+    subprocess.run([args.pyro, "gc", "--json"], capture_output=True, check=True)
+    check(not os.path.exists(record), "the VM's record is gone")
+    check(not os.path.exists(state), "the VM's sandbox is gone")
+    print("killed ok")
+
+
 async def scenario_disconnect(args):
     """Starts a long vm_run and goes away in the middle of it; the test checks the sandbox is
     gone afterwards (and, over HTTP, that the server still serves a new client)."""
@@ -295,7 +359,7 @@ async def scenario_auth(args):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("scenario", choices=["profiles", "errors", "story", "disconnect", "auth"])
+    p.add_argument("scenario", choices=["profiles", "errors", "story", "vm", "killed", "disconnect", "auth"])
     p.add_argument("transport", choices=["stdio", "http"])
     p.add_argument("--pyro", required=True)
     args = p.parse_args()
