@@ -173,7 +173,7 @@ impl Pyro {
                 }
             }
         }
-        out.sort_by(|a, b| a.created_at_ms.cmp(&b.created_at_ms));
+        out.sort_by_key(|a| a.created_at_ms);
         Ok(out)
     }
 
