@@ -450,3 +450,83 @@ impl Pyro {
         gone
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::facade::Config;
+    use crate::paths::Paths;
+
+    async fn open(dir: &std::path::Path) -> Pyro {
+        let config = Config {
+            paths: Paths::under(dir),
+            agent: None,
+            runc: None,
+            debian_mirror: None,
+        };
+        Pyro::open(config).await.expect("open")
+    }
+
+    #[tokio::test]
+    async fn requests_and_ids_are_checked_before_anything_runs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pyro = open(dir.path()).await;
+        for id in ["../../etc/passwd", "", "0123456789ab/x", "zzzzzzzzzzzz"] {
+            assert!(
+                matches!(pyro.vm_status(id), Err(Error::VmNotFound(_))),
+                "{id}"
+            );
+        }
+        let check = |f: &dyn Fn(&mut CreateVm), want: &str| {
+            let mut req = CreateVm::new("debian:12");
+            f(&mut req);
+            let pyro = pyro.clone();
+            let want = want.to_string();
+            async move {
+                let e = pyro.vm_create(&req).await.expect_err("refused");
+                assert!(e.to_string().contains(&want), "{e} lacks {want}");
+            }
+        };
+        check(&|r| r.ttl = Duration::from_secs(5), "ttl").await;
+        check(&|r| r.vcpus = 0, "vcpus").await;
+        check(&|r| r.mem_mib = 1, "memory").await;
+        assert!(pyro.vm_list().expect("list").is_empty());
+    }
+
+    #[tokio::test]
+    async fn gc_forgets_the_vms_of_a_dead_process() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pyro = open(dir.path()).await;
+        // A process that has certainly exited.
+        let mut child = std::process::Command::new("true").spawn().expect("spawn");
+        let dead = ProcessId {
+            pid: child.id() as i32,
+            start: 1,
+        };
+        child.wait().expect("wait");
+        let vm = VmInfo {
+            vm_id: "0123456789ab".into(),
+            environment: "debian:12".into(),
+            isolation: Isolation::Container,
+            vcpus: 1,
+            mem_mib: 1024,
+            ttl_s: 600,
+            state: "started".into(),
+            created_at_ms: now_ms(),
+            expires_at_ms: now_ms() + 600_000,
+            owner_pid: dead.pid,
+            owner_start: dead.start,
+        };
+        pyro.vm_save(&vm).expect("save");
+        assert_eq!(pyro.vm_status(&vm.vm_id).expect("status").state, "started");
+        assert!(
+            matches!(pyro.vm_delete(&vm.vm_id).await, Err(Error::InvalidRequest(m)) if m.contains("another pyro process"))
+        );
+        let report = pyro.gc().await.expect("gc");
+        assert_eq!(report.removed, vec![vm.vm_id.clone()]);
+        assert!(matches!(
+            pyro.vm_status(&vm.vm_id),
+            Err(Error::VmNotFound(_))
+        ));
+    }
+}
