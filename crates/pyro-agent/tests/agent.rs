@@ -162,11 +162,12 @@ fn timeout_kills_the_group_and_keeps_partial_output() {
     assert_eq!(o.signal, Some(9));
     assert_eq!(out, b"before\n");
     assert!(t.elapsed() < Duration::from_secs(30));
-    // Nothing from that group may still run: the backgrounded sleep is gone too.
+    // Nothing from that group may still run: the backgrounded sleep is gone too. `ps` sees the
+    // whole host, so match the line exactly: container tests run `sleep 600` at the same time.
     let (out, _, _) = a.exec(req(&[
         "sh",
         "-c",
-        "ps -eo args 2>/dev/null | grep -c '^sleep 60' || true",
+        "ps -eo args 2>/dev/null | grep -cx 'sleep 60' || true",
     ]));
     assert_eq!(String::from_utf8_lossy(&out).trim(), "0");
 }

@@ -124,6 +124,19 @@ mcp_test!(
     containers = true
 );
 mcp_test!(
+    the_vm_lifecycle_over_stdio,
+    "vm",
+    "stdio",
+    containers = true
+);
+mcp_test!(the_vm_lifecycle_over_http, "vm", "http", containers = true);
+mcp_test!(
+    a_killed_servers_vms_are_reaped_by_the_next_pyro,
+    "killed",
+    "http",
+    containers = true
+);
+mcp_test!(
     vm_run_and_a_workspace_story_over_http,
     "story",
     "http",

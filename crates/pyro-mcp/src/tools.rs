@@ -65,11 +65,9 @@ impl Drop for CallGuard {
 struct SandboxId(Mutex<Option<String>>);
 
 impl pyro::Observer for SandboxId {
-    fn phase(&self, _phase: &str, fields: &[(&str, String)]) {
-        if let Some((_, id)) = fields.iter().find(|(k, _)| *k == "sandbox") {
-            if let Ok(mut slot) = self.0.lock() {
-                *slot = Some(id.clone());
-            }
+    fn sandbox(&self, id: &str) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(id.to_string());
         }
     }
 }
@@ -308,7 +306,7 @@ impl PyroTools {
     }
 
     #[tool(
-        description = "Delete a VM and its sandbox.",
+        description = "Delete a VM of this server: its sandbox (if started) and its record.",
         annotations(destructive_hint = true)
     )]
     async fn vm_delete(&self, Parameters(p): Parameters<VmIdParams>) -> ToolResult {
