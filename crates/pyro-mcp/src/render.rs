@@ -93,6 +93,22 @@ impl From<RootError> for ToolError {
     }
 }
 
+/// Most bytes of a result's JSON text block. Output fields are capped at 1 MiB each, so only a
+/// result with several full fields reaches it.
+pub const MAX_TEXT_BYTES: usize = 2 << 20;
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+pub fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// A successful tool result: structured content plus a summary and the JSON as text.
 pub fn success<T: Serialize>(value: &T, summary: String) -> CallToolResult {
     let value = match serde_json::to_value(value) {
@@ -106,7 +122,14 @@ pub fn success<T: Serialize>(value: &T, summary: String) -> CallToolResult {
             .into_result()
         }
     };
-    let text = value.to_string();
+    let mut text = value.to_string();
+    if text.len() > MAX_TEXT_BYTES {
+        // Clients that show only text still get the summary and a readable head.
+        text = format!(
+            "{}\n[text cut at {MAX_TEXT_BYTES} bytes; the complete object is in structuredContent]",
+            cut(&text, MAX_TEXT_BYTES)
+        );
+    }
     let mut r = CallToolResult::structured(value);
     r.content = vec![ContentBlock::text(summary), ContentBlock::text(text)];
     r
@@ -167,6 +190,18 @@ mod tests {
         assert!(body["error"]["hint"]
             .as_str()
             .is_some_and(|h| h.contains("workspace_list")));
+    }
+
+    #[test]
+    fn cuts_keep_characters_whole() {
+        assert_eq!(cut("héllo", 2), "h");
+        assert_eq!(cut("héllo", 3), "hé");
+        assert_eq!(cut("abc", 10), "abc");
+        let big = json!({"s": "x".repeat(MAX_TEXT_BYTES + 10)});
+        let r = success(&big, "big".into());
+        assert_eq!(r.structured_content, Some(big));
+        let text = r.content[1].as_text().map(|t| t.text.len()).unwrap_or(0);
+        assert!(text < MAX_TEXT_BYTES + 200, "{text}");
     }
 
     #[test]

@@ -618,7 +618,7 @@ impl PyroTools {
     }
 
     #[tool(
-        description = "What changed in /workspace since the workspace was created (or last reset): added, modified and deleted files plus a unified patch (text patches capped; binary files marked).",
+        description = "What changed in /workspace since the workspace was created (or last reset): added, modified and deleted files plus a unified patch (at most 1 MiB over MCP, with truncated set; binary files marked).",
         annotations(read_only_hint = true)
     )]
     async fn workspace_diff(&self, Parameters(p): Parameters<WorkspaceIdParams>) -> ToolResult {
@@ -627,6 +627,14 @@ impl PyroTools {
             .pyro
             .workspace_diff(&p.workspace_id)
             .await
+            .map(|mut d| {
+                // The library allows patches of a few MiB; a model's context does not.
+                if d.patch.len() as u64 > MAX_OUTPUT_BYTES {
+                    d.patch = crate::render::cut(&d.patch, MAX_OUTPUT_BYTES as usize).to_string();
+                    d.truncated = true;
+                }
+                d
+            })
             .map_err(ToolError::from);
         Ok(outcome(r, |d| {
             let mut s = format!(
