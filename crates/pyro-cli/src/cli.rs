@@ -68,7 +68,7 @@ pub struct McpServeArgs {
     /// lie under; the working directory always may. Repeatable.
     #[arg(long, value_name = "DIR")]
     pub allow_root: Vec<std::path::PathBuf>,
-    /// Seconds between sweeps for expired workspaces.
+    /// Seconds between sweeps for expired workspaces and VMs.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub reap_interval: u64,
 }
