@@ -91,6 +91,16 @@ impl Pyro {
         self.runtime.block_on(self.inner.gc())
     }
 
+    /// Removes every sandbox this process owns (see [`crate::Pyro::cleanup_owned`]).
+    pub fn cleanup_owned(&self) -> Result<GcReport> {
+        self.runtime.block_on(self.inner.cleanup_owned())
+    }
+
+    /// Removes one one-shot sandbox this process owns (see [`crate::Pyro::cleanup_sandbox`]).
+    pub fn cleanup_sandbox(&self, id: &str) -> Result<GcReport> {
+        self.runtime.block_on(self.inner.cleanup_sandbox(id))
+    }
+
     /// Every catalog environment, built or not.
     pub fn env_list(&self) -> Result<Vec<EnvInfo>> {
         self.inner.env_list()
