@@ -39,6 +39,38 @@ pub enum Command {
     /// Persistent workspaces: one sandbox kept alive across many calls.
     #[command(subcommand)]
     Workspace(crate::cli_workspace::WorkspaceCommand),
+    /// The MCP server, for agents and MCP clients.
+    #[command(subcommand)]
+    Mcp(McpCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum McpCommand {
+    /// Serve pyro's tools over MCP: stdio by default, streamable HTTP with --http.
+    ///
+    /// Over HTTP the endpoint is http://ADDR/mcp. Loopback addresses need no token; any other
+    /// address is refused unless a bearer token is set (--bearer-token or $PYRO_MCP_TOKEN).
+    Serve(McpServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct McpServeArgs {
+    /// Tool profile: vm-run (vm_run only), workspace-core, or workspace-full (everything).
+    #[arg(long, default_value = "workspace-core")]
+    pub profile: String,
+    /// Serve streamable HTTP on this address (e.g. 127.0.0.1:8765) instead of stdio.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
+    /// Bearer token HTTP clients must send (required for non-loopback addresses).
+    #[arg(long, env = "PYRO_MCP_TOKEN", hide_env_values = true)]
+    pub bearer_token: Option<String>,
+    /// Another directory host paths from clients (seed_path, source_path, output_path) may
+    /// lie under; the working directory always may. Repeatable.
+    #[arg(long, value_name = "DIR")]
+    pub allow_root: Vec<std::path::PathBuf>,
+    /// Seconds between sweeps for expired workspaces and VMs.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub reap_interval: u64,
 }
 
 #[derive(Debug, Args)]

@@ -91,6 +91,17 @@ pub enum Error {
     /// The target exists and overwriting was not asked for.
     #[error("{0} already exists")]
     AlreadyExists(String),
+    /// No VM with this id.
+    #[error("no vm with id {0:?}")]
+    VmNotFound(String),
+    /// The VM exists but has no running sandbox.
+    #[error("vm {id} is {state}, not started")]
+    VmNotStarted {
+        /// The VM.
+        id: String,
+        /// Its state.
+        state: String,
+    },
     /// No such sandbox.
     #[error("no sandbox with id {0}")]
     SandboxNotFound(String),
@@ -180,6 +191,8 @@ impl Error {
             Error::PatchFailed(_) => "patch_failed",
             Error::AlreadyExists(_) => "already_exists",
             Error::SandboxNotFound(_) => "not_found",
+            Error::VmNotFound(_) => "vm_not_found",
+            Error::VmNotStarted { .. } => "vm_not_started",
             Error::Store(_) => "state_error",
             Error::Io { .. } => "io_error",
             Error::Interrupted => "interrupted",
@@ -224,6 +237,8 @@ impl Error {
             Error::PlatformMismatch { .. } => Some("use an image (or an index entry) built for this host's architecture".into()),
             Error::ImageNotPulled(r) => Some(format!("run `pyro env pull {r}`")),
             Error::NotPinned(n) => Some(format!("pass `--digest sha256:…` to `pyro env pull {n}`, point PYRO_PINS at a pins file, or build it locally with `pyro env build {n}`")),
+            Error::VmNotFound(_) => Some("VMs are one-shot: vm_exec and vm_reap_expired delete them; create another".into()),
+            Error::VmNotStarted { id, .. } => Some(format!("start it first (vm_start {id})")),
             _ => None,
         }
     }

@@ -90,6 +90,8 @@ pub(crate) struct Inner {
     pub store: Store,
     pub envs: EnvCache,
     pub me: ProcessId,
+    /// The started VMs of this process (see `vm`).
+    pub vms: crate::vm::LiveVms,
 }
 
 impl Inner {
@@ -155,6 +157,7 @@ impl Pyro {
                 store,
                 envs,
                 me: ProcessId::current(),
+                vms: Default::default(),
             }),
         };
         let gc = pyro.gc().await?;
@@ -298,6 +301,12 @@ impl Pyro {
             }
             self.reap(rec, "orphaned", &mut report).await?;
         }
+        // VM records of dead processes; their sandboxes went with the loop above.
+        for id in self.vm_forget_orphans() {
+            if !report.removed.contains(&id) {
+                report.removed.push(id);
+            }
+        }
         Ok(report)
     }
 
@@ -308,6 +317,24 @@ impl Pyro {
             if rec.owner == Some(self.inner.me) {
                 self.reap(rec, "interrupted", &mut report).await?;
             }
+        }
+        self.vm_forget_mine().await;
+        Ok(report)
+    }
+
+    /// Removes one one-shot sandbox this process owns, leaving every other alone: for a front
+    /// door that serves many calls at once (the MCP server), where one interrupted call must
+    /// not tear down the sandboxes of the calls still running. Workspace sandboxes are not
+    /// touched (their lifecycle goes through `workspace_*`).
+    pub async fn cleanup_sandbox(&self, id: &str) -> Result<GcReport> {
+        let mut report = GcReport::default();
+        let rec = self.inner.store.list()?.into_iter().find(|r| {
+            r.id == id
+                && r.owner == Some(self.inner.me)
+                && r.kind != crate::store::SandboxKind::Workspace
+        });
+        if let Some(rec) = rec {
+            self.reap(rec, "interrupted", &mut report).await?;
         }
         Ok(report)
     }

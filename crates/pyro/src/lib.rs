@@ -2,8 +2,25 @@
 //!
 //! The [`Pyro`] facade is the one door into the library: the CLI, the MCP server and SDK users
 //! all call it. It keeps state in SQLite ([`store`]), prepares environments as OCI images
-//! ([`env`]), and drives sandboxes through one [`backend::Backend`] trait. Every sandbox runs the
+//! ([`env`](mod@env)), and drives sandboxes through one [`backend::Backend`] trait. Every sandbox runs the
 //! same guest agent as PID 1, reached over a Unix socket with the `pyro-protocol` wire format.
+//!
+//! # Using it as an SDK
+//!
+//! - [`Pyro`] is async (Tokio); [`blocking::Pyro`] wraps it for code without a runtime. Both
+//!   offer the same operations with the same request and result types, and the results
+//!   serialize to the objects `pyro … --json` prints and the MCP tools return.
+//! - One-shot runs: [`Pyro::run`] with a [`RunRequest`] gives a [`RunResult`]; the sandbox is
+//!   gone afterwards, whatever happened.
+//! - Workspaces, one sandbox kept across calls: [`Pyro::workspace_create`] with a
+//!   [`CreateWorkspace`], then `workspace_exec`, `workspace_file_*`, `workspace_diff`,
+//!   `workspace_patch_apply`, snapshots, `workspace_reset` and `workspace_delete`.
+//! - Errors are one [`Error`] enum with a stable [`Error::kind`] and an [`Error::hint`].
+//! - Sandboxes need an isolation level this host can give ([`Pyro::levels`]); today that is
+//!   `container` (root and runc). Nothing falls back silently to a weaker level.
+//!
+//! Runnable examples: `examples/one_shot.rs` and `examples/workspace_session.rs` in the
+//! repository (`cargo run --example one_shot`).
 //!
 //! ```no_run
 //! # async fn demo() -> pyro::Result<()> {
@@ -15,10 +32,30 @@
 //! println!("{} (exit {})", result.stdout.trim(), result.exit_code);
 //! # Ok(()) }
 //! ```
+//!
+//! A workspace session, blocking:
+//!
+//! ```no_run
+//! use pyro::{blocking::Pyro, Config, CreateWorkspace, ExecOptions, Isolation};
+//!
+//! # fn main() -> pyro::Result<()> {
+//! let pyro = Pyro::open(Config::from_env())?;
+//! let mut req = CreateWorkspace::new("debian:12");
+//! req.isolation = Some(Isolation::Container);
+//! let ws = pyro.workspace_create(&req)?;
+//! pyro.workspace_file_write(&ws.workspace_id, "notes.md", b"# notes\n")?;
+//! let argv = ["cat".to_string(), "notes.md".to_string()];
+//! let out = pyro.workspace_exec(&ws.workspace_id, &argv, &ExecOptions::default())?;
+//! assert_eq!(out.stdout, "# notes\n");
+//! println!("{}", pyro.workspace_diff(&ws.workspace_id)?.patch);
+//! pyro.workspace_delete(&ws.workspace_id)?;
+//! # Ok(()) }
+//! ```
 
 pub mod agent_client;
 pub mod backend;
 pub mod bench;
+pub mod blocking;
 pub mod doctor;
 pub mod env;
 pub mod error;
@@ -28,6 +65,7 @@ pub mod procinfo;
 pub mod run;
 pub mod sandbox;
 pub mod store;
+pub mod vm;
 pub mod workspace;
 
 pub use agent_client::{OutputSink, OutputStream};
@@ -35,3 +73,6 @@ pub use backend::Isolation;
 pub use error::{Error, Result};
 pub use facade::{Config, GcReport, Pyro};
 pub use run::{Observer, Quiet, RunRequest, RunResult};
+pub use sandbox::ExecOptions;
+pub use vm::{CreateVm, VmDeleteResult, VmInfo, VmReapReport};
+pub use workspace::{CreateWorkspace, Seed, UpdateWorkspace, WorkspaceExecResult, WorkspaceInfo};

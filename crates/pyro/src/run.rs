@@ -11,7 +11,8 @@ use crate::agent_client::OutputSink;
 use crate::backend::{CleanupReport, Isolation, LimitsReport, Resources};
 use crate::error::{Error, Result};
 use crate::facade::Pyro;
-use crate::sandbox::{ExecOptions, Sandbox};
+use crate::sandbox::{new_id, ExecOptions, Sandbox};
+use crate::store::SandboxKind;
 
 /// Receives progress from long operations; front doors render it (phase lines, progress bars).
 pub trait Observer: Send + Sync {
@@ -21,6 +22,9 @@ pub trait Observer: Send + Sync {
     fn build(&self, _environment: &str, _message: &str) {}
     /// Progress of pulling an image that was not in the cache.
     fn transfer(&self, _environment: &str, _event: &crate::env::Transfer) {}
+    /// A sandbox with this id is about to be recorded. A front door that may drop the call
+    /// midway keeps it, and removes that sandbox with [`Pyro::cleanup_sandbox`] afterwards.
+    fn sandbox(&self, _id: &str) {}
 }
 
 /// An observer that ignores everything.
@@ -255,12 +259,16 @@ impl Pyro {
             mem_mib: req.mem_mib,
             pids: limits::DEFAULT_PIDS,
         };
-        let mut sb = Sandbox::create(
+        let id = new_id();
+        observer.sandbox(&id);
+        let mut sb = Sandbox::create_kind(
             self.inner.clone(),
             backend.clone(),
             &env,
             &rootfs,
             resources,
+            SandboxKind::Run,
+            id,
         )
         .await?;
         let create_ms = t0.elapsed().as_millis() as u64 - sb.boot_ms;

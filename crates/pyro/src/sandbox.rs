@@ -120,6 +120,18 @@ pub struct ExecOptions {
     pub max_output_bytes: u64,
 }
 
+impl Default for ExecOptions {
+    /// 30 seconds, no extra variables, `/workspace`, 1 MiB per stream: what `pyro run` uses.
+    fn default() -> ExecOptions {
+        ExecOptions {
+            timeout: Duration::from_secs(30),
+            env: BTreeMap::new(),
+            cwd: None,
+            max_output_bytes: pyro_protocol::DEFAULT_OUTPUT_CAP,
+        }
+    }
+}
+
 impl Sandbox {
     /// Creates and starts a one-shot sandbox owned by this process, waiting until its agent
     /// answers. The record is written before anything else exists, and on any failure

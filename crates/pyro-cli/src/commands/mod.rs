@@ -4,6 +4,7 @@ mod bench;
 mod doctor;
 mod env;
 mod gc;
+mod mcp;
 mod run;
 mod workspace;
 
@@ -21,6 +22,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Gc(o) => gc::gc(&pyro, o).await,
         Command::Bench(a) => bench::bench(&pyro, a).await,
         Command::Workspace(c) => workspace::workspace(&pyro, c).await,
+        Command::Mcp(c) => mcp::mcp(pyro, c).await,
     }
 }
 

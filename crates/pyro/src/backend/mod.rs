@@ -13,7 +13,7 @@ use crate::procinfo::ProcessId;
 use crate::store::SandboxRecord;
 
 /// How strongly a sandbox is isolated from the host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Isolation {
     /// A hardware-virtualized microVM (Firecracker, or QEMU with KVM).

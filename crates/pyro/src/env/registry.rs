@@ -447,7 +447,7 @@ async fn download_blob(
     reference: &Reference,
     desc: &Descriptor,
     dest: &Path,
-    on_bytes: &mut dyn FnMut(u64),
+    on_bytes: &mut (dyn FnMut(u64) + Send),
 ) -> Result<()> {
     let digest = desc.digest.as_str();
     let mut stream = client

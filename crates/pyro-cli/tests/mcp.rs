@@ -1,0 +1,230 @@
+//! `pyro mcp serve` driven by the official MCP Python SDK (`mcp` on PyPI), a client pyro did
+//! not write, over stdio and streamable HTTP. The client lives in `mcp_client/client.py`; each
+//! scenario asserts as it goes. The tests need a Python with `mcp` installed, named by
+//! `$PYRO_TEST_PYTHON` (scripts/test makes one); without it they say why they skip, and fail
+//! instead under PYRO_TEST_CONTAINER=1, as in CI. Scenarios that start sandboxes also need
+//! root and runc.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod util;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use util::{container_tests_enabled, stderr, stdout, TestPyro};
+
+/// The Python that has the MCP SDK, if the tests can run.
+fn python(test: &str) -> Option<PathBuf> {
+    let why = match std::env::var_os("PYRO_TEST_PYTHON") {
+        Some(p) if PathBuf::from(&p).exists() => return Some(PathBuf::from(p)),
+        Some(p) => format!(
+            "PYRO_TEST_PYTHON={} does not exist",
+            PathBuf::from(p).display()
+        ),
+        None => "PYRO_TEST_PYTHON is not set (scripts/test sets it up)".to_string(),
+    };
+    if std::env::var("PYRO_TEST_CONTAINER").as_deref() == Ok("1") {
+        panic!("{test}: MCP client tests are required (PYRO_TEST_CONTAINER=1) but {why}");
+    }
+    eprintln!("SKIPPED {test}: {why}");
+    None
+}
+
+/// Runs one client scenario against the `pyro` under test, in `p`'s directory (the server's
+/// allowed root), and fails with the client's output if it fails.
+fn scenario(p: &TestPyro, python: &PathBuf, name: &str, transport: &str, extra: &[&str]) {
+    let client = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/mcp_client/client.py");
+    let mut c = Command::new(python);
+    c.arg(&client)
+        .args([name, transport, "--pyro", env!("CARGO_BIN_EXE_pyro")])
+        .args(extra)
+        .current_dir(p.dir.path())
+        .env("PYRO_HOME", &p.home)
+        .env("PYRO_CACHE_DIR", util::shared_cache())
+        .env_remove("PYRO_ISOLATION")
+        .env_remove("PYRO_MCP_TOKEN");
+    if let Some(a) = util::agent() {
+        c.env("PYRO_AGENT", a);
+    }
+    let out = c.output().expect("spawn the python client");
+    assert!(
+        out.status.success(),
+        "client scenario {name} over {transport} failed\nstdout:\n{}\nstderr:\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+}
+
+/// Waits until no sandbox of `p` is left, or fails naming what is.
+fn assert_no_leftovers(p: &TestPyro) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = p.leftovers();
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "left behind: {left:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+macro_rules! mcp_test {
+    ($name:ident, $scenario:literal, $transport:literal, containers = $containers:literal) => {
+        #[test]
+        fn $name() {
+            let Some(py) = python(stringify!($name)) else {
+                return;
+            };
+            if $containers && !container_tests_enabled(stringify!($name)) {
+                return;
+            }
+            let p = TestPyro::new();
+            scenario(&p, &py, $scenario, $transport, &[]);
+            assert_no_leftovers(&p);
+        }
+    };
+}
+
+mcp_test!(
+    profiles_list_their_tools_over_stdio,
+    "profiles",
+    "stdio",
+    containers = false
+);
+mcp_test!(
+    profiles_list_their_tools_over_http,
+    "profiles",
+    "http",
+    containers = false
+);
+mcp_test!(
+    bad_input_is_a_clean_tool_error_over_stdio,
+    "errors",
+    "stdio",
+    containers = false
+);
+mcp_test!(
+    bad_input_is_a_clean_tool_error_over_http,
+    "errors",
+    "http",
+    containers = false
+);
+mcp_test!(
+    http_needs_the_bearer_token_when_one_is_set,
+    "auth",
+    "http",
+    containers = false
+);
+mcp_test!(
+    vm_run_and_a_workspace_story_over_stdio,
+    "story",
+    "stdio",
+    containers = true
+);
+mcp_test!(
+    the_vm_lifecycle_over_stdio,
+    "vm",
+    "stdio",
+    containers = true
+);
+mcp_test!(the_vm_lifecycle_over_http, "vm", "http", containers = true);
+mcp_test!(
+    a_killed_servers_vms_are_reaped_by_the_next_pyro,
+    "killed",
+    "http",
+    containers = true
+);
+mcp_test!(
+    vm_run_and_a_workspace_story_over_http,
+    "story",
+    "http",
+    containers = true
+);
+mcp_test!(
+    a_client_gone_mid_run_leaves_no_sandbox_over_stdio,
+    "disconnect",
+    "stdio",
+    containers = true
+);
+mcp_test!(
+    a_client_gone_mid_run_leaves_no_sandbox_over_http,
+    "disconnect",
+    "http",
+    containers = true
+);
+
+#[test]
+fn http_on_a_public_address_is_refused_without_a_token() {
+    let p = TestPyro::new();
+    let out = p
+        .cmd(&["mcp", "serve", "--http", "0.0.0.0:0"])
+        .env_remove("PYRO_MCP_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("without a bearer token"),
+        "stderr: {}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn an_unknown_profile_is_refused() {
+    let p = TestPyro::new();
+    let out = p.run(&["mcp", "serve", "--profile", "everything"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("unknown MCP profile"),
+        "stderr: {}",
+        stderr(&out)
+    );
+}
+
+/// The README's snippets for registering the server in Claude Code, Codex and OpenCode parse
+/// as the JSON or TOML those clients read, and start `pyro mcp serve`.
+#[test]
+fn readme_client_snippets_parse() {
+    let readme =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+            .unwrap();
+    let section = readme
+        .split("\n## MCP")
+        .nth(1)
+        .expect("README has an `## MCP` section");
+    let section = section.split("\n## ").next().unwrap();
+    let blocks = |lang: &str| -> Vec<String> {
+        section
+            .split(&format!("```{lang}\n"))
+            .skip(1)
+            .map(|b| b.split("\n```").next().unwrap().to_string())
+            .collect()
+    };
+    let json = blocks("json");
+    let toml_blocks = blocks("toml");
+    assert_eq!(json.len(), 2, "two JSON snippets (Claude Code, OpenCode)");
+    assert_eq!(toml_blocks.len(), 1, "one TOML snippet (Codex)");
+
+    let claude: serde_json::Value = serde_json::from_str(&json[0]).expect("Claude Code JSON");
+    let server = &claude["mcpServers"]["pyro"];
+    assert_eq!(server["command"], "pyro");
+    assert_eq!(server["args"][0], "mcp");
+    assert_eq!(server["args"][1], "serve");
+
+    let opencode: serde_json::Value = serde_json::from_str(&json[1]).expect("OpenCode JSON");
+    let server = &opencode["mcp"]["pyro"];
+    assert_eq!(server["type"], "local");
+    assert_eq!(server["command"][0], "pyro");
+    assert_eq!(server["command"][1], "mcp");
+    assert_eq!(server["enabled"], true);
+
+    let codex: toml::Value = toml::from_str(&toml_blocks[0]).expect("Codex TOML");
+    let server = &codex["mcp_servers"]["pyro"];
+    assert_eq!(server["command"].as_str(), Some("pyro"));
+    assert_eq!(server["args"][0].as_str(), Some("mcp"));
+
+    // The CLI line for Claude Code names the same command.
+    assert!(section.contains("claude mcp add pyro -- pyro mcp serve"));
+}

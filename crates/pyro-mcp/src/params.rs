@@ -1,0 +1,345 @@
+//! Tool parameters: what each tool accepts, with defaults and limits. The JSON schemas clients
+//! see are generated from these types (schemars), and the doc comments become the parameter
+//! descriptions, so they are written for the model that fills them in.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// Most output an MCP call returns per stream, and most bytes one file read returns: a tool
+/// result goes into a model's context, where a megabyte is already a lot.
+pub const MAX_OUTPUT_BYTES: u64 = 1 << 20;
+/// Output returned per stream unless the call asks for more.
+pub const DEFAULT_OUTPUT_BYTES: u64 = 64 << 10;
+
+pub(crate) fn default_vcpus() -> u32 {
+    1
+}
+pub(crate) fn default_mem_mib() -> u64 {
+    1024
+}
+pub(crate) fn default_timeout() -> u64 {
+    30
+}
+pub(crate) fn default_output() -> u64 {
+    DEFAULT_OUTPUT_BYTES
+}
+pub(crate) fn default_workspace_path() -> String {
+    pyro::workspace::WORKSPACE_PATH.into()
+}
+pub(crate) fn default_snapshot() -> String {
+    "baseline".into()
+}
+
+/// `vm_run`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmRunParams {
+    /// Environment to run in, e.g. `debian:12` (`debian:12-base`, `debian:12-build` also exist).
+    pub environment: String,
+    /// Shell command line, run by `sh -c` in `/workspace`, e.g. `git --version && ls`.
+    #[schemars(length(min = 1))]
+    pub command: String,
+    /// Isolation level: `microvm`, `vm-emulated` or `container`. Default: the server's
+    /// `PYRO_ISOLATION`, else `microvm`.
+    #[serde(default)]
+    pub isolation: Option<String>,
+    /// Virtual CPUs.
+    #[serde(default = "default_vcpus")]
+    #[schemars(range(min = 1, max = 64))]
+    pub vcpu_count: u32,
+    /// Memory in MiB.
+    #[serde(default = "default_mem_mib")]
+    #[schemars(range(min = 64, max = 262144))]
+    pub mem_mib: u64,
+    /// Seconds before the command's whole process group is killed (exit code 124).
+    #[serde(default = "default_timeout")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub timeout_seconds: u64,
+    /// Extra environment variables for the command.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Most bytes of stdout, and of stderr, to return; the rest is dropped and `truncated` is
+    /// set. Raise it, or write output to a file and read it in pieces, to see more.
+    #[serde(default = "default_output")]
+    #[schemars(range(min = 0, max = 1048576))]
+    pub max_output_bytes: u64,
+}
+
+/// Tools that take nothing.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
+
+/// `workspace_create`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceCreateParams {
+    /// Environment, e.g. `debian:12`.
+    pub environment: String,
+    /// Optional unique name, usable wherever a workspace_id is asked for.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Labels (`{"key": "value"}`), for finding workspaces with workspace_list.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Host directory or tar archive (`.tar`, `.tar.gz`, `.tgz`) copied into `/workspace`.
+    /// Must lie under the server's allowed roots; relative paths start at the first root.
+    #[serde(default)]
+    pub seed_path: Option<String>,
+    /// Lifetime in seconds from creation; the workspace is stopped when it passes. Default: none.
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub ttl_seconds: Option<u64>,
+    /// Lifetime in seconds since the last call that used it (instead of ttl_seconds).
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub idle_ttl_seconds: Option<u64>,
+    /// Virtual CPUs.
+    #[serde(default = "default_vcpus")]
+    #[schemars(range(min = 1, max = 64))]
+    pub vcpu_count: u32,
+    /// Memory in MiB.
+    #[serde(default = "default_mem_mib")]
+    #[schemars(range(min = 64, max = 262144))]
+    pub mem_mib: u64,
+    /// Isolation level: `microvm`, `vm-emulated` or `container`. Default: the server's
+    /// `PYRO_ISOLATION`, else `microvm`.
+    #[serde(default)]
+    pub isolation: Option<String>,
+}
+
+/// `workspace_list`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceListParams {
+    /// Only workspaces carrying all these labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Only workspaces in this state: `running`, `stopped`, `creating`, `resetting` or `broken`.
+    #[serde(default)]
+    pub state: Option<String>,
+}
+
+/// Tools that take only a workspace.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceIdParams {
+    /// Workspace id (12 hex characters) or name.
+    pub workspace_id: String,
+}
+
+/// `workspace_update`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceUpdateParams {
+    /// Workspace id or name.
+    pub workspace_id: String,
+    /// New name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Remove the name.
+    #[serde(default)]
+    pub clear_name: bool,
+    /// Labels to set.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Label keys to remove.
+    #[serde(default)]
+    pub clear_labels: Vec<String>,
+    /// New lifetime in seconds from creation (replaces any idle TTL).
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub ttl_seconds: Option<u64>,
+    /// New idle lifetime in seconds (replaces any absolute TTL).
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub idle_ttl_seconds: Option<u64>,
+    /// Remove both lifetimes: the workspace lives until deleted.
+    #[serde(default)]
+    pub clear_ttl: bool,
+}
+
+/// `workspace_exec`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceExecParams {
+    /// Workspace id or name.
+    pub workspace_id: String,
+    /// Shell command line, run by `sh -c`, e.g. `make test 2>&1 | tail -50`.
+    #[schemars(length(min = 1))]
+    pub command: String,
+    /// Seconds before the command's whole process group is killed (exit code 124).
+    #[serde(default = "default_timeout")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub timeout_seconds: u64,
+    /// Working directory inside `/workspace`. Default `/workspace`.
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Extra environment variables for the command.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Most bytes of stdout, and of stderr, to return; the rest is dropped and `truncated` is
+    /// set. To see more, raise it or redirect to a file and use workspace_file_read.
+    #[serde(default = "default_output")]
+    #[schemars(range(min = 0, max = 1048576))]
+    pub max_output_bytes: u64,
+}
+
+/// `workspace_sync_push`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceSyncPushParams {
+    /// Workspace id or name.
+    pub workspace_id: String,
+    /// Host directory or tar archive to copy in; must lie under the server's allowed roots.
+    pub source_path: String,
+    /// Destination directory inside the workspace.
+    #[serde(default = "default_workspace_path")]
+    pub dest: String,
+}
+
+/// `workspace_export`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceExportParams {
+    /// Workspace id or name.
+    pub workspace_id: String,
+    /// Path inside `/workspace` to copy out (a file or a directory).
+    pub path: String,
+    /// Host path to write; must lie under the server's allowed roots. A name ending in `.tar`
+    /// gets a tar archive.
+    pub output_path: String,
+    /// Replace output_path if it exists.
+    #[serde(default)]
+    pub overwrite: bool,
+}
+
+/// `workspace_file_list`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceFileListParams {
+    /// Workspace id or name.
+    pub workspace_id: String,
+    /// Directory inside `/workspace`.
+    #[serde(default = "default_workspace_path")]
+    pub path: String,
+    /// List subdirectories too.
+    #[serde(default)]
+    pub recursive: bool,
+}
+
+/// `workspace_file_read`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceFileReadParams {
+    /// Workspace id or name.
+    pub workspace_id: String,
+    /// File inside `/workspace` (absolute, or relative to `/workspace`).
+    pub path: String,
+    /// Most bytes to return from the start of the file; `truncated` says when there is more.
+    #[serde(default = "default_output")]
+    #[schemars(range(min = 0, max = 1048576))]
+    pub max_bytes: u64,
+}
+
+/// `workspace_file_write`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceFileWriteParams {
+    /// Workspace id or name.
+    pub workspace_id: String,
+    /// File inside `/workspace`; parent directories are created; the write is atomic.
+    pub path: String,
+    /// The file's complete new content.
+    pub text: String,
+}
+
+/// `workspace_patch_apply`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspacePatchApplyParams {
+    /// Workspace id or name.
+    pub workspace_id: String,
+    /// A unified diff (`git diff` output, paths relative to `/workspace`). Applied all or
+    /// nothing: if any hunk does not apply, no file changes.
+    pub patch: String,
+}
+
+/// `workspace_reset`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceResetParams {
+    /// Workspace id or name.
+    pub workspace_id: String,
+    /// Snapshot to restore: `baseline` (the files at creation) or a name from snapshot_create.
+    #[serde(default = "default_snapshot")]
+    pub snapshot: String,
+}
+
+/// `snapshot_create` and `snapshot_delete`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotParams {
+    /// Workspace id or name.
+    pub workspace_id: String,
+    /// Snapshot name.
+    pub snapshot_name: String,
+}
+
+pub(crate) fn default_vm_ttl() -> u64 {
+    600
+}
+
+/// `vm_create`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmCreateParams {
+    /// Environment, e.g. `debian:12`.
+    pub environment: String,
+    /// Virtual CPUs.
+    #[serde(default = "default_vcpus")]
+    #[schemars(range(min = 1, max = 64))]
+    pub vcpu_count: u32,
+    /// Memory in MiB.
+    #[serde(default = "default_mem_mib")]
+    #[schemars(range(min = 64, max = 262144))]
+    pub mem_mib: u64,
+    /// Seconds until vm_reap_expired (and the server's background sweep) deletes it.
+    #[serde(default = "default_vm_ttl")]
+    #[schemars(range(min = 60, max = 3600))]
+    pub ttl_seconds: u64,
+    /// Isolation level: `microvm`, `vm-emulated` or `container`. Default: the server's
+    /// `PYRO_ISOLATION`, else `microvm`.
+    #[serde(default)]
+    pub isolation: Option<String>,
+}
+
+/// Tools that take only a VM.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmIdParams {
+    /// VM id (12 hex characters) from vm_create.
+    pub vm_id: String,
+}
+
+/// `vm_exec`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmExecParams {
+    /// VM id from vm_create (started with vm_start).
+    pub vm_id: String,
+    /// Shell command line, run by `sh -c` in `/workspace`.
+    #[schemars(length(min = 1))]
+    pub command: String,
+    /// Seconds before the command's whole process group is killed (exit code 124).
+    #[serde(default = "default_timeout")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub timeout_seconds: u64,
+    /// Most bytes of stdout, and of stderr, to return; the rest is dropped and `truncated` is
+    /// set.
+    #[serde(default = "default_output")]
+    #[schemars(range(min = 0, max = 1048576))]
+    pub max_output_bytes: u64,
+}

@@ -1,0 +1,848 @@
+//! The tools: one method per MCP tool, each mapping its parameters to a facade request, calling
+//! [`pyro::Pyro`], and rendering the result. No sandbox or workspace logic lives here.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::tool::ToolCallContext;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, ServerCapabilities,
+    ServerConfig,
+};
+use rmcp::service::RequestContext;
+use rmcp::{tool, tool_handler, tool_router, ErrorData, RoleServer, ServerHandler};
+use tokio_util::sync::CancellationToken;
+
+use crate::params::*;
+use crate::profile::Profile;
+use crate::render::{counted, exec_summary, outcome, ToolError};
+use crate::roots::AllowedRoots;
+
+/// Counts calls in progress, so shutdown can wait for them to clean up after themselves.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct InFlight {
+    count: Arc<AtomicUsize>,
+    done: Arc<tokio::sync::Notify>,
+}
+
+/// One call in progress; dropping it ends the call.
+pub(crate) struct CallGuard(InFlight);
+
+impl InFlight {
+    fn enter(&self) -> CallGuard {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        CallGuard(self.clone())
+    }
+
+    /// Waits until no call is in progress, or `limit` has passed.
+    pub(crate) async fn drained(&self, limit: Duration) {
+        let wait = async {
+            loop {
+                let notified = self.done.notified();
+                if self.count.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, wait).await;
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.done.notify_waiters();
+        }
+    }
+}
+
+/// Remembers the sandbox a run announces, so an interrupted run can remove exactly that one.
+#[derive(Default)]
+struct SandboxId(Mutex<Option<String>>);
+
+impl pyro::Observer for SandboxId {
+    fn sandbox(&self, id: &str) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(id.to_string());
+        }
+    }
+}
+
+impl SandboxId {
+    fn get(&self) -> Option<String> {
+        self.0.lock().ok().and_then(|s| s.clone())
+    }
+}
+
+/// The MCP server: the facade, the profile's tools and the allowed host roots.
+#[derive(Clone)]
+pub struct PyroTools {
+    pyro: pyro::Pyro,
+    roots: Arc<AllowedRoots>,
+    profile: Profile,
+    in_flight: InFlight,
+    /// Fires when the whole connection is gone (stdin closed); per-request cancellation
+    /// only fires later, after rmcp's drain period.
+    closed: CancellationToken,
+    tool_router: ToolRouter<PyroTools>,
+}
+
+fn isolation(s: Option<&str>) -> Result<Option<pyro::Isolation>, ToolError> {
+    s.map(str::parse).transpose().map_err(ToolError::from)
+}
+
+fn shell(command: &str) -> Result<Vec<String>, ToolError> {
+    if command.trim().is_empty() {
+        return Err(ToolError::invalid("command is empty", None));
+    }
+    Ok(vec!["sh".into(), "-c".into(), command.into()])
+}
+
+fn output_cap(n: u64, name: &str) -> Result<u64, ToolError> {
+    if n > MAX_OUTPUT_BYTES {
+        return Err(ToolError::invalid(
+            format!("{name} may not exceed {MAX_OUTPUT_BYTES} bytes over MCP"),
+            Some("to see more, write the output to a file in /workspace and read it in pieces with workspace_exec (`sed -n`, `tail -c +N | head -c M`)"),
+        ));
+    }
+    Ok(n)
+}
+
+fn ttl(s: Option<u64>) -> Option<Duration> {
+    s.map(Duration::from_secs)
+}
+
+fn interrupted() -> ToolError {
+    ToolError {
+        kind: "interrupted".into(),
+        message: "the call was cancelled; its sandbox was removed".into(),
+        hint: None,
+    }
+}
+
+/// Resolves when either token is cancelled.
+async fn either(a: &CancellationToken, b: &CancellationToken) {
+    tokio::select! {
+        () = a.cancelled() => {}
+        () = b.cancelled() => {}
+    }
+}
+
+type ToolResult = Result<CallToolResult, ErrorData>;
+
+#[tool_router]
+impl PyroTools {
+    /// A server offering `profile`'s tools over `pyro`, with host paths confined to `roots`.
+    pub fn new(pyro: pyro::Pyro, profile: Profile, roots: AllowedRoots) -> PyroTools {
+        let mut tool_router = Self::tool_router();
+        let keep = profile.tools();
+        for t in tool_router.list_all() {
+            if !keep.contains(&t.name.as_ref()) {
+                tool_router.remove_route(&t.name);
+            }
+        }
+        PyroTools {
+            pyro,
+            roots: Arc::new(roots),
+            profile,
+            in_flight: InFlight::default(),
+            closed: CancellationToken::new(),
+            tool_router,
+        }
+    }
+
+    /// The same server, treating `closed` as every call's cancellation too.
+    pub(crate) fn with_closed(mut self, closed: CancellationToken) -> PyroTools {
+        self.closed = closed;
+        self
+    }
+
+    /// The names of the tools this server offers.
+    pub fn tool_names(&self) -> Vec<String> {
+        self.tool_router
+            .list_all()
+            .into_iter()
+            .map(|t| t.name.to_string())
+            .collect()
+    }
+
+    pub(crate) fn in_flight(&self) -> InFlight {
+        self.in_flight.clone()
+    }
+
+    #[tool(
+        description = "Run one shell command in a fresh, isolated Linux sandbox built from an environment (e.g. debian:12), then delete the sandbox. Nothing persists between calls; use workspace_create for multi-step work. Returns exit_code, stdout, stderr (capped at max_output_bytes per stream, with truncated set), timed_out and timings. A non-zero exit code is a normal result, not a tool error.",
+        annotations(destructive_hint = false, open_world_hint = false)
+    )]
+    async fn vm_run(
+        &self,
+        Parameters(p): Parameters<VmRunParams>,
+        ct: CancellationToken,
+    ) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let cap = p.max_output_bytes;
+        let prepared = (|| {
+            let mut req = pyro::RunRequest::new(p.environment.clone(), shell(&p.command)?);
+            req.isolation = isolation(p.isolation.as_deref())?;
+            req.vcpus = p.vcpu_count;
+            req.mem_mib = p.mem_mib;
+            req.timeout = Duration::from_secs(p.timeout_seconds);
+            req.env = p.env.clone();
+            req.max_output_bytes = output_cap(p.max_output_bytes, "max_output_bytes")?;
+            Ok::<_, ToolError>(req)
+        })();
+        let req = match prepared {
+            Ok(r) => r,
+            Err(e) => return Ok(e.into_result()),
+        };
+        let ids = Arc::new(SandboxId::default());
+        let r = tokio::select! {
+            r = self.pyro.run(&req, ids.clone(), None) => r.map_err(ToolError::from),
+            () = either(&ct, &self.closed) => {
+                // The client went away or cancelled: the run future is dropped here, so remove
+                // its sandbox now rather than leave it until the server exits.
+                if let Some(id) = ids.get() {
+                    if let Err(e) = self.pyro.cleanup_sandbox(&id).await {
+                        tracing::warn!("cleaning up interrupted run {id}: {e}");
+                    }
+                }
+                Err(interrupted())
+            }
+        };
+        Ok(outcome(r, |r| {
+            exec_summary(&r.command, r.exit_code, r.timed_out, r.truncated, cap)
+        }))
+    }
+
+    #[tool(
+        description = "List the environments sandboxes can be built from, with whether each is built (installed) on this host.",
+        annotations(read_only_hint = true)
+    )]
+    async fn vm_list_environments(&self, Parameters(_): Parameters<NoParams>) -> ToolResult {
+        let _call = self.in_flight.enter();
+        Ok(outcome(
+            self.pyro
+                .env_list()
+                .map(|l| serde_json::json!({ "environments": l }))
+                .map_err(ToolError::from),
+            |v| {
+                let n = v["environments"].as_array().map_or(0, Vec::len);
+                format!("{n} environments")
+            },
+        ))
+    }
+
+    #[tool(
+        description = "Low-level one-shot lifecycle, step 1: record a VM (state created; nothing runs yet). Then vm_start, then vm_exec (which runs one command and deletes the VM). VMs belong to this server process and are deleted after ttl_seconds. For a plain one-off command, vm_run does all steps in one call."
+    )]
+    async fn vm_create(&self, Parameters(p): Parameters<VmCreateParams>) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = async {
+            let mut req = pyro::CreateVm::new(p.environment);
+            req.vcpus = p.vcpu_count;
+            req.mem_mib = p.mem_mib;
+            req.ttl = Duration::from_secs(p.ttl_seconds);
+            req.isolation = isolation(p.isolation.as_deref())?;
+            Ok(self.pyro.vm_create(&req).await?)
+        }
+        .await;
+        Ok(outcome(r, |v| format!("vm {} is {}", v.vm_id, v.state)))
+    }
+
+    #[tool(
+        description = "Start a created (or stopped) VM: boots a fresh sandbox and waits until it answers."
+    )]
+    async fn vm_start(&self, Parameters(p): Parameters<VmIdParams>) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = self.pyro.vm_start(&p.vm_id).await.map_err(ToolError::from);
+        Ok(outcome(r, |v| format!("vm {} is {}", v.vm_id, v.state)))
+    }
+
+    #[tool(
+        description = "Run one shell command in a started VM, then delete the VM (VMs are one-shot). Returns the same result as vm_run: exit_code, stdout, stderr (capped at max_output_bytes), timed_out, cleanup."
+    )]
+    async fn vm_exec(
+        &self,
+        Parameters(p): Parameters<VmExecParams>,
+        ct: CancellationToken,
+    ) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let cap = p.max_output_bytes;
+        let r = async {
+            let argv = shell(&p.command)?;
+            let opts = pyro::ExecOptions {
+                timeout: Duration::from_secs(p.timeout_seconds),
+                max_output_bytes: output_cap(p.max_output_bytes, "max_output_bytes")?,
+                ..pyro::ExecOptions::default()
+            };
+            tokio::select! {
+                r = self.pyro.vm_exec(&p.vm_id, &argv, &opts) => Ok(r?),
+                () = either(&ct, &self.closed) => {
+                    // The exec owned the VM's sandbox and was dropped: remove it now.
+                    if let Err(e) = self.pyro.cleanup_sandbox(&p.vm_id).await {
+                        tracing::warn!("cleaning up interrupted vm {}: {e}", p.vm_id);
+                    }
+                    Err(interrupted())
+                }
+            }
+        }
+        .await;
+        Ok(outcome(r, |r| {
+            exec_summary(&r.command, r.exit_code, r.timed_out, r.truncated, cap)
+        }))
+    }
+
+    #[tool(
+        description = "Stop a started VM: its sandbox is destroyed; vm_start boots a fresh one."
+    )]
+    async fn vm_stop(&self, Parameters(p): Parameters<VmIdParams>) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = self.pyro.vm_stop(&p.vm_id).await.map_err(ToolError::from);
+        Ok(outcome(r, |v| format!("vm {} is {}", v.vm_id, v.state)))
+    }
+
+    #[tool(
+        description = "Delete a VM of this server: its sandbox (if started) and its record.",
+        annotations(destructive_hint = true)
+    )]
+    async fn vm_delete(&self, Parameters(p): Parameters<VmIdParams>) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = self.pyro.vm_delete(&p.vm_id).await.map_err(ToolError::from);
+        Ok(outcome(r, |d| {
+            format!("vm {} deleted: {}", d.vm_id, d.deleted)
+        }))
+    }
+
+    #[tool(
+        description = "Show one VM: state (created, started, stopped), environment, limits and expiry.",
+        annotations(read_only_hint = true)
+    )]
+    async fn vm_status(&self, Parameters(p): Parameters<VmIdParams>) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = self.pyro.vm_status(&p.vm_id).map_err(ToolError::from);
+        Ok(outcome(r, |v| format!("vm {} is {}", v.vm_id, v.state)))
+    }
+
+    #[tool(
+        description = "Delete every VM of this server whose ttl has passed, and VMs left by pyro processes that died. Returns the deleted ids."
+    )]
+    async fn vm_reap_expired(&self, Parameters(_): Parameters<NoParams>) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = self.pyro.vm_reap_expired().await.map_err(ToolError::from);
+        Ok(outcome(r, |r| format!("{} VMs deleted", r.count)))
+    }
+
+    #[tool(
+        description = "Create a persistent workspace: an isolated Linux sandbox that stays alive across calls, with /workspace holding the optional seed (a host directory or tar archive under the server's allowed roots). Returns the workspace, including workspace_id for the other workspace_* tools. A baseline snapshot is taken for workspace_diff and workspace_reset. Delete it with workspace_delete when done, or give it a ttl_seconds/idle_ttl_seconds."
+    )]
+    async fn workspace_create(
+        &self,
+        Parameters(p): Parameters<WorkspaceCreateParams>,
+    ) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = async {
+            let mut req = pyro::CreateWorkspace::new(p.environment);
+            req.name = p.name;
+            req.labels = p.labels;
+            if let Some(s) = &p.seed_path {
+                let path = self.roots.check_existing(s)?;
+                req.seed = Some(pyro::Seed::from_path(&path)?);
+            }
+            if p.ttl_seconds.is_some() && p.idle_ttl_seconds.is_some() {
+                return Err(ToolError::invalid(
+                    "give ttl_seconds or idle_ttl_seconds, not both",
+                    None,
+                ));
+            }
+            req.ttl = ttl(p.ttl_seconds);
+            req.idle_ttl = ttl(p.idle_ttl_seconds);
+            req.vcpus = p.vcpu_count;
+            req.mem_mib = p.mem_mib;
+            req.isolation = isolation(p.isolation.as_deref())?;
+            // Not cancellable on purpose: an abandoned create finishes and is listed, rather
+            // than leaving a half-made workspace behind.
+            Ok(self
+                .pyro
+                .workspace_create(&req, Arc::new(pyro::Quiet))
+                .await?)
+        }
+        .await;
+        Ok(outcome(r, |w| {
+            format!(
+                "created workspace {} ({}, {})",
+                w.workspace_id, w.environment, w.state
+            )
+        }))
+    }
+
+    #[tool(
+        description = "List workspaces (optionally only those with all the given labels, or in one state), with id, name, state, environment and activity.",
+        annotations(read_only_hint = true)
+    )]
+    async fn workspace_list(&self, Parameters(p): Parameters<WorkspaceListParams>) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = self
+            .pyro
+            .workspace_list(&p.labels, p.state.as_deref())
+            .map(|l| counted("workspaces", &l))
+            .map_err(ToolError::from);
+        Ok(outcome(r, |v| format!("{} workspaces", v["count"])))
+    }
+
+    #[tool(
+        description = "Change a workspace's name, labels or lifetime (ttl_seconds from creation, idle_ttl_seconds since last use, or clear_ttl to keep it until deleted)."
+    )]
+    async fn workspace_update(
+        &self,
+        Parameters(p): Parameters<WorkspaceUpdateParams>,
+    ) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = async {
+            let mut u = pyro::UpdateWorkspace::default();
+            if p.clear_name && p.name.is_some() {
+                return Err(ToolError::invalid(
+                    "give name or clear_name, not both",
+                    None,
+                ));
+            }
+            if p.clear_name {
+                u.name = Some(None);
+            } else if let Some(n) = p.name {
+                u.name = Some(Some(n));
+            }
+            u.set_labels = p.labels;
+            u.clear_labels = p.clear_labels;
+            match (p.ttl_seconds, p.idle_ttl_seconds, p.clear_ttl) {
+                (None, None, false) => {}
+                (Some(t), None, false) => u.ttl = Some(Some(Duration::from_secs(t))),
+                (None, Some(t), false) => u.idle_ttl = Some(Some(Duration::from_secs(t))),
+                (None, None, true) => {
+                    u.ttl = Some(None);
+                    u.idle_ttl = Some(None);
+                }
+                _ => {
+                    return Err(ToolError::invalid(
+                        "give at most one of ttl_seconds, idle_ttl_seconds and clear_ttl",
+                        None,
+                    ))
+                }
+            }
+            Ok(self.pyro.workspace_update(&p.workspace_id, &u).await?)
+        }
+        .await;
+        Ok(outcome(r, |w| {
+            format!("updated workspace {}", w.workspace_id)
+        }))
+    }
+
+    #[tool(
+        description = "Show one workspace: state (running, stopped, broken…), environment, lifetime, command and reset counts.",
+        annotations(read_only_hint = true)
+    )]
+    async fn workspace_status(&self, Parameters(p): Parameters<WorkspaceIdParams>) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = self
+            .pyro
+            .workspace_status(&p.workspace_id)
+            .map_err(ToolError::from);
+        Ok(outcome(r, |w| {
+            format!("workspace {} is {}", w.workspace_id, w.state)
+        }))
+    }
+
+    #[tool(
+        description = "Copy a host directory or tar archive (under the server's allowed roots) into the workspace at dest (default /workspace). Archives are checked entry by entry; nothing is unpacked if any entry is unsafe."
+    )]
+    async fn workspace_sync_push(
+        &self,
+        Parameters(p): Parameters<WorkspaceSyncPushParams>,
+    ) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = async {
+            let src = self.roots.check_existing(&p.source_path)?;
+            Ok(self
+                .pyro
+                .workspace_sync_push(&p.workspace_id, &src, Some(&p.dest))
+                .await?)
+        }
+        .await;
+        Ok(outcome(r, |s| {
+            format!(
+                "copied {} entries ({} bytes) to {}",
+                s.entry_count, s.bytes_written, s.destination
+            )
+        }))
+    }
+
+    #[tool(
+        description = "Run a shell command in a workspace (sh -c, in /workspace unless cwd is given); files and installed packages persist between calls, processes do not. Returns exit_code, stdout, stderr (capped at max_output_bytes per stream, with truncated set) and timed_out. A non-zero exit code is a normal result, not a tool error."
+    )]
+    async fn workspace_exec(
+        &self,
+        Parameters(p): Parameters<WorkspaceExecParams>,
+        ct: CancellationToken,
+    ) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let cap = p.max_output_bytes;
+        let r = async {
+            let argv = shell(&p.command)?;
+            let opts = pyro::ExecOptions {
+                timeout: Duration::from_secs(p.timeout_seconds),
+                env: p.env,
+                cwd: p.cwd,
+                max_output_bytes: output_cap(p.max_output_bytes, "max_output_bytes")?,
+            };
+            // Dropping the exec closes its agent connection, which kills the command.
+            tokio::select! {
+                r = self.pyro.workspace_exec(&p.workspace_id, &argv, &opts, None) => Ok(r?),
+                () = either(&ct, &self.closed) => Err(ToolError {
+                    kind: "interrupted".into(),
+                    message: "the call was cancelled; the command was killed".into(),
+                    hint: None,
+                }),
+            }
+        }
+        .await;
+        Ok(outcome(r, |r| {
+            exec_summary(&r.command, r.exit_code, r.timed_out, r.truncated, cap)
+        }))
+    }
+
+    #[tool(
+        description = "The workspace's command history: every workspace_exec with its exit code and timing (output is not recorded).",
+        annotations(read_only_hint = true)
+    )]
+    async fn workspace_logs(&self, Parameters(p): Parameters<WorkspaceIdParams>) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = self
+            .pyro
+            .workspace_logs(&p.workspace_id)
+            .map(|l| {
+                let mut v = counted("entries", &l);
+                v["workspace_id"] = p.workspace_id.clone().into();
+                v
+            })
+            .map_err(ToolError::from);
+        Ok(outcome(r, |v| format!("{} commands", v["count"])))
+    }
+
+    #[tool(
+        description = "List files in a workspace directory (default /workspace; recursive optional), with kind, size and mode.",
+        annotations(read_only_hint = true)
+    )]
+    async fn workspace_file_list(
+        &self,
+        Parameters(p): Parameters<WorkspaceFileListParams>,
+    ) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = self
+            .pyro
+            .workspace_file_list(&p.workspace_id, &p.path, p.recursive)
+            .await
+            .map_err(ToolError::from);
+        Ok(outcome(r, |l| {
+            let mut s = format!("{} entries in {}", l.entries.len(), l.path);
+            if l.truncated {
+                s.push_str(" (list truncated; list a subdirectory to see the rest)");
+            }
+            s
+        }))
+    }
+
+    #[tool(
+        description = "Read a file in the workspace (up to max_bytes from its start; truncated says when there is more). Non-UTF-8 content also comes as content_base64.",
+        annotations(read_only_hint = true)
+    )]
+    async fn workspace_file_read(
+        &self,
+        Parameters(p): Parameters<WorkspaceFileReadParams>,
+    ) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = async {
+            let max = output_cap(p.max_bytes, "max_bytes")?;
+            Ok(self
+                .pyro
+                .workspace_file_read(&p.workspace_id, &p.path, max)
+                .await?)
+        }
+        .await;
+        Ok(outcome(r, |f| {
+            let mut s = format!("{} ({} bytes)", f.path, f.size_bytes);
+            if f.truncated {
+                s.push_str(&format!(
+                    "; only the first {} bytes returned: call again with a larger max_bytes (at most {MAX_OUTPUT_BYTES}) or read a range with workspace_exec (`tail -c +N FILE | head -c M`)",
+                    f.max_bytes
+                ));
+            }
+            s
+        }))
+    }
+
+    #[tool(
+        description = "Write a text file in the workspace (whole content, atomically; parent directories are created)."
+    )]
+    async fn workspace_file_write(
+        &self,
+        Parameters(p): Parameters<WorkspaceFileWriteParams>,
+    ) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let mut src = p.text.as_bytes();
+        let r = self
+            .pyro
+            .workspace_file_write(&p.workspace_id, &p.path, &mut src)
+            .await
+            .map_err(ToolError::from);
+        Ok(outcome(r, |w| {
+            format!("wrote {} bytes to {}", w.bytes_written, w.path)
+        }))
+    }
+
+    #[tool(
+        description = "Apply a unified diff (git diff output; new, deleted and renamed files included) to /workspace, all or nothing: if any hunk does not apply, nothing changes and the error names the hunk."
+    )]
+    async fn workspace_patch_apply(
+        &self,
+        Parameters(p): Parameters<WorkspacePatchApplyParams>,
+    ) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = self
+            .pyro
+            .workspace_patch_apply(&p.workspace_id, &p.patch)
+            .await
+            .map_err(ToolError::from);
+        Ok(outcome(r, |r| format!("patched {} files", r.entries.len())))
+    }
+
+    #[tool(
+        description = "What changed in /workspace since the workspace was created (or last reset): added, modified and deleted files plus a unified patch (at most 1 MiB over MCP, with truncated set; binary files marked).",
+        annotations(read_only_hint = true)
+    )]
+    async fn workspace_diff(&self, Parameters(p): Parameters<WorkspaceIdParams>) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = self
+            .pyro
+            .workspace_diff(&p.workspace_id)
+            .await
+            .map(|mut d| {
+                // The library allows patches of a few MiB; a model's context does not.
+                if d.patch.len() as u64 > MAX_OUTPUT_BYTES {
+                    d.patch = crate::render::cut(&d.patch, MAX_OUTPUT_BYTES as usize).to_string();
+                    d.truncated = true;
+                }
+                d
+            })
+            .map_err(ToolError::from);
+        Ok(outcome(r, |d| {
+            let mut s = format!(
+                "{} changed: {} added, {} modified, {} deleted",
+                d.summary.total, d.summary.added, d.summary.modified, d.summary.deleted
+            );
+            if d.truncated {
+                s.push_str("; the patch was capped: read changed files with workspace_file_read");
+            }
+            s
+        }))
+    }
+
+    #[tool(
+        description = "Copy a file or directory out of the workspace to a host path under the server's allowed roots (a directory, a file, or NAME.tar for an archive)."
+    )]
+    async fn workspace_export(
+        &self,
+        Parameters(p): Parameters<WorkspaceExportParams>,
+    ) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = async {
+            let out = self.roots.check_output(&p.output_path)?;
+            Ok(self
+                .pyro
+                .workspace_export(&p.workspace_id, &p.path, &out, p.overwrite)
+                .await?)
+        }
+        .await;
+        Ok(outcome(r, |e| {
+            format!(
+                "exported {} to {}",
+                e.workspace_path,
+                e.output_path.display()
+            )
+        }))
+    }
+
+    #[tool(
+        description = "Reset a workspace: recreate its sandbox from the environment and restore /workspace to a snapshot (default baseline, the files at creation). Running processes are gone; files are exactly the snapshot's."
+    )]
+    async fn workspace_reset(&self, Parameters(p): Parameters<WorkspaceResetParams>) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = self
+            .pyro
+            .workspace_reset(&p.workspace_id, Some(&p.snapshot))
+            .await
+            .map_err(ToolError::from);
+        Ok(outcome(r, |w| {
+            format!("reset workspace {} to {}", w.workspace_id, p.snapshot)
+        }))
+    }
+
+    #[tool(
+        description = "Delete a workspace: its sandbox, files, snapshots and history.",
+        annotations(destructive_hint = true)
+    )]
+    async fn workspace_delete(&self, Parameters(p): Parameters<WorkspaceIdParams>) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = self
+            .pyro
+            .workspace_delete(&p.workspace_id)
+            .await
+            .map_err(ToolError::from);
+        Ok(outcome(r, |d| {
+            if d.deleted {
+                format!("deleted workspace {}", d.workspace_id)
+            } else {
+                format!(
+                    "workspace {} partly deleted: {}",
+                    d.workspace_id,
+                    d.errors.join("; ")
+                )
+            }
+        }))
+    }
+
+    #[tool(
+        description = "Stop a workspace's sandbox; /workspace and snapshots are kept for workspace_start."
+    )]
+    async fn workspace_stop(&self, Parameters(p): Parameters<WorkspaceIdParams>) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = self
+            .pyro
+            .workspace_stop(&p.workspace_id)
+            .await
+            .map_err(ToolError::from);
+        Ok(outcome(r, |w| {
+            format!("workspace {} is {}", w.workspace_id, w.state)
+        }))
+    }
+
+    #[tool(description = "Start a stopped workspace again, with its files as they were.")]
+    async fn workspace_start(&self, Parameters(p): Parameters<WorkspaceIdParams>) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = self
+            .pyro
+            .workspace_start(&p.workspace_id)
+            .await
+            .map_err(ToolError::from);
+        Ok(outcome(r, |w| {
+            format!("workspace {} is {}", w.workspace_id, w.state)
+        }))
+    }
+
+    #[tool(
+        description = "Take a named snapshot of /workspace, to return to later with workspace_reset."
+    )]
+    async fn snapshot_create(&self, Parameters(p): Parameters<SnapshotParams>) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = self
+            .pyro
+            .workspace_snapshot_create(&p.workspace_id, &p.snapshot_name)
+            .await
+            .map_err(ToolError::from);
+        Ok(outcome(r, |s| {
+            format!("snapshot {} of {}", s.snapshot.name, s.workspace_id)
+        }))
+    }
+
+    #[tool(
+        description = "List a workspace's snapshots (baseline first).",
+        annotations(read_only_hint = true)
+    )]
+    async fn snapshot_list(&self, Parameters(p): Parameters<WorkspaceIdParams>) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = self
+            .pyro
+            .workspace_snapshot_list(&p.workspace_id)
+            .map(|l| {
+                let mut v = counted("snapshots", &l);
+                v["workspace_id"] = p.workspace_id.clone().into();
+                v
+            })
+            .map_err(ToolError::from);
+        Ok(outcome(r, |v| format!("{} snapshots", v["count"])))
+    }
+
+    #[tool(
+        description = "Delete a named snapshot (the baseline cannot be deleted).",
+        annotations(destructive_hint = true)
+    )]
+    async fn snapshot_delete(&self, Parameters(p): Parameters<SnapshotParams>) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = self
+            .pyro
+            .workspace_snapshot_delete(&p.workspace_id, &p.snapshot_name)
+            .await
+            .map(|deleted| {
+                serde_json::json!({"workspace_id": p.workspace_id, "snapshot": p.snapshot_name, "deleted": deleted})
+            })
+            .map_err(ToolError::from);
+        Ok(outcome(r, |v| {
+            format!("snapshot {} deleted: {}", v["snapshot"], v["deleted"])
+        }))
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for PyroTools {
+    /// Routes a call, giving rmcp's own failures (arguments that do not match the schema) the
+    /// same `{"error": {kind, message, hint}}` shape as every other tool error.
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let name = request.name.to_string();
+        let tcc = ToolCallContext::new(self, request, context);
+        match self.tool_router.call(tcc).await? {
+            CallToolResponse::Complete(r)
+                if r.is_error == Some(true) && r.structured_content.is_none() =>
+            {
+                let message = r
+                    .content
+                    .iter()
+                    .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                Ok(ToolError::invalid(
+                    message,
+                    Some(&format!(
+                        "check {name}'s input schema (tools/list) for names, types and limits"
+                    )),
+                )
+                .into_result()
+                .into())
+            }
+            other => Ok(other),
+        }
+    }
+
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("pyro", env!("CARGO_PKG_VERSION")))
+            .with_instructions(format!(
+                "pyro runs commands in isolated, disposable Linux sandboxes (profile {}). Use \
+                 vm_run for one-off commands; for multi-step work create a workspace \
+                 (workspace_create), work in it with workspace_exec and the workspace_file_* \
+                 tools, review with workspace_diff, and delete it when done. Host paths must lie \
+                 under the allowed roots: {}.",
+                self.profile,
+                self.roots
+                    .roots()
+                    .iter()
+                    .map(|r| r.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+    }
+}

@@ -1,0 +1,111 @@
+//! The Rust SDK end to end: `pyro::blocking::Pyro` (which drives the async `pyro::Pyro`) runs a
+//! one-shot command, a workspace session and the VM lifecycle in real debian:12 containers.
+//! These need root, runc and the static agent; without them each test says why it skipped (and
+//! fails instead under PYRO_TEST_CONTAINER=1, as in CI).
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::path::{Path, PathBuf};
+
+use pyro::blocking::Pyro;
+use pyro::{Config, CreateVm, CreateWorkspace, ExecOptions, Isolation, RunRequest};
+
+fn agent() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("PYRO_AGENT") {
+        return Some(PathBuf::from(p));
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/x86_64-unknown-linux-gnu/release/pyro-agent");
+    p.is_file().then_some(p)
+}
+
+/// A blocking SDK on a private state directory and the shared environment cache, or `None`
+/// (with the reason printed) when containers cannot run here.
+fn sdk(test: &str, home: &Path) -> Option<Pyro> {
+    let mut config = Config::from_env();
+    config.paths.home = home.to_path_buf();
+    config.agent = agent();
+    let pyro = Pyro::open(config).unwrap();
+    let container = pyro
+        .levels()
+        .into_iter()
+        .find(|l| l.level == Isolation::Container)
+        .unwrap();
+    match container.reason {
+        None => Some(pyro),
+        Some(why) if std::env::var("PYRO_TEST_CONTAINER").as_deref() == Ok("1") => {
+            panic!("{test}: container tests are required (PYRO_TEST_CONTAINER=1) but {why}")
+        }
+        Some(why) => {
+            eprintln!("SKIPPED {test}: {why} (set PYRO_TEST_CONTAINER=1 to make this a failure)");
+            None
+        }
+    }
+}
+
+fn argv(s: &[&str]) -> Vec<String> {
+    s.iter().map(|a| a.to_string()).collect()
+}
+
+#[test]
+fn a_one_shot_run_through_the_blocking_sdk() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(pyro) = sdk("a_one_shot_run_through_the_blocking_sdk", dir.path()) else {
+        return;
+    };
+    let mut req = RunRequest::new("debian:12", argv(&["sh", "-c", "echo sdk; exit 7"]));
+    req.isolation = Some(Isolation::Container);
+    let r = pyro.run(&req).unwrap();
+    assert_eq!((r.stdout.as_str(), r.exit_code), ("sdk\n", 7));
+    assert!(r.cleanup.deleted, "{:?}", r.cleanup);
+    // The same object the CLI prints with --json.
+    let v = serde_json::to_value(&r).unwrap();
+    assert_eq!(v["exit_code"], 7);
+}
+
+#[test]
+fn a_workspace_session_through_the_blocking_sdk() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(pyro) = sdk("a_workspace_session_through_the_blocking_sdk", dir.path()) else {
+        return;
+    };
+    let mut req = CreateWorkspace::new("debian:12");
+    req.isolation = Some(Isolation::Container);
+    let ws = pyro.workspace_create(&req).unwrap();
+    let id = ws.workspace_id.clone();
+    pyro.workspace_file_write(&id, "a.txt", b"one\n").unwrap();
+    let out = pyro
+        .workspace_exec(&id, &argv(&["cat", "a.txt"]), &ExecOptions::default())
+        .unwrap();
+    assert_eq!(out.stdout, "one\n");
+    assert_eq!(pyro.workspace_diff(&id).unwrap().summary.added, 1);
+    pyro.workspace_snapshot_create(&id, "one").unwrap();
+    pyro.workspace_reset(&id, None).unwrap();
+    assert!(pyro
+        .workspace_file_list(&id, "/workspace", false)
+        .unwrap()
+        .entries
+        .is_empty());
+    assert!(pyro.workspace_delete(&id).unwrap().deleted);
+    assert!(pyro.workspace_status(&id).is_err());
+}
+
+#[test]
+fn the_vm_lifecycle_through_the_blocking_sdk() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(pyro) = sdk("the_vm_lifecycle_through_the_blocking_sdk", dir.path()) else {
+        return;
+    };
+    let mut req = CreateVm::new("debian:12");
+    req.isolation = Some(Isolation::Container);
+    let vm = pyro.vm_create(&req).unwrap();
+    assert_eq!(vm.state, "created");
+    assert_eq!(pyro.vm_start(&vm.vm_id).unwrap().state, "started");
+    let r = pyro
+        .vm_exec(&vm.vm_id, &argv(&["uname", "-s"]), &ExecOptions::default())
+        .unwrap();
+    assert_eq!(r.stdout, "Linux\n");
+    assert!(r.cleanup.deleted);
+    assert!(pyro.vm_status(&vm.vm_id).is_err(), "vm_exec deletes the VM");
+    assert!(pyro.vm_list().unwrap().is_empty());
+}
