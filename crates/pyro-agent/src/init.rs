@@ -153,12 +153,28 @@ pub fn kill_everything(grace: std::time::Duration) {
     let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
 }
 
-/// Powers off as PID 1: stop everything, flush disks, then `reboot(POWER_OFF)`. Under a
-/// container runtime the call is refused, and exiting PID 1 ends the sandbox just as well.
+static IN_VM: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Marks this agent as PID 1 of a virtual machine (see [`power_off`]).
+pub fn set_vm() {
+    IN_VM.store(true, std::sync::atomic::Ordering::Release);
+}
+
+/// Powers off as PID 1: stop everything, flush disks, then leave.
+///
+/// In a VM that is `reboot(RB_AUTOBOOT)`: the guest kernel has no ACPI, so `RB_POWER_OFF` would
+/// only halt the CPU and leave the VMM running; a reset makes both VMMs exit (QEMU runs with
+/// `-no-reboot`, Firecracker always exits on the i8042 reset). Under a container runtime the call
+/// is refused, and exiting PID 1 ends the sandbox just as well.
 pub fn power_off() -> ! {
     kill_everything(std::time::Duration::from_millis(500));
     nix::unistd::sync();
-    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+    let mode = if IN_VM.load(std::sync::atomic::Ordering::Acquire) {
+        nix::sys::reboot::RebootMode::RB_AUTOBOOT
+    } else {
+        nix::sys::reboot::RebootMode::RB_POWER_OFF
+    };
+    let _ = nix::sys::reboot::reboot(mode);
     std::process::exit(0)
 }
 

@@ -165,7 +165,7 @@ impl Sandbox {
         let mut record = record;
         record.runtime = started.runtime;
         inner.store.set_running(&id, started.runtime)?;
-        let client = AgentClient::new(started.socket.clone());
+        let client = AgentClient::at(started.endpoint.clone());
         let mut sb = Sandbox {
             inner,
             backend,

@@ -380,7 +380,7 @@ impl Backend for ContainerBackend {
             .and_then(ProcessId::of);
         Ok(Started {
             runtime,
-            socket: socket_path(spec.run_dir),
+            endpoint: crate::backend::Endpoint::Unix(socket_path(spec.run_dir)),
             limits: read_limits(spec.id, &spec.resources),
         })
     }

@@ -4,9 +4,11 @@
 
 pub mod container;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Serialize;
+
+pub use crate::agent_client::Endpoint;
 
 use crate::error::{Error, Result};
 use crate::procinfo::ProcessId;
@@ -118,8 +120,8 @@ pub struct SandboxSpec<'a> {
 pub struct Started {
     /// The sandbox's first process on the host.
     pub runtime: Option<ProcessId>,
-    /// The agent's socket on the host.
-    pub socket: PathBuf,
+    /// Where the host reaches the agent.
+    pub endpoint: Endpoint,
     /// Limits actually enforced.
     pub limits: LimitsReport,
 }
