@@ -6,6 +6,8 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::backend::container::{find_runc, ContainerBackend};
+use crate::backend::qemu::{find_qemu, find_vhost_vsock, QemuBackend};
+use crate::backend::vm::{find_kernel, kvm_usable};
 use crate::backend::{Backend, Isolation};
 use crate::env::{BuildOptions, EnvCache, EnvInfo, PruneResult, ResolvedEnv};
 use crate::error::{Error, IoContext, Result};
@@ -134,6 +136,47 @@ fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// What the QEMU backend needs beyond the common VM pieces.
+fn qemu_problem() -> Option<String> {
+    if find_qemu().is_none() {
+        return Some(
+            "qemu-system-x86_64 was not found (apt-get install qemu-system-x86, or set PYRO_QEMU)"
+                .into(),
+        );
+    }
+    if find_vhost_vsock().is_none() {
+        return Some(
+            "vhost-device-vsock was not found (cargo install vhost-device-vsock --locked, or set PYRO_VHOST_VSOCK)"
+                .into(),
+        );
+    }
+    None
+}
+
+/// Why this host's KVM cannot run a hardware-virtualized microVM, if it cannot.
+fn hardware_kvm_problem() -> Option<String> {
+    if !kvm_usable() {
+        return Some(
+            "/dev/kvm is missing or not readable and writable (use --isolation vm-emulated or container)"
+                .into(),
+        );
+    }
+    // A /dev/kvm on a CPU without vmx/svm is a paravirtual KVM (e.g. kvm-pvm in a nested
+    // sandbox): it cannot run an unmodified guest kernel's user space (research/vm-boot-probe.md).
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let hw = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    if !hw {
+        return Some(
+            "/dev/kvm exists but the CPU has no hardware virtualization (no vmx/svm flag): it is a paravirtual KVM that cannot boot an unmodified guest (use --isolation vm-emulated)"
+                .into(),
+        );
+    }
+    None
+}
+
 impl Pyro {
     /// Opens pyro's state, creating directories as needed, and removes sandboxes left behind
     /// by pyro processes that died.
@@ -163,22 +206,28 @@ impl Pyro {
         &self.inner.config
     }
 
-    /// Which isolation levels this host can give, strongest first.
+    /// Which isolation levels this host can give, strongest first. A level is usable only when
+    /// everything it needs is here; the reason names the first thing missing.
     pub fn levels(&self) -> Vec<LevelStatus> {
-        let not_yet =
-            "the VM backends (Firecracker, QEMU) are not available in this version of pyro yet";
+        let vm_common = self.vm_problem();
+        let qemu_problem = vm_common.clone().or_else(qemu_problem);
+        let microvm_problem = vm_common.clone().or_else(hardware_kvm_problem).or_else(|| {
+            qemu_problem
+                .clone()
+                .map(|q| format!("no microVM monitor usable: {q}"))
+        });
         let mut out = vec![
             LevelStatus {
                 level: Isolation::Microvm,
-                usable: false,
-                backend: None,
-                reason: Some(not_yet.into()),
+                usable: microvm_problem.is_none(),
+                backend: Some("qemu"),
+                reason: microvm_problem,
             },
             LevelStatus {
                 level: Isolation::VmEmulated,
-                usable: false,
-                backend: None,
-                reason: Some(not_yet.into()),
+                usable: qemu_problem.is_none(),
+                backend: Some("qemu"),
+                reason: qemu_problem,
             },
         ];
         let container_problem = if !is_root() {
@@ -210,6 +259,35 @@ impl Pyro {
         out
     }
 
+    /// What both VM levels need and this host lacks, if anything.
+    fn vm_problem(&self) -> Option<String> {
+        if find_kernel().is_none() {
+            return Some(
+                "no guest kernel built for this version of pyro (run scripts/build-kernel, or set PYRO_KERNEL)"
+                    .into(),
+            );
+        }
+        match self.inner.agent_path() {
+            Err(_) => {
+                return Some(
+                    "the pyro-agent binary was not found (set PYRO_AGENT, or run scripts/build-agent)"
+                        .into(),
+                )
+            }
+            Ok(p) if !is_static_binary(&p) => {
+                return Some(format!(
+                    "the pyro-agent at {} is not statically linked; a VM's initramfs has no libc (run scripts/build-agent)",
+                    p.display()
+                ))
+            }
+            Ok(_) => {}
+        }
+        if crate::env::find_mkfs_ext4().is_none() {
+            return Some("mkfs.ext4 was not found (install e2fsprogs)".into());
+        }
+        None
+    }
+
     /// The backend for a level, or a clear error naming the levels this host can give.
     pub(crate) fn backend_for(&self, level: Isolation) -> Result<Arc<dyn Backend>> {
         let levels = self.levels();
@@ -229,6 +307,11 @@ impl Pyro {
                 available,
             });
         }
+        let unavailable = |reason: &str| Error::IsolationUnavailable {
+            requested: level.to_string(),
+            reason: reason.into(),
+            available: available.clone(),
+        };
         match level {
             Isolation::Container => {
                 let runc = self.inner.runc().ok_or_else(|| Error::Backend {
@@ -240,11 +323,22 @@ impl Pyro {
                     &self.inner.config.paths.run,
                 )))
             }
-            other => Err(Error::IsolationUnavailable {
-                requested: other.to_string(),
-                reason: "no backend".into(),
-                available,
-            }),
+            Isolation::Microvm | Isolation::VmEmulated => {
+                // Checked by levels() a moment ago; a tool that vanished since is an error,
+                // never a different level.
+                let (Some(qemu), Some(vhost), Some(kernel)) =
+                    (find_qemu(), find_vhost_vsock(), find_kernel())
+                else {
+                    return Err(unavailable("a VM prerequisite disappeared"));
+                };
+                Ok(Arc::new(QemuBackend::new(
+                    qemu,
+                    vhost,
+                    kernel,
+                    self.inner.config.paths.cache.clone(),
+                    level == Isolation::Microvm,
+                )))
+            }
         }
     }
 
@@ -258,6 +352,15 @@ impl Pyro {
                     &self.inner.config.paths.run,
                 )))
             }
+            // Deleting a VM sandbox needs none of the tools: it ends recorded processes and
+            // removes files.
+            "qemu" => Some(Arc::new(QemuBackend::new(
+                PathBuf::new(),
+                PathBuf::new(),
+                PathBuf::new(),
+                self.inner.config.paths.cache.clone(),
+                false,
+            ))),
             _ => None,
         }
     }
@@ -380,7 +483,14 @@ impl Pyro {
         let inner = self.inner.clone();
         let env = env.clone();
         let shift = backend.uid_shift();
-        tokio::task::spawn_blocking(move || inner.envs.rootfs(&env, shift))
+        let image = backend.wants_ext4_image();
+        tokio::task::spawn_blocking(move || {
+            if image {
+                inner.envs.ext4_image(&env)
+            } else {
+                inner.envs.rootfs(&env, shift)
+            }
+        })
             .await
             .map_err(|e| Error::InvalidRequest(format!("unpack task failed: {e}")))?
     }

@@ -3,6 +3,8 @@
 //! reaches it over a Unix socket.
 
 pub mod container;
+pub mod qemu;
+pub mod vm;
 
 use std::path::Path;
 
@@ -103,7 +105,8 @@ pub struct LimitsReport {
 pub struct SandboxSpec<'a> {
     /// The sandbox id.
     pub id: &'a str,
-    /// The environment's unpacked root filesystem, never modified.
+    /// The environment's root filesystem, never modified: the unpacked directory, or for
+    /// backends that want one, the read-only ext4 image.
     pub rootfs: &'a Path,
     /// Persistent per-sandbox directory (writable layer, logs).
     pub state_dir: &'a Path,
@@ -146,6 +149,11 @@ pub trait Backend: Send + Sync {
     fn isolation(&self) -> Isolation;
     /// The host uid that the sandbox's root maps to, for unpacking root filesystems.
     fn uid_shift(&self) -> u32;
+    /// Whether [`SandboxSpec::rootfs`] must be the environment's read-only ext4 image (the VM
+    /// backends) rather than its unpacked directory.
+    fn wants_ext4_image(&self) -> bool {
+        false
+    }
     /// Creates and starts a sandbox; the agent may not be ready yet when this returns.
     async fn start(&self, spec: &SandboxSpec<'_>) -> Result<Started>;
     /// Stops and removes every process, mount and file of a sandbox. Never fails: what could not

@@ -8,6 +8,9 @@
 //!   with the recipe hash it was built from;
 //! - `rootfs/<manifest-hex>-u<shift>/`: root filesystems unpacked once per manifest digest and uid
 //!   shift, never modified afterwards (sandboxes put an overlay on top);
+//! - `images/<manifest-hex>.ext4`: for the VM levels, the uid-0 root filesystem as one read-only
+//!   ext4 image per manifest digest (`mkfs.ext4 -d`: no root, no loop devices), shared by every
+//!   VM sandbox of that environment;
 //! - `locks/`: flock files serializing builds per environment and unpacks per rootfs;
 //! - `tmp/`: build scratch directories, each held by a flock while its build runs;
 //! - `logs/`: mmdebstrap logs, one per environment and recipe hash.
@@ -310,6 +313,50 @@ impl EnvCache {
         Ok(target)
     }
 
+    /// The environment's root filesystem as a read-only ext4 image for VMs, at
+    /// `<root>/images/<manifest-hex>.ext4`, made once per digest from the uid-0 unpacked tree with
+    /// `mkfs.ext4 -d` (no root or loop devices needed). It is written to a temporary file and
+    /// renamed into place under a lock, so it exists complete or not at all. Every VM sandbox
+    /// attaches the same file read-only, so creating a sandbox costs the same whatever its size.
+    pub fn ext4_image(&self, env: &ResolvedEnv) -> Result<PathBuf> {
+        let hex = oci::sha256_hex(&env.manifest_digest).ok_or_else(|| {
+            Error::InvalidRequest(format!(
+                "malformed manifest digest {:?}",
+                env.manifest_digest
+            ))
+        })?;
+        let images = self.root.join("images");
+        let target = images.join(format!("{hex}.ext4"));
+        if target.is_file() {
+            return Ok(target);
+        }
+        let _lock = lock_exclusive(&self.root.join("locks").join(format!("image-{hex}.lock")))?;
+        if target.is_file() {
+            return Ok(target);
+        }
+        let tree = self.rootfs(env, 0)?;
+        fs::create_dir_all(&images).ctx(|| format!("creating {}", images.display()))?;
+        // Holding the lock, any temporary image for this digest is a dead process's.
+        for (path, name) in read_dir_names(&images)? {
+            if name.starts_with(&format!(".tmp-{hex}")) {
+                let _ = fs::remove_file(path);
+            }
+        }
+        let tmp = images.join(format!(".tmp-{hex}-{}", unique_suffix()));
+        let (bytes, entries) = tree_usage(&tree);
+        let made = mkfs_ext4(Some(&tree), &tmp, image_size(bytes, entries), entries);
+        if let Err(e) = made {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .ctx(|| format!("syncing {}", tmp.display()))?;
+        fs::rename(&tmp, &target).ctx(|| format!("renaming {} into place", tmp.display()))?;
+        oci::sync_dir(&images)?;
+        Ok(target)
+    }
+
     /// Removes what no current environment needs: index entries built from stale recipes (or
     /// whose manifest is unreadable), blobs no remaining entry references, unpacked root
     /// filesystems whose manifest digest is neither current nor in `keep` (the digests of live
@@ -408,6 +455,22 @@ impl EnvCache {
             result.freed_bytes += tree_size(&trash);
             fs::remove_dir_all(&trash).ctx(|| format!("removing {}", trash.display()))?;
             result.removed.push(format!("rootfs/{name}"));
+        }
+
+        for (path, name) in read_dir_names(&self.root.join("images"))? {
+            let Some(hex) = name.strip_suffix(".ext4") else {
+                continue;
+            };
+            // Temporary images (`.tmp-*`) are cleared by the next maker, under the lock.
+            if oci::sha256_hex(&format!("sha256:{hex}")).is_none() || keep_hex.contains(hex) {
+                continue;
+            }
+            let lock_path = self.root.join("locks").join(format!("image-{hex}.lock"));
+            let Some(_lock) = try_lock_exclusive(&lock_path)? else {
+                continue;
+            };
+            // Running VMs keep their open file; the name goes now, the blocks when they stop.
+            self.remove(&path, &mut result)?;
         }
 
         for (path, _) in read_dir_names(&self.root.join("tmp"))? {
@@ -661,6 +724,87 @@ fn read_dir_names(dir: &Path) -> Result<Vec<(PathBuf, String)>> {
     }
     names.sort();
     Ok(names)
+}
+
+/// Space a tree needs on ext4: bytes rounded up to 4 KiB blocks, and the number of entries.
+fn tree_usage(path: &Path) -> (u64, u64) {
+    fn walk(path: &Path, seen: &mut HashSet<(u64, u64)>, acc: &mut (u64, u64)) {
+        let Ok(meta) = fs::symlink_metadata(path) else {
+            return;
+        };
+        acc.1 += 1;
+        if !seen.insert((meta.dev(), meta.ino())) {
+            return;
+        }
+        acc.0 += meta.len().div_ceil(4096) * 4096;
+        if meta.is_dir() {
+            if let Ok(entries) = fs::read_dir(path) {
+                for e in entries.flatten() {
+                    walk(&e.path(), seen, acc);
+                }
+            }
+        }
+    }
+    let mut acc = (0, 0);
+    walk(path, &mut HashSet::new(), &mut acc);
+    acc
+}
+
+/// The size of an image holding `bytes` in `entries` files: the content, the inode tables,
+/// a tenth for metadata, and room for ext4's own structures. The file is sparse, so slack
+/// costs no disk.
+fn image_size(bytes: u64, entries: u64) -> u64 {
+    let raw = bytes + entries * 256 + bytes / 10 + (64 << 20);
+    raw.div_ceil(1 << 20) << 20
+}
+
+/// Finds `mkfs.ext4` (e2fsprogs), which lives in sbin directories that are not always on PATH.
+pub fn find_mkfs_ext4() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join("mkfs.ext4"))
+        .find(|p| p.is_file())
+}
+
+/// Makes an ext4 filesystem of `size` bytes in the (new, sparse) file `image`, filled from `tree`
+/// when given, with room for `entries` files. No journal: the environment image is read-only, and a sandbox's writable disk
+/// does not outlive a crash of its VM. Lazy inode-table init keeps the file sparse and fast.
+pub fn mkfs_ext4(tree: Option<&Path>, image: &Path, size: u64, entries: u64) -> Result<()> {
+    let mkfs = find_mkfs_ext4().ok_or_else(|| {
+        Error::io(
+            "mkfs.ext4 not found (install e2fsprogs)".to_string(),
+            io::Error::from(io::ErrorKind::NotFound),
+        )
+    })?;
+    let f = File::create(image).ctx(|| format!("creating {}", image.display()))?;
+    f.set_len(size)
+        .ctx(|| format!("sizing {}", image.display()))?;
+    drop(f);
+    let inodes = (entries + entries / 5 + 4096).to_string();
+    let mut cmd = std::process::Command::new(mkfs);
+    cmd.args(["-q", "-F", "-t", "ext4", "-b", "4096", "-m", "0", "-N", &inodes])
+        .args(["-O", "^has_journal,^resize_inode"])
+        .args(["-E", "lazy_itable_init=1,nodiscard,root_owner=0:0"]);
+    if let Some(tree) = tree {
+        cmd.arg("-d").arg(tree);
+    }
+    let out = cmd
+        .arg(image)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ctx(|| "running mkfs.ext4".into())?;
+    if !out.status.success() {
+        return Err(Error::io(
+            format!(
+                "mkfs.ext4 {}: {}",
+                image.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            io::Error::other("mkfs.ext4 failed"),
+        ));
+    }
+    Ok(())
 }
 
 /// Bytes of regular file content under `path`, each inode counted once (hard links share).
