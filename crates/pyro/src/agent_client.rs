@@ -57,7 +57,9 @@ impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Endpoint::Unix(p) => write!(f, "{}", p.display()),
-            Endpoint::HybridVsock { uds, port } => write!(f, "{} (vsock port {port})", uds.display()),
+            Endpoint::HybridVsock { uds, port } => {
+                write!(f, "{} (vsock port {port})", uds.display())
+            }
         }
     }
 }

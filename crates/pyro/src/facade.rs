@@ -491,7 +491,7 @@ impl Pyro {
                 inner.envs.rootfs(&env, shift)
             }
         })
-            .await
-            .map_err(|e| Error::InvalidRequest(format!("unpack task failed: {e}")))?
+        .await
+        .map_err(|e| Error::InvalidRequest(format!("unpack task failed: {e}")))?
     }
 }

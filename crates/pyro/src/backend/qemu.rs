@@ -88,7 +88,14 @@ impl QemuBackend {
         vhost_sock: &Path,
         console: &Path,
     ) -> Result<Vec<String>> {
-        for p in [spec.rootfs, rw_disk, vhost_sock, console, initrd, &self.kernel] {
+        for p in [
+            spec.rootfs,
+            rw_disk,
+            vhost_sock,
+            console,
+            initrd,
+            &self.kernel,
+        ] {
             // QEMU splits option values on ','; no path we pass may contain one.
             if p.to_string_lossy().contains(',') {
                 return Err(vm_err(NAME, format!("path {} contains ','", p.display())));
@@ -233,7 +240,10 @@ impl Backend for QemuBackend {
             .and_then(|pid| vm::record_process(spec.run_dir, "qemu", pid));
         if runtime.is_none() {
             let text = std::fs::read_to_string(spec.state_dir.join("qemu.log")).unwrap_or_default();
-            return Err(vm_err(NAME, format!("qemu exited at once: {}", text.trim())));
+            return Err(vm_err(
+                NAME,
+                format!("qemu exited at once: {}", text.trim()),
+            ));
         }
         let mem_bytes = spec.resources.mem_mib << 20;
         Ok(Started {

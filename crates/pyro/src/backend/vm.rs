@@ -10,7 +10,7 @@
 
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -59,8 +59,8 @@ pub fn find_kernel() -> Option<PathBuf> {
     for e in std::fs::read_dir(kernel_dir()).ok()?.flatten() {
         let dir = e.path();
         let vmlinux = dir.join("vmlinux");
-        let matches = std::fs::read_to_string(dir.join("fragment.sha256"))
-            .is_ok_and(|s| s.trim() == want);
+        let matches =
+            std::fs::read_to_string(dir.join("fragment.sha256")).is_ok_and(|s| s.trim() == want);
         let Ok(mtime) = std::fs::metadata(&vmlinux).and_then(|m| m.modified()) else {
             continue;
         };
@@ -145,13 +145,27 @@ pub fn initramfs_bytes(agent: &[u8]) -> Vec<u8> {
 /// The initramfs for `agent`, made once per agent binary under `<cache>/initramfs/` (written to
 /// a temporary file and renamed, so it is complete or absent).
 pub fn initramfs(cache: &Path, agent: &Path) -> Result<PathBuf> {
-    let bytes = std::fs::read(agent).ctx(|| format!("read agent {}", agent.display()))?;
-    let digest = hex::encode(Sha256::digest(&bytes));
+    // Keyed by the binary's identity and mtime, so a sandbox start does not read and hash it.
+    let meta = std::fs::metadata(agent).ctx(|| format!("read agent {}", agent.display()))?;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let key = format!(
+        "{}:{}:{}:{}:{mtime}",
+        agent.display(),
+        meta.dev(),
+        meta.ino(),
+        meta.len()
+    );
+    let digest = hex::encode(Sha256::digest(key.as_bytes()));
     let dir = cache.join("initramfs");
     let target = dir.join(format!("{}.cpio", &digest[..32]));
     if target.is_file() {
         return Ok(target);
     }
+    let bytes = std::fs::read(agent).ctx(|| format!("read agent {}", agent.display()))?;
     std::fs::create_dir_all(&dir).ctx(|| format!("create {}", dir.display()))?;
     let tmp = dir.join(format!(".tmp-{}", crate::env::unique_suffix()));
     let mut f = std::fs::File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;

@@ -768,7 +768,7 @@ pub fn find_mkfs_ext4() -> Option<PathBuf> {
 }
 
 /// Makes an ext4 filesystem of `size` bytes in the (new, sparse) file `image`, filled from `tree`
-/// when given, with room for `entries` files. No journal: the environment image is read-only, and a sandbox's writable disk
+/// when given, with room for `entries` files (0: mkfs's default inode ratio). No journal: the environment image is read-only, and a sandbox's writable disk
 /// does not outlive a crash of its VM. Lazy inode-table init keeps the file sparse and fast.
 pub fn mkfs_ext4(tree: Option<&Path>, image: &Path, size: u64, entries: u64) -> Result<()> {
     let mkfs = find_mkfs_ext4().ok_or_else(|| {
@@ -781,10 +781,14 @@ pub fn mkfs_ext4(tree: Option<&Path>, image: &Path, size: u64, entries: u64) -> 
     f.set_len(size)
         .ctx(|| format!("sizing {}", image.display()))?;
     drop(f);
-    let inodes = (entries + entries / 5 + 4096).to_string();
     let mut cmd = std::process::Command::new(mkfs);
-    cmd.args(["-q", "-F", "-t", "ext4", "-b", "4096", "-m", "0", "-N", &inodes])
-        .args(["-O", "^has_journal,^resize_inode"])
+    cmd.args(["-q", "-F", "-t", "ext4", "-b", "4096", "-m", "0"]);
+    if entries > 0 {
+        // Files of a known tree, with room for a few more; otherwise mkfs's default ratio.
+        cmd.arg("-N")
+            .arg((entries + entries / 5 + 4096).to_string());
+    }
+    cmd.args(["-O", "^has_journal,^resize_inode"])
         .args(["-E", "lazy_itable_init=1,nodiscard,root_owner=0:0"]);
     if let Some(tree) = tree {
         cmd.arg("-d").arg(tree);
