@@ -20,7 +20,8 @@ impl Cli {
                 EnvCommand::Inspect(a) => a.out.json,
                 EnvCommand::Build(a) => a.out.json,
             },
-            Command::Doctor(o) | Command::Gc(o) => o.json,
+            Command::Doctor(a) => a.out.json,
+            Command::Gc(o) => o.json,
             Command::Bench(a) => a.json,
         }
     }
@@ -36,11 +37,20 @@ pub enum Command {
     /// Environments: list, inspect, build, prune.
     Env(EnvArgs),
     /// Check what this host can do and which isolation levels it gives.
-    Doctor(OutputArgs),
+    Doctor(DoctorArgs),
     /// Remove sandboxes left behind by pyro processes that died.
     Gc(OutputArgs),
     /// Measure one-shot runs and exec round trips on this host.
     Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Also boot a test VM at each usable VM level (about a second under emulation).
+    #[arg(long)]
+    pub boot: bool,
+    #[command(flatten)]
+    pub out: OutputArgs,
 }
 
 #[derive(Debug, Args)]

@@ -126,3 +126,17 @@ fn a_killed_pyro_leaves_a_vm_that_gc_removes() {
     assert_eq!(vm_traces(&p, &id), Vec::<String>::new());
     assert_eq!(p.leftovers(), Vec::<String>::new());
 }
+
+#[test]
+fn doctor_boot_boots_a_test_vm_and_removes_it() {
+    require_vm!();
+    let p = TestPyro::new();
+    let (out, v) = p.json(&["doctor", "--boot"]);
+    assert_eq!(out.status.code(), Some(0), "{v}");
+    let boots = v["vm"]["test_boots"].as_array().unwrap();
+    let b = boots.iter().find(|b| b["level"] == "vm-emulated").unwrap();
+    assert_eq!(b["ok"], true, "{b}");
+    assert!(b["boot_ms"].as_u64().is_some(), "{b}");
+    assert!(v["vm"]["kernel"].is_string(), "{v}");
+    assert_eq!(p.leftovers(), Vec::<String>::new());
+}

@@ -202,7 +202,15 @@ impl AgentClient {
         let until = Instant::now() + timeout;
         let mut delay = Duration::from_millis(1);
         loop {
-            match self.open().await {
+            // Each attempt is bounded too: a VMM may accept a connection that the guest never
+            // answers while it is still booting.
+            let left = until.saturating_duration_since(Instant::now());
+            let attempt =
+                match tokio::time::timeout(left.max(Duration::from_millis(1)), self.open()).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Error::Agent("no answer to the handshake".into())),
+                };
+            match attempt {
                 Ok((mut s, info)) => {
                     write_msg(&mut s, &Request::Ping).await?;
                     return match read_response(&mut s).await? {

@@ -16,7 +16,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(a) => run::run(&pyro, a).await,
         Command::Env(a) => env::env(&pyro, a).await,
-        Command::Doctor(o) => doctor::doctor(&pyro, o),
+        Command::Doctor(a) => doctor::doctor(&pyro, a).await,
         Command::Gc(o) => gc::gc(&pyro, o).await,
         Command::Bench(a) => bench::bench(&pyro, a).await,
     }
