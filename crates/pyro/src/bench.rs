@@ -97,10 +97,16 @@ impl Pyro {
         // One warm-up run builds or unpacks the environment if needed.
         self.run(&run_req, Arc::new(Quiet), None).await?;
         let mut e2e = Vec::with_capacity(runs);
+        let (mut create, mut boot, mut cleanup) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..runs {
             let t = Instant::now();
-            self.run(&run_req, Arc::new(Quiet), None).await?;
+            let r = self.run(&run_req, Arc::new(Quiet), None).await?;
             e2e.push(t.elapsed());
+            // The phases of each run: starting the sandbox (for VMs: disk, vsock backend and
+            // VMM processes), booting until the agent answers, and deleting it.
+            create.push(Duration::from_millis(r.timing.create_ms));
+            boot.push(Duration::from_millis(r.timing.boot_ms));
+            cleanup.push(Duration::from_millis(r.timing.cleanup_ms));
         }
 
         let backend = self.backend_for(req.isolation)?;
@@ -145,6 +151,9 @@ impl Pyro {
             },
             results: vec![
                 Stats::of("run_true_end_to_end", e2e),
+                Stats::of("run_create", create),
+                Stats::of("run_boot_to_agent", boot),
+                Stats::of("run_cleanup", cleanup),
                 Stats::of("exec_round_trip", rt),
             ],
         })

@@ -11,6 +11,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("PYRO_ISOLATION", "default isolation level: microvm, vm-emulated or container (default microvm)"),
     ("PYRO_AGENT", "path to the statically linked pyro-agent binary (default: next to the pyro executable)"),
     ("PYRO_RUNC", "path to the runc binary (default: runc on PATH)"),
+    ("PYRO_KERNEL", "path to the guest kernel (an uncompressed vmlinux) for the VM levels (default: the build of this version's config in PYRO_KERNEL_DIR)"),
+    ("PYRO_KERNEL_DIR", "where scripts/build-kernel caches guest kernels by config and source hash (default ~/.cache/pyro/kernels)"),
+    ("PYRO_QEMU", "path to qemu-system-x86_64 (default: on PATH)"),
+    ("PYRO_VHOST_VSOCK", "path to vhost-device-vsock, QEMU's vsock backend (default: on PATH, then ~/.cache/pyro/cargo/bin, ~/.cargo/bin)"),
     ("PYRO_DEBIAN_MIRROR", "Debian mirror URL for environment builds (default: mmdebstrap's default, deb.debian.org)"),
     ("PYRO_LOG", "log filter for pyro's own diagnostics on stderr, e.g. debug (default warn)"),
 ];
