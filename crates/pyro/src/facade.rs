@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::backend::container::{find_runc, ContainerBackend};
+use crate::backend::firecracker::{find_firecracker, FirecrackerBackend};
 use crate::backend::qemu::{find_qemu, find_vhost_vsock, QemuBackend};
 use crate::backend::vm::{find_kernel, kvm_usable};
 use crate::backend::{Backend, Isolation};
@@ -211,16 +212,27 @@ impl Pyro {
     pub fn levels(&self) -> Vec<LevelStatus> {
         let vm_common = self.vm_problem();
         let qemu_problem = vm_common.clone().or_else(qemu_problem);
+        // microvm prefers Firecracker and otherwise uses QEMU with KVM; either way the level is
+        // the same (hardware virtualization) and the result names the backend.
+        let microvm_backend = if find_firecracker().is_some() {
+            "firecracker"
+        } else {
+            "qemu"
+        };
         let microvm_problem = vm_common.clone().or_else(hardware_kvm_problem).or_else(|| {
-            qemu_problem
-                .clone()
-                .map(|q| format!("no microVM monitor usable: {q}"))
+            if microvm_backend == "firecracker" {
+                None
+            } else {
+                qemu_problem
+                    .clone()
+                    .map(|q| format!("neither Firecracker nor QEMU is usable: {q}"))
+            }
         });
         let mut out = vec![
             LevelStatus {
                 level: Isolation::Microvm,
                 usable: microvm_problem.is_none(),
-                backend: Some("qemu"),
+                backend: Some(microvm_backend),
                 reason: microvm_problem,
             },
             LevelStatus {
@@ -323,6 +335,16 @@ impl Pyro {
                     &self.inner.config.paths.run,
                 )))
             }
+            Isolation::Microvm if find_firecracker().is_some() => {
+                let (Some(fc), Some(kernel)) = (find_firecracker(), find_kernel()) else {
+                    return Err(unavailable("a VM prerequisite disappeared"));
+                };
+                Ok(Arc::new(FirecrackerBackend::new(
+                    fc,
+                    kernel,
+                    self.inner.config.paths.cache.clone(),
+                )))
+            }
             Isolation::Microvm | Isolation::VmEmulated => {
                 // Checked by levels() a moment ago; a tool that vanished since is an error,
                 // never a different level.
@@ -354,6 +376,11 @@ impl Pyro {
             }
             // Deleting a VM sandbox needs none of the tools: it ends recorded processes and
             // removes files.
+            "firecracker" => Some(Arc::new(FirecrackerBackend::new(
+                PathBuf::new(),
+                PathBuf::new(),
+                self.inner.config.paths.cache.clone(),
+            ))),
             "qemu" => Some(Arc::new(QemuBackend::new(
                 PathBuf::new(),
                 PathBuf::new(),

@@ -3,6 +3,7 @@
 //! reaches it over a Unix socket.
 
 pub mod container;
+pub mod firecracker;
 pub mod qemu;
 pub mod vm;
 
