@@ -103,7 +103,7 @@ pub fn host_tsc_khz() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
     let line = info.lines().find(|l| l.starts_with("cpu MHz"))?;
     let mhz: f64 = line.split(':').nth(1)?.trim().parse().ok()?;
-    (mhz > 0.0).then(|| (mhz * 1000.0) as u64)
+    (mhz > 0.0).then_some((mhz * 1000.0) as u64)
 }
 
 /// Appends one newc cpio entry.
