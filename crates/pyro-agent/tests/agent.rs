@@ -151,7 +151,7 @@ fn timeout_kills_the_group_and_keeps_partial_output() {
     let mut r = req(&[
         "sh",
         "-c",
-        "echo before; trap '' TERM; (sleep 60; echo child) & sleep 60",
+        "echo before; trap '' TERM; (sleep 60.25; echo child) & sleep 60.25",
     ]);
     r.timeout_ms = Some(300);
     let t = Instant::now();
@@ -161,11 +161,12 @@ fn timeout_kills_the_group_and_keeps_partial_output() {
     assert_eq!(o.signal, Some(9));
     assert_eq!(out, b"before\n");
     assert!(t.elapsed() < Duration::from_secs(30));
-    // Nothing from that group may still run: the backgrounded sleep is gone too.
+    // Nothing from that group may still run: the backgrounded sleep is gone too. (An unusual
+    // duration, because this agent runs on the host and other sandboxes' sleeps are visible.)
     let (out, _, _) = a.exec(req(&[
         "sh",
         "-c",
-        "ps -eo args 2>/dev/null | grep -c '^sleep 60' || true",
+        "ps -eo args 2>/dev/null | grep -c '^sleep 60.25' || true",
     ]));
     assert_eq!(String::from_utf8_lossy(&out).trim(), "0");
 }

@@ -82,6 +82,8 @@ fn doctor_exits_nonzero_when_no_level_is_usable() {
     let out = p
         .cmd(&["doctor"])
         .env("PYRO_RUNC", "/nonexistent/runc")
+        // An explicit kernel that does not exist makes both VM levels unusable too.
+        .env("PYRO_KERNEL", "/nonexistent/vmlinux")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -104,6 +106,7 @@ fn doctor_exits_nonzero_when_no_level_is_usable() {
                 "true",
             ])
             .env("PYRO_RUNC", "/nonexistent/runc")
+            .env("PYRO_KERNEL", "/nonexistent/vmlinux")
             .output()
             .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
