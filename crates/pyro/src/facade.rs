@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::backend::container::{find_runc, ContainerBackend};
-use crate::backend::firecracker::{find_firecracker, FirecrackerBackend};
+use crate::backend::firecracker::{find_firecracker, find_jailer, FirecrackerBackend};
 use crate::backend::qemu::{find_qemu, find_vhost_vsock, QemuBackend};
 use crate::backend::vm::{find_kernel, kvm_usable};
 use crate::backend::{Backend, Isolation};
@@ -339,8 +339,10 @@ impl Pyro {
                 let (Some(fc), Some(kernel)) = (find_firecracker(), find_kernel()) else {
                     return Err(unavailable("a VM prerequisite disappeared"));
                 };
+                let jailer = find_jailer(&fc);
                 Ok(Arc::new(FirecrackerBackend::new(
                     fc,
+                    jailer,
                     kernel,
                     self.inner.config.paths.cache.clone(),
                 )))
@@ -378,6 +380,7 @@ impl Pyro {
             // removes files.
             "firecracker" => Some(Arc::new(FirecrackerBackend::new(
                 PathBuf::new(),
+                None,
                 PathBuf::new(),
                 self.inner.config.paths.cache.clone(),
             ))),

@@ -13,7 +13,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use pyro::agent_client::AgentClient;
-use pyro::backend::firecracker::{api, find_firecracker, FirecrackerBackend, API_SOCKET};
+use pyro::backend::firecracker::{
+    api, find_firecracker, find_jailer, FirecrackerBackend, JAIL_UID,
+};
 use pyro::backend::vm::{find_kernel, kvm_usable, processes_mentioning};
 use pyro::backend::{Backend, Resources, SandboxSpec};
 use pyro::store::{SandboxKind, SandboxRecord};
@@ -36,6 +38,11 @@ fn prerequisites() -> Result<(PathBuf, PathBuf, PathBuf), String> {
     let kernel = find_kernel().ok_or("the guest kernel is not built (scripts/build-kernel)")?;
     let agent = agent().ok_or("the static agent is not built (scripts/build-agent)")?;
     Ok((fc, kernel, agent))
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }
 
 fn hardware_virtualization() -> bool {
@@ -71,7 +78,9 @@ async fn firecracker_is_driven_through_its_api_and_destroyed_without_traces() {
     let id = "fctest0000001";
     let run_dir = dir.path().join("run/sandboxes").join(id);
     let state_dir = dir.path().join("home/sandboxes").join(id);
-    let backend = FirecrackerBackend::new(fc, kernel, cache);
+    let jailer = find_jailer(&fc);
+    let backend = FirecrackerBackend::new(fc, jailer, kernel, cache);
+    let root = nix_is_root();
     let spec = SandboxSpec {
         id,
         rootfs: &image,
@@ -106,17 +115,41 @@ async fn firecracker_is_driven_through_its_api_and_destroyed_without_traces() {
     record.runtime = started.runtime;
     assert!(started.runtime.is_some_and(|p| p.is_alive()));
 
+    // As root the VMM is jailed: chroot in the run directory, its own uid, its own namespaces.
+    let api_sock = if backend.jailed() {
+        let chroot = run_dir.join("jail/firecracker").join(id).join("root");
+        let pid = started.runtime.unwrap().pid;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let uid_line = status
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .unwrap()
+            .to_string();
+        assert!(uid_line.contains(&JAIL_UID.to_string()), "{uid_line}");
+        let net = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+        assert_ne!(
+            net,
+            std::fs::read_link("/proc/self/ns/net").unwrap(),
+            "own netns"
+        );
+        let pidns = std::fs::read_link(format!("/proc/{pid}/ns/pid")).unwrap();
+        assert_ne!(
+            pidns,
+            std::fs::read_link("/proc/self/ns/pid").unwrap(),
+            "own pid ns"
+        );
+        chroot.join("api.sock")
+    } else {
+        assert!(!root, "as root with a jailer the VMM must be jailed");
+        run_dir.join("firecracker.sock")
+    };
     // Every PUT was accepted and InstanceStart ran: the API reports a running instance.
-    let (status, body) = api(&run_dir.join(API_SOCKET), "GET", "/", None)
-        .await
-        .unwrap();
+    let (status, body) = api(&api_sock, "GET", "/", None).await.unwrap();
     assert_eq!(status, 200, "{body}");
     let info: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(info["state"], "Running", "{info}");
     assert_eq!(info["id"], id, "{info}");
-    let (status, cfg) = api(&run_dir.join(API_SOCKET), "GET", "/vm/config", None)
-        .await
-        .unwrap();
+    let (status, cfg) = api(&api_sock, "GET", "/vm/config", None).await.unwrap();
     assert_eq!(status, 200, "{cfg}");
     let cfg: serde_json::Value = serde_json::from_str(&cfg).unwrap();
     let drives = cfg["drives"].as_array().unwrap();
@@ -150,4 +183,22 @@ async fn firecracker_is_driven_through_its_api_and_destroyed_without_traces() {
     assert!(!started.runtime.unwrap().is_alive());
     assert_eq!(processes_mentioning(&run_dir), Vec::new());
     assert!(!run_dir.exists() && !state_dir.exists());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(run_dir.to_str().unwrap()),
+        "bind mounts left"
+    );
+    for ctrl in ["memory", ""] {
+        let cg = std::path::PathBuf::from("/sys/fs/cgroup")
+            .join(ctrl)
+            .join("firecracker")
+            .join(id);
+        assert!(!cg.exists(), "{} left", cg.display());
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(run_dir.to_str().unwrap()),
+        "bind mounts left"
+    );
+    assert!(!std::path::Path::new(&format!("/sys/fs/cgroup/memory/firecracker/{id}")).exists());
 }

@@ -4,10 +4,14 @@
 //! and a sparse writable disk as virtio block devices and Firecracker's hybrid vsock, which is the
 //! transport the QEMU backend reproduces with vhost-device-vsock.
 //!
-//! Not done yet: the jailer. Firecracker runs unjailed (as the calling user, in pyro's
-//! namespaces), and pyro logs a warning saying so. Graceful stop is the agent's power-off: the
-//! guest resets (`reboot=k`), which Firecracker turns into its own exit; Ctrl-Alt-Del would need
-//! an i8042 driver the guest kernel leaves out to boot faster.
+//! As root, Firecracker runs under the pinned jailer: a chroot in the sandbox's run directory
+//! (`jail/firecracker/<id>/root`) into which the kernel, initramfs and both disks are
+//! bind-mounted (the environment image read-only; nothing is copied, so create time does not
+//! grow with the image), its own uid/gid ([`JAIL_UID`]), a memory limit in its own cgroup (v1 or
+//! v2, whichever the host has), a new pid namespace and a new, empty network namespace. Not as
+//! root, it runs unjailed and pyro warns. Graceful stop is the agent's power-off: the guest
+//! resets (`reboot=k`), which Firecracker turns into its own exit; Ctrl-Alt-Del would need an
+//! i8042 driver that the guest kernel leaves out to boot faster.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -46,12 +50,112 @@ pub fn find_firecracker() -> Option<PathBuf> {
     })
 }
 
+/// The uid and gid a jailed Firecracker runs as: outside the container level's range
+/// (100000..165536), so the two levels never share an owner.
+pub const JAIL_UID: u32 = 165_536;
+
+/// Memory the VMM itself may use on top of the guest's, in the jail's cgroup limit.
+const VMM_OVERHEAD: u64 = 128 << 20;
+
+/// `jailer`: `$PYRO_JAILER`, else next to `firecracker`.
+pub fn find_jailer(firecracker: &Path) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("PYRO_JAILER").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
+    }
+    firecracker
+        .parent()
+        .map(|d| d.join("jailer"))
+        .filter(|p| p.is_file())
+}
+
 /// The Firecracker backend.
 #[derive(Debug, Clone)]
 pub struct FirecrackerBackend {
     firecracker: PathBuf,
+    jailer: Option<PathBuf>,
     kernel: PathBuf,
     cache: PathBuf,
+}
+
+/// Where things are for one sandbox: host paths, and the paths Firecracker is given (inside its
+/// chroot when jailed).
+struct Layout {
+    api_sock: PathBuf,
+    vsock_host: PathBuf,
+    chroot: Option<PathBuf>,
+}
+
+impl Layout {
+    fn new(run_dir: &Path, id: &str, jailed: bool) -> Layout {
+        if jailed {
+            let chroot = run_dir
+                .join("jail")
+                .join("firecracker")
+                .join(id)
+                .join("root");
+            Layout {
+                api_sock: chroot.join("api.sock"),
+                vsock_host: chroot.join(VSOCK_SOCKET),
+                chroot: Some(chroot),
+            }
+        } else {
+            Layout {
+                api_sock: run_dir.join(API_SOCKET),
+                vsock_host: run_dir.join(VSOCK_SOCKET),
+                chroot: None,
+            }
+        }
+    }
+
+    /// The path Firecracker is given for a host file that appears in the jail as `/name`.
+    fn guest_path(&self, host: &Path, name: &str) -> PathBuf {
+        if self.chroot.is_some() {
+            PathBuf::from("/").join(name)
+        } else {
+            host.to_path_buf()
+        }
+    }
+}
+
+/// Bind-mounts `src` onto a new empty file `dst` (read-only when asked).
+fn bind_file(src: &Path, dst: &Path, read_only: bool) -> Result<()> {
+    use nix::mount::{mount, MsFlags};
+    std::fs::File::create(dst).ctx(|| format!("create {}", dst.display()))?;
+    mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .map_err(|e| vm_err(NAME, format!("bind {} into the jail: {e}", src.display())))?;
+    if read_only {
+        mount(
+            None::<&str>,
+            dst,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(|e| vm_err(NAME, format!("make {} read-only: {e}", dst.display())))?;
+    }
+    Ok(())
+}
+
+/// Creates a new, empty network namespace and pins it at `path` (a bind mount of the namespace
+/// file), for the jailer's `--netns`. Made on a short-lived thread so pyro's own stays put.
+fn new_netns(path: &Path) -> Result<()> {
+    std::fs::File::create(path).ctx(|| format!("create {}", path.display()))?;
+    let target = path.to_path_buf();
+    std::thread::spawn(move || -> std::result::Result<(), String> {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("unshare(CLONE_NEWNET): {e}"))?;
+        nix::mount::mount(
+            Some("/proc/thread-self/ns/net"),
+            &target,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| format!("pin the network namespace: {e}"))
+    })
+    .join()
+    .map_err(|_| vm_err(NAME, "network namespace thread panicked"))?
+    .map_err(|e| vm_err(NAME, e))
 }
 
 /// One request to Firecracker's API over its Unix socket; returns the status code and body.
@@ -134,29 +238,111 @@ async fn put(socket: &Path, path: &str, body: Value) -> Result<()> {
 }
 
 impl FirecrackerBackend {
-    /// A backend using `firecracker` and the guest `kernel`; `cache` holds initramfs images.
-    pub fn new(firecracker: PathBuf, kernel: PathBuf, cache: PathBuf) -> FirecrackerBackend {
+    /// A backend using `firecracker` (under `jailer` when given) and the guest `kernel`;
+    /// `cache` holds initramfs images.
+    pub fn new(
+        firecracker: PathBuf,
+        jailer: Option<PathBuf>,
+        kernel: PathBuf,
+        cache: PathBuf,
+    ) -> FirecrackerBackend {
         FirecrackerBackend {
             firecracker,
+            jailer,
             kernel,
             cache,
         }
     }
 
+    /// Whether this backend jails Firecracker (root and a jailer are both needed).
+    pub fn jailed(&self) -> bool {
+        self.jailer.is_some() && nix::unistd::geteuid().is_root()
+    }
+
+    /// Starts the jailer: chroot, uid/gid, cgroup memory limit, new pid and network namespaces.
+    /// Its stdout (Firecracker's, the guest console) goes to `console`.
+    async fn spawn_jailed(
+        &self,
+        jailer: &Path,
+        spec: &SandboxSpec<'_>,
+        lay: &Layout,
+        files: &[(&Path, &str, bool)],
+        console: std::fs::File,
+        log: std::fs::File,
+    ) -> Result<Option<crate::procinfo::ProcessId>> {
+        let chroot = lay.chroot.as_deref().unwrap_or(spec.run_dir);
+        std::fs::create_dir_all(chroot).ctx(|| format!("create {}", chroot.display()))?;
+        for (src, name, ro) in files {
+            bind_file(src, &chroot.join(name), *ro)?;
+        }
+        let netns = spec.run_dir.join("netns");
+        new_netns(&netns)?;
+        let limit = (spec.resources.mem_mib << 20) + VMM_OVERHEAD;
+        let (version, cgroup) = if crate::backend::container::cgroup_version() == "v2" {
+            ("2", format!("memory.max={limit}"))
+        } else {
+            ("1", format!("memory.limit_in_bytes={limit}"))
+        };
+        let jail_base = spec.run_dir.join("jail");
+        let status = tokio::process::Command::new(jailer)
+            .arg("--id")
+            .arg(spec.id)
+            .arg("--exec-file")
+            .arg(&self.firecracker)
+            .args([
+                "--uid",
+                &JAIL_UID.to_string(),
+                "--gid",
+                &JAIL_UID.to_string(),
+            ])
+            .arg("--chroot-base-dir")
+            .arg(&jail_base)
+            .args(["--cgroup-version", version, "--cgroup", &cgroup])
+            .arg("--new-pid-ns")
+            .arg("--netns")
+            .arg(&netns)
+            .args(["--", "--api-sock", "/api.sock", "--level", "Warning"])
+            .stdin(Stdio::null())
+            .stdout(console)
+            .stderr(log)
+            .process_group(0)
+            .status()
+            .await
+            .map_err(|e| vm_err(NAME, format!("cannot start {}: {e}", jailer.display())))?;
+        if !status.success() {
+            return Err(vm_err(NAME, format!("jailer failed ({status})")));
+        }
+        // With a new pid namespace the jailer forks Firecracker, writes its pid here and exits.
+        let pid_file = chroot.join("firecracker.pid");
+        if !vm::wait_for_path(&pid_file, None, Duration::from_secs(10)).await {
+            return Err(vm_err(NAME, "the jailer wrote no firecracker.pid"));
+        }
+        let pid: u32 = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| vm_err(NAME, "unreadable firecracker.pid"))?;
+        Ok(vm::record_process(spec.run_dir, "firecracker", pid))
+    }
+
     /// Configures the VM through the API and starts it.
     async fn configure(
         &self,
-        api_sock: &Path,
+        lay: &Layout,
         spec: &SandboxSpec<'_>,
         initrd: &Path,
         rw_disk: &Path,
-        vsock: &Path,
     ) -> Result<()> {
+        let api_sock = lay.api_sock.as_path();
+        let kernel = lay.guest_path(&self.kernel, "vmlinux");
+        let initrd = lay.guest_path(initrd, "initrd.cpio");
+        let env = lay.guest_path(spec.rootfs, "env.ext4");
+        let rw_disk = lay.guest_path(rw_disk, "rw.ext4");
+        let vsock = lay.guest_path(&lay.vsock_host, VSOCK_SOCKET);
         put(
             api_sock,
             "/boot-source",
             json!({
-                "kernel_image_path": self.kernel,
+                "kernel_image_path": kernel,
                 "initrd_path": initrd,
                 "boot_args": format!("{BOOT_ARGS} pyro.port={AGENT_PORT}"),
             }),
@@ -171,7 +357,7 @@ impl FirecrackerBackend {
         put(
             api_sock,
             "/drives/env",
-            json!({"drive_id": "env", "path_on_host": spec.rootfs, "is_root_device": false, "is_read_only": true}),
+            json!({"drive_id": "env", "path_on_host": env, "is_root_device": false, "is_read_only": true}),
         )
         .await?;
         put(
@@ -218,11 +404,8 @@ impl Backend for FirecrackerBackend {
         let initrd = vm::initramfs(&self.cache, spec.agent)?;
         let rw_disk = spec.state_dir.join("rw.ext4");
         vm::make_scratch_disk(&rw_disk)?;
-        let api_sock = spec.run_dir.join(API_SOCKET);
-        let vsock = spec.run_dir.join(VSOCK_SOCKET);
-        tracing::warn!(
-            "firecracker runs without the jailer (not implemented yet): no chroot, uid or cgroup confinement of the VMM"
-        );
+        let jailed = self.jailed();
+        let lay = Layout::new(spec.run_dir, spec.id, jailed);
         // The guest's serial console is Firecracker's stdout.
         let console_path = spec.state_dir.join("console.log");
         let console = std::fs::File::create(&console_path)
@@ -230,35 +413,61 @@ impl Backend for FirecrackerBackend {
         let log_path = spec.state_dir.join("firecracker.log");
         let log =
             std::fs::File::create(&log_path).ctx(|| format!("create {}", log_path.display()))?;
-        let child = tokio::process::Command::new(&self.firecracker)
-            .arg("--api-sock")
-            .arg(&api_sock)
-            .arg("--id")
-            .arg(spec.id)
-            .args(["--level", "Warning"])
-            .stdin(Stdio::null())
-            .stdout(console)
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| {
-                vm_err(
-                    NAME,
-                    format!("cannot start {}: {e}", self.firecracker.display()),
-                )
-            })?;
-        let runtime = child
-            .id()
-            .and_then(|pid| vm::record_process(spec.run_dir, "firecracker", pid));
-        if !vm::wait_for_path(&api_sock, runtime, Duration::from_secs(10)).await {
+        let runtime = match (&self.jailer, jailed) {
+            (Some(jailer), true) => {
+                std::os::unix::fs::chown(&rw_disk, Some(JAIL_UID), Some(JAIL_UID))
+                    .ctx(|| format!("chown {}", rw_disk.display()))?;
+                let files: [(&Path, &str, bool); 4] = [
+                    (&self.kernel, "vmlinux", true),
+                    (&initrd, "initrd.cpio", true),
+                    (spec.rootfs, "env.ext4", true),
+                    (&rw_disk, "rw.ext4", false),
+                ];
+                self.spawn_jailed(jailer, spec, &lay, &files, console, log)
+                    .await?
+            }
+            _ => {
+                tracing::warn!(
+                    "firecracker runs without the jailer (not root, or no jailer): no chroot, uid, cgroup or namespace confinement of the VMM"
+                );
+                let child = tokio::process::Command::new(&self.firecracker)
+                    .arg("--api-sock")
+                    .arg(&lay.api_sock)
+                    .arg("--id")
+                    .arg(spec.id)
+                    .args(["--level", "Warning"])
+                    .stdin(Stdio::null())
+                    .stdout(console)
+                    .stderr(log)
+                    .process_group(0)
+                    .spawn()
+                    .map_err(|e| {
+                        vm_err(
+                            NAME,
+                            format!("cannot start {}: {e}", self.firecracker.display()),
+                        )
+                    })?;
+                child
+                    .id()
+                    .and_then(|pid| vm::record_process(spec.run_dir, "firecracker", pid))
+            }
+        };
+        if !vm::wait_for_path(&lay.api_sock, runtime, Duration::from_secs(10)).await {
             let text = std::fs::read_to_string(&log_path).unwrap_or_default();
             return Err(vm_err(
                 NAME,
                 format!("firecracker did not open its API socket: {}", text.trim()),
             ));
         }
-        self.configure(&api_sock, spec, &initrd, &rw_disk, &vsock)
-            .await?;
+        self.configure(&lay, spec, &initrd, &rw_disk).await?;
+        let mut not_applied = vec![
+            "pids: bounded by the VM's memory, not counted (the guest kernel has no cgroups)"
+                .to_string(),
+        ];
+        if !jailed {
+            not_applied.push("vmm: Firecracker runs without the jailer (needs root)".into());
+        }
+        let vsock = lay.vsock_host.clone();
         Ok(Started {
             runtime,
             endpoint: Endpoint::HybridVsock {
@@ -270,16 +479,35 @@ impl Backend for FirecrackerBackend {
                 memory_bytes: Some(spec.resources.mem_mib << 20),
                 pids_max: None,
                 cpus: Some(f64::from(spec.resources.vcpus)),
-                not_applied: vec![
-                    "pids: bounded by the VM's memory, not counted (the guest kernel has no cgroups)"
-                        .into(),
-                    "vmm: Firecracker runs without the jailer (not implemented yet)".into(),
-                ],
+                not_applied,
             },
         })
     }
 
     async fn destroy(&self, record: &SandboxRecord) -> CleanupReport {
-        destroy_vm(record).await
+        // Jailed or not is decided by what exists, so a later `pyro gc` gets it right too.
+        let jailed = Layout::new(&record.run_dir, &record.id, true);
+        let lay = if jailed.chroot.as_ref().is_some_and(|c| c.exists()) {
+            jailed
+        } else {
+            Layout::new(&record.run_dir, &record.id, false)
+        };
+        let report = destroy_vm(record, &lay.vsock_host).await;
+        // The jailer's cgroup (v1: one per controller; v2: one), empty once Firecracker is gone.
+        let mut dirs = vec![PathBuf::from(format!(
+            "/sys/fs/cgroup/firecracker/{}",
+            record.id
+        ))];
+        if let Ok(ctrls) = std::fs::read_dir("/sys/fs/cgroup") {
+            dirs.extend(
+                ctrls
+                    .flatten()
+                    .map(|c| c.path().join("firecracker").join(&record.id)),
+            );
+        }
+        for d in dirs {
+            let _ = std::fs::remove_dir(d);
+        }
+        report
     }
 }

@@ -266,17 +266,17 @@ impl Backend for QemuBackend {
     }
 
     async fn destroy(&self, record: &SandboxRecord) -> CleanupReport {
-        destroy_vm(record).await
+        destroy_vm(record, &record.run_dir.join(VSOCK_SOCKET)).await
     }
 }
 
 /// Stops a VM sandbox gracefully where it can (the agent powers the guest off, which makes the
 /// VMM exit), then ends whatever is left and removes its files.
-pub(crate) async fn destroy_vm(record: &SandboxRecord) -> CleanupReport {
+pub(crate) async fn destroy_vm(record: &SandboxRecord, vsock: &Path) -> CleanupReport {
     let mut errors = Vec::new();
     if let Some(vmm) = record.runtime.filter(|p| p.is_alive()) {
         let client = AgentClient::at(Endpoint::HybridVsock {
-            uds: record.run_dir.join(VSOCK_SOCKET),
+            uds: vsock.to_path_buf(),
             port: AGENT_PORT,
         });
         let asked = tokio::time::timeout(Duration::from_secs(2), client.shutdown()).await;

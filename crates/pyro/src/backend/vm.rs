@@ -345,6 +345,23 @@ pub fn remove_vm_sandbox(run_dir: &Path, state_dir: &Path, errors: &mut Vec<Stri
             errors.push(format!("pid {} did not exit", p.pid));
         }
     }
+    // Bind mounts into a jail (kernel, disks, network namespace): detach them before removing
+    // the directory, so that nothing is deleted through them.
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let prefix = run_dir.to_string_lossy().into_owned();
+    let mut points: Vec<&str> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&format!("{prefix}/")))
+        .collect();
+    points.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in points {
+        if let Err(e) = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH) {
+            if e != nix::errno::Errno::EINVAL && e != nix::errno::Errno::ENOENT {
+                errors.push(format!("unmount {m}: {e}"));
+            }
+        }
+    }
     for dir in [run_dir, state_dir] {
         match std::fs::remove_dir_all(dir) {
             Ok(()) => {}
