@@ -13,6 +13,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("PYRO_RUNC", "path to the runc binary (default: runc on PATH)"),
     ("PYRO_KERNEL", "path to the guest kernel (an uncompressed vmlinux) for the VM levels (default: the build of this version's config in PYRO_KERNEL_DIR)"),
     ("PYRO_KERNEL_DIR", "where scripts/build-kernel caches guest kernels by config and source hash (default ~/.cache/pyro/kernels)"),
+    ("PYRO_FIRECRACKER", "path to the firecracker binary (default: on PATH, then ~/.cache/pyro/firecracker/, where scripts/setup --vm puts the pinned build)"),
+    ("PYRO_JAILER", "path to Firecracker's jailer, used when pyro runs as root (default: next to firecracker)"),
     ("PYRO_QEMU", "path to qemu-system-x86_64 (default: on PATH)"),
     ("PYRO_VHOST_VSOCK", "path to vhost-device-vsock, QEMU's vsock backend (default: on PATH, then ~/.cache/pyro/cargo/bin, ~/.cargo/bin)"),
     ("PYRO_DEBIAN_MIRROR", "Debian mirror URL for environment builds (default: mmdebstrap's default, deb.debian.org)"),
