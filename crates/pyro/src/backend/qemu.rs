@@ -73,7 +73,10 @@ impl QemuBackend {
             if let Some(khz) = vm::host_tsc_khz() {
                 c.push_str(&format!(" tsc_early_khz={khz}"));
             }
-            c.push_str(" nolapic_timer");
+            // The guest's TSC is the host's (constant) TSC; without this the clocksource
+            // watchdog may judge it unstable against the emulated timers when the host is
+            // loaded, and the emulated machine has no other good clocksource to fall back to.
+            c.push_str(" nolapic_timer tsc=reliable");
         }
         c
     }
