@@ -354,7 +354,25 @@ impl EnvCache {
             .ctx(|| format!("syncing {}", tmp.display()))?;
         fs::rename(&tmp, &target).ctx(|| format!("renaming {} into place", tmp.display()))?;
         oci::sync_dir(&images)?;
+        // The uid-0 tree was only the image's source; don't keep the environment twice.
+        self.remove_rootfs(&hex, 0);
         Ok(target)
+    }
+
+    /// Removes one unpacked root filesystem (best effort, under its lock; renamed away first so
+    /// it is never visible half deleted).
+    fn remove_rootfs(&self, hex: &str, uid_shift: u32) {
+        let name = format!("{hex}-u{uid_shift}");
+        let rootfs_dir = self.root.join("rootfs");
+        let Ok(_lock) =
+            lock_exclusive(&self.root.join("locks").join(format!("rootfs-{name}.lock")))
+        else {
+            return;
+        };
+        let trash = rootfs_dir.join(format!(".trash-{}", unique_suffix()));
+        if fs::rename(rootfs_dir.join(&name), &trash).is_ok() {
+            let _ = fs::remove_dir_all(&trash);
+        }
     }
 
     /// Removes what no current environment needs: index entries built from stale recipes (or
@@ -471,6 +489,18 @@ impl EnvCache {
             };
             // Running VMs keep their open file; the name goes now, the blocks when they stop.
             self.remove(&path, &mut result)?;
+        }
+
+        // VM initramfs images are remade on demand in milliseconds; ones unused for a day go
+        // (a day, so that one a sandbox is about to boot is never taken from under it).
+        for (path, name) in read_dir_names(&self.root.join("initramfs"))? {
+            let old = fs::symlink_metadata(&path)
+                .and_then(|m| m.modified())
+                .map(|t| now_age(t) > Duration::from_secs(24 * 3600))
+                .unwrap_or(false);
+            if old && (name.ends_with(".cpio") || name.starts_with(".tmp-")) {
+                self.remove(&path, &mut result)?;
+            }
         }
 
         for (path, _) in read_dir_names(&self.root.join("tmp"))? {
@@ -724,6 +754,11 @@ fn read_dir_names(dir: &Path) -> Result<Vec<(PathBuf, String)>> {
     }
     names.sort();
     Ok(names)
+}
+
+/// How long ago `t` was.
+fn now_age(t: SystemTime) -> Duration {
+    SystemTime::now().duration_since(t).unwrap_or_default()
 }
 
 /// Space a tree needs on ext4: bytes rounded up to 4 KiB blocks, and the number of entries.
@@ -1147,6 +1182,47 @@ mod tests {
             cache.build("nope", &opts, &mut |_| {}),
             Err(Error::UnknownEnvironment { .. })
         ));
+    }
+
+    #[test]
+    fn ext4_image_is_made_once_per_digest_and_its_source_tree_dropped() {
+        if !is_root() || find_mkfs_ext4().is_none() {
+            return;
+        }
+        let (_tmp, cache) = cache();
+        install(&cache, &current("debian:12"), "img");
+        let resolved = cache.resolve("debian:12").expect("resolve");
+        let hex = oci::sha256_hex(&resolved.manifest_digest).expect("hex");
+        let threads: Vec<_> = (0..3)
+            .map(|_| {
+                let (cache, resolved) = (cache.clone(), resolved.clone());
+                std::thread::spawn(move || cache.ext4_image(&resolved))
+            })
+            .collect();
+        let paths: Vec<PathBuf> = threads
+            .into_iter()
+            .map(|t| t.join().expect("join").expect("image"))
+            .collect();
+        let want = cache.root().join("images").join(format!("{hex}.ext4"));
+        assert!(paths.iter().all(|p| *p == want));
+        let bytes = fs::read(&want).expect("read image");
+        // ext4 superblock magic 0xEF53 at offset 1024 + 56.
+        assert_eq!(&bytes[1080..1082], &[0x53, 0xEF]);
+        assert!(!cache
+            .root()
+            .join("rootfs")
+            .join(format!("{hex}-u0"))
+            .exists());
+        let names: Vec<String> = read_dir_names(&cache.root().join("images"))
+            .expect("list")
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect();
+        assert_eq!(
+            names,
+            vec![format!("{hex}.ext4")],
+            "no temporary images left"
+        );
     }
 
     #[test]
