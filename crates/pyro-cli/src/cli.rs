@@ -23,6 +23,9 @@ impl Cli {
             Command::Doctor(a) => a.out.json,
             Command::Gc(o) => o.json,
             Command::Bench(a) => a.json,
+            Command::Runtime(r) => match &r.command {
+                RuntimeCommand::Install(a) => a.out.json,
+            },
         }
     }
 }
@@ -42,6 +45,30 @@ pub enum Command {
     Gc(OutputArgs),
     /// Measure one-shot runs and exec round trips on this host.
     Bench(BenchArgs),
+    /// VM runtime pieces: the pinned Firecracker and jailer.
+    Runtime(RuntimeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RuntimeArgs {
+    #[command(subcommand)]
+    pub command: RuntimeCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RuntimeCommand {
+    /// Install the pinned Firecracker and jailer (sha256-checked) into ~/.cache/pyro/firecracker.
+    Install(RuntimeInstallArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RuntimeInstallArgs {
+    /// A directory holding `firecracker` and `jailer`, or the release tarball; default: download
+    /// the upstream release.
+    #[arg(long)]
+    pub from: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub out: OutputArgs,
 }
 
 #[derive(Debug, Args)]

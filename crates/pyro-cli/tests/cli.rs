@@ -175,3 +175,34 @@ fn env_inspect_describes_the_recipe() {
     }
     assert_eq!(v["suite"], "bookworm");
 }
+
+#[test]
+fn runtime_install_refuses_binaries_that_are_not_the_pinned_build() {
+    let p = TestPyro::new();
+    let src = p.dir.path().join("fake-release");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("firecracker"), b"#!/bin/sh\n").unwrap();
+    std::fs::write(src.join("jailer"), b"#!/bin/sh\n").unwrap();
+    let home = p.dir.path().join("userhome");
+    let out = p
+        .cmd(&[
+            "runtime",
+            "install",
+            "--from",
+            src.to_str().unwrap(),
+            "--json",
+        ])
+        .env("HOME", &home)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not the pinned"),
+        "{v}"
+    );
+    assert!(!home.join(".cache/pyro/firecracker/firecracker").exists());
+}

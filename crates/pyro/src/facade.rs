@@ -451,6 +451,17 @@ impl Pyro {
         Ok(())
     }
 
+    /// Installs the pinned Firecracker and jailer (`pyro runtime install`), from a directory or
+    /// release tarball, or downloaded from the upstream release.
+    pub async fn runtime_install(
+        &self,
+        from: Option<PathBuf>,
+    ) -> Result<crate::runtime::RuntimeInstall> {
+        tokio::task::spawn_blocking(move || crate::runtime::install(from.as_deref()))
+            .await
+            .map_err(|e| Error::InvalidRequest(format!("install task failed: {e}")))?
+    }
+
     /// Every catalog environment, built or not.
     pub fn env_list(&self) -> Result<Vec<EnvInfo>> {
         self.inner.envs.list()

@@ -26,6 +26,7 @@ pub mod facade;
 pub mod paths;
 pub mod procinfo;
 pub mod run;
+pub mod runtime;
 pub mod sandbox;
 pub mod store;
 

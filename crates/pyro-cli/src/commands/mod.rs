@@ -5,6 +5,7 @@ mod doctor;
 mod env;
 mod gc;
 mod run;
+mod runtime;
 
 use std::process::ExitCode;
 
@@ -19,5 +20,6 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Doctor(a) => doctor::doctor(&pyro, a).await,
         Command::Gc(o) => gc::gc(&pyro, o).await,
         Command::Bench(a) => bench::bench(&pyro, a).await,
+        Command::Runtime(a) => runtime::runtime(&pyro, a).await,
     }
 }
