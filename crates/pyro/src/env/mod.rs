@@ -355,7 +355,7 @@ impl EnvCache {
         fs::rename(&tmp, &target).ctx(|| format!("renaming {} into place", tmp.display()))?;
         oci::sync_dir(&images)?;
         // The uid-0 tree was only the image's source; don't keep the environment twice.
-        self.remove_rootfs(&hex, 0);
+        self.remove_rootfs(hex, 0);
         Ok(target)
     }
 
