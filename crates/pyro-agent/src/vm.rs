@@ -142,7 +142,39 @@ pub fn boot() -> Result<VmConfig, String> {
     step("chroot", nix::unistd::chroot("."))?;
     std::env::set_current_dir("/").map_err(|e| format!("vm init: chdir /: {e}"))?;
     let _ = nix::unistd::sethostname("pyro");
+    if let Err(e) = loopback_up() {
+        eprintln!("pyro-agent: vm init: bring up lo: {e} (continuing)");
+    }
     Ok(cfg)
+}
+
+/// Brings the loopback interface up, as a container runtime does: programs expect `localhost`.
+/// (No other interface is configured: the VM levels have no network yet.)
+pub fn loopback_up() -> std::io::Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: socket() with constant arguments; the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we own, on a valid socket.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 fn mount_fs_from(fstype: &str, target: &str, data: &str) -> Result<(), String> {

@@ -37,7 +37,8 @@ fn vm_emulated_runs_git_passes_exit_codes_times_out_and_leaves_nothing() {
     // Boot 1: the README's command, the guest's view of itself, and exit code passthrough.
     let script = "git --version; echo root=$(findmnt -no FSTYPE /); \
                   echo disks=$(cat /sys/block/vd*/ro | tr -d '\\n'); \
-                  echo pid1=$(cat /proc/1/comm); echo hi > /etc/written && cat /etc/written; exit 7";
+                  echo pid1=$(cat /proc/1/comm); echo lo=$(cat /sys/class/net/lo/flags); \
+                  echo hi > /etc/written && cat /etc/written; exit 7";
     let (out, v) = run_vm(&p, &[], &["sh", "-c", script]);
     let so = v["stdout"].as_str().unwrap_or_default();
     assert_eq!(out.status.code(), Some(7), "{v}");
@@ -53,6 +54,8 @@ fn vm_emulated_runs_git_passes_exit_codes_times_out_and_leaves_nothing() {
         "the agent is PID 1 (run as /init): {so}"
     );
     assert!(so.contains("\nhi\n"), "{so}");
+    // Loopback is up (IFF_UP | IFF_LOOPBACK), as on the container level.
+    assert!(so.contains("lo=0x9"), "{so}");
     assert_eq!(v["cleanup"]["deleted"], true, "{v}");
     let id = v["sandbox_id"].as_str().unwrap().to_string();
     assert_eq!(vm_traces(&p, &id), Vec::<String>::new());
@@ -72,10 +75,8 @@ fn vm_emulated_runs_git_passes_exit_codes_times_out_and_leaves_nothing() {
     assert_eq!(p.leftovers(), Vec::<String>::new());
 }
 
-#[test]
-fn a_killed_pyro_leaves_a_vm_that_gc_removes() {
-    require_vm!();
-    let p = TestPyro::new();
+/// Starts `pyro run` of a long command on vm-emulated; returns once the guest command runs.
+fn start_long_vm_run(p: &TestPyro) -> (std::process::Child, String) {
     let mut child = p
         .cmd(&[
             "run",
@@ -112,8 +113,22 @@ fn a_killed_pyro_leaves_a_vm_that_gc_removes() {
     let mut l = String::new();
     out.read_line(&mut l).unwrap();
     assert_eq!(l, "READY\n");
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    (child, id)
+}
+
+fn signal(child: &std::process::Child, sig: i32) {
     // SAFETY: plain kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    unsafe { libc::kill(child.id() as i32, sig) };
+}
+
+#[test]
+fn a_killed_pyro_leaves_a_vm_that_gc_removes_and_sigterm_removes_it_at_once() {
+    require_vm!();
+    let p = TestPyro::new();
+    let (mut child, id) = start_long_vm_run(&p);
+    signal(&child, libc::SIGKILL);
     child.wait().unwrap();
     let traces = vm_traces(&p, &id);
     assert!(
@@ -123,6 +138,13 @@ fn a_killed_pyro_leaves_a_vm_that_gc_removes() {
     );
     let (o, v) = p.json(&["gc"]);
     assert_eq!(o.status.code(), Some(0), "{v}");
+    assert_eq!(vm_traces(&p, &id), Vec::<String>::new());
+    assert_eq!(p.leftovers(), Vec::<String>::new());
+
+    // SIGTERM to pyro: it removes the VM itself and exits 143.
+    let (mut child, id) = start_long_vm_run(&p);
+    signal(&child, libc::SIGTERM);
+    assert_eq!(child.wait().unwrap().code(), Some(143));
     assert_eq!(vm_traces(&p, &id), Vec::<String>::new());
     assert_eq!(p.leftovers(), Vec::<String>::new());
 }
