@@ -125,6 +125,9 @@ impl QemuBackend {
             // vhost-user needs guest memory the backend process can map.
             "-object".into(),
             format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
+            // QEMU's seccomp filter: no exec, no privilege changes, no obsolete syscalls.
+            "-sandbox".into(),
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
             "-nodefaults".into(),
             "-no-user-config".into(),
             "-display".into(),
