@@ -64,6 +64,11 @@ impl std::fmt::Display for Endpoint {
     }
 }
 
+/// How long the first readiness attempt may take before a fresh connection is tried.
+const FIRST_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(500);
+/// The most one readiness attempt may take.
+const MAX_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(4);
+
 /// Longest `OK …\n` reply accepted to a `CONNECT`: Firecracker answers `OK <u32>\n`.
 const MAX_CONNECT_REPLY: usize = 32;
 
@@ -201,15 +206,21 @@ impl AgentClient {
     pub async fn wait_ready(&self, timeout: Duration) -> Result<AgentInfo> {
         let until = Instant::now() + timeout;
         let mut delay = Duration::from_millis(1);
+        let mut attempt_timeout = FIRST_ATTEMPT_TIMEOUT;
         loop {
-            // Each attempt is bounded too: a VMM may accept a connection that the guest never
-            // answers while it is still booting.
+            // Each attempt is bounded, and short: a vsock backend may accept a connection whose
+            // request to the guest is lost while the guest's vsock driver is still starting, and
+            // then never answers it. Nothing but the handshake has been sent, so a fresh
+            // connection is safe; the bound grows in case the guest is merely slow.
             let left = until.saturating_duration_since(Instant::now());
-            let attempt =
-                match tokio::time::timeout(left.max(Duration::from_millis(1)), self.open()).await {
-                    Ok(r) => r,
-                    Err(_) => Err(Error::Agent("no answer to the handshake".into())),
-                };
+            let bound = attempt_timeout.min(left).max(Duration::from_millis(1));
+            let attempt = match tokio::time::timeout(bound, self.open()).await {
+                Ok(r) => r,
+                Err(_) => {
+                    attempt_timeout = (attempt_timeout * 2).min(MAX_ATTEMPT_TIMEOUT);
+                    Err(Error::Agent("no answer to the handshake".into()))
+                }
+            };
             match attempt {
                 Ok((mut s, info)) => {
                     write_msg(&mut s, &Request::Ping).await?;
