@@ -136,6 +136,39 @@ pub fn setup_mounts() -> Vec<(MountSpec, MountOutcome)> {
     results
 }
 
+/// Whether any process other than this one and kernel threads (pid 2, `kthreadd`, and its
+/// children) is left. Reads `/proc`; if it cannot, assumes some are.
+fn user_processes_left() -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    let me = std::process::id();
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me || pid == 2 {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the command name: state, ppid, ...
+        let ppid = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        let zombie = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            == Some("Z");
+        if ppid != Some(2) && !zombie {
+            return true;
+        }
+    }
+    false
+}
+
 /// Ends every other process in the sandbox: TERM, a grace period, then KILL.
 pub fn kill_everything(grace: std::time::Duration) {
     use nix::sys::signal::{kill, Signal};
@@ -144,8 +177,9 @@ pub fn kill_everything(grace: std::time::Duration) {
     let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
     let until = std::time::Instant::now() + grace;
     while std::time::Instant::now() < until {
-        // ESRCH means nothing is left to signal.
-        if kill(Pid::from_raw(-1), None).is_err() {
+        // ESRCH means nothing is left to signal. In a VM kernel threads are always there to
+        // "signal" (they ignore it), so look at the process table instead.
+        if kill(Pid::from_raw(-1), None).is_err() || !user_processes_left() {
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
@@ -153,12 +187,28 @@ pub fn kill_everything(grace: std::time::Duration) {
     let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
 }
 
-/// Powers off as PID 1: stop everything, flush disks, then `reboot(POWER_OFF)`. Under a
-/// container runtime the call is refused, and exiting PID 1 ends the sandbox just as well.
+static IN_VM: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Marks this agent as PID 1 of a virtual machine (see [`power_off`]).
+pub fn set_vm() {
+    IN_VM.store(true, std::sync::atomic::Ordering::Release);
+}
+
+/// Powers off as PID 1: stop everything, flush disks, then leave.
+///
+/// In a VM that is `reboot(RB_AUTOBOOT)`: the guest kernel has no ACPI, so `RB_POWER_OFF` would
+/// only halt the CPU and leave the VMM running; a reset makes both VMMs exit (QEMU runs with
+/// `-no-reboot`, Firecracker always exits on the i8042 reset). Under a container runtime the call
+/// is refused, and exiting PID 1 ends the sandbox just as well.
 pub fn power_off() -> ! {
     kill_everything(std::time::Duration::from_millis(500));
     nix::unistd::sync();
-    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+    let mode = if IN_VM.load(std::sync::atomic::Ordering::Acquire) {
+        nix::sys::reboot::RebootMode::RB_AUTOBOOT
+    } else {
+        nix::sys::reboot::RebootMode::RB_POWER_OFF
+    };
+    let _ = nix::sys::reboot::reboot(mode);
     std::process::exit(0)
 }
 

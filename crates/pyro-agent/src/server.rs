@@ -1,6 +1,7 @@
 //! Serves host requests: one thread per connection, one call per connection.
 
 use std::io::{self, BufReader, BufWriter};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,9 +28,56 @@ pub struct ServerConfig {
     pub pid1: bool,
 }
 
+/// Where the agent accepts host connections.
+#[derive(Debug)]
+pub enum Listener {
+    /// A Unix socket (the container level: bind-mounted to the host).
+    Unix(UnixListener),
+    /// An `AF_VSOCK` socket (the VM levels: the VMM bridges it to a Unix socket on the host).
+    Vsock(OwnedFd),
+}
+
+impl Listener {
+    /// Listens on `AF_VSOCK` port `port` for any CID.
+    pub fn vsock(port: u32) -> io::Result<Listener> {
+        use nix::sys::socket::{
+            bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, VsockAddr,
+        };
+        let fd = socket(
+            AddressFamily::Vsock,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        bind(fd.as_raw_fd(), &VsockAddr::new(libc::VMADDR_CID_ANY, port))?;
+        listen(&fd, Backlog::new(128).unwrap_or(Backlog::MAXCONN))?;
+        Ok(Listener::Vsock(fd))
+    }
+
+    /// Waits for the next connection.
+    ///
+    /// A vsock connection is handed on as a `UnixStream`: std's stream type is only a wrapper
+    /// around a connected stream socket's fd (read, write, dup, shutdown), which is all the
+    /// server uses, so one code path serves both transports.
+    fn accept(&self) -> io::Result<UnixStream> {
+        match self {
+            Listener::Unix(l) => l.accept().map(|(s, _)| s),
+            Listener::Vsock(fd) => {
+                let c = nix::sys::socket::accept4(
+                    fd.as_raw_fd(),
+                    nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+                )?;
+                // SAFETY: accept4 returned a fresh fd that nothing else owns.
+                Ok(UnixStream::from(unsafe { OwnedFd::from_raw_fd(c) }))
+            }
+        }
+    }
+}
+
 /// Accepts connections until a shutdown request; then stops everything and returns (or powers
 /// off when PID 1).
-pub fn serve(listener: UnixListener, config: ServerConfig) -> io::Result<()> {
+pub fn serve(listener: impl Into<Listener>, config: ServerConfig) -> io::Result<()> {
+    let listener: Listener = listener.into();
     let active = Arc::new(AtomicUsize::new(0));
     let (shutdown_tx, shutdown_rx) = std::sync::mpsc::channel::<()>();
     let cfg = Arc::new(config);
@@ -41,10 +89,12 @@ pub fn serve(listener: UnixListener, config: ServerConfig) -> io::Result<()> {
             }
         }
     });
-    for conn in listener.incoming() {
-        let stream = match conn {
+    loop {
+        let stream = match listener.accept() {
             Ok(s) => s,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // The peer went away between connect and accept: not the listener's fault.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
             Err(e) => return Err(e),
         };
         while active.load(Ordering::Acquire) >= MAX_CONNECTIONS {
@@ -61,7 +111,12 @@ pub fn serve(listener: UnixListener, config: ServerConfig) -> io::Result<()> {
             active.fetch_sub(1, Ordering::AcqRel);
         });
     }
-    Ok(())
+}
+
+impl From<UnixListener> for Listener {
+    fn from(l: UnixListener) -> Listener {
+        Listener::Unix(l)
+    }
 }
 
 impl ServerConfig {

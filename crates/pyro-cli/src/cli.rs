@@ -31,7 +31,7 @@ pub enum Command {
     /// Environments: list, inspect, build, pull, push, prune.
     Env(EnvArgs),
     /// Check what this host can do and which isolation levels it gives.
-    Doctor(OutputArgs),
+    Doctor(DoctorArgs),
     /// Remove sandboxes left behind by pyro processes that died.
     Gc(OutputArgs),
     /// Measure one-shot runs and exec round trips on this host.
@@ -42,6 +42,8 @@ pub enum Command {
     /// The MCP server, for agents and MCP clients.
     #[command(subcommand)]
     Mcp(McpCommand),
+    /// VM runtime pieces: the pinned Firecracker and jailer.
+    Runtime(RuntimeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -71,6 +73,37 @@ pub struct McpServeArgs {
     /// Seconds between sweeps for expired workspaces and VMs.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub reap_interval: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct RuntimeArgs {
+    #[command(subcommand)]
+    pub command: RuntimeCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RuntimeCommand {
+    /// Install the pinned Firecracker and jailer (sha256-checked) into ~/.cache/pyro/firecracker.
+    Install(RuntimeInstallArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RuntimeInstallArgs {
+    /// A directory holding `firecracker` and `jailer`, or the release tarball; default: download
+    /// the upstream release.
+    #[arg(long)]
+    pub from: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Also boot a test VM at each usable VM level (about a second under emulation).
+    #[arg(long)]
+    pub boot: bool,
+    #[command(flatten)]
+    pub out: OutputArgs,
 }
 
 #[derive(Debug, Args)]

@@ -36,12 +36,19 @@ fn doctor_reports_levels_honestly() {
     let (out, v) = p.json(&["doctor"]);
     let levels = v["isolation_levels"].as_array().unwrap();
     let level = |name: &str| levels.iter().find(|l| l["level"] == name).unwrap().clone();
+    // Each VM level is either usable (served by a named backend) or says why not.
     for vm in ["microvm", "vm-emulated"] {
-        assert_eq!(level(vm)["usable"], false);
-        assert!(level(vm)["reason"]
-            .as_str()
-            .unwrap()
-            .contains("not available"));
+        let l = level(vm);
+        if l["usable"] == true {
+            assert_eq!(l["reason"], serde_json::Value::Null, "{l}");
+            assert!(l["backend"].is_string(), "{l}");
+        } else {
+            assert!(!l["reason"].as_str().unwrap().is_empty(), "{l}");
+        }
+    }
+    // microvm needs KVM with hardware virtualization; doctor says whether the CPU has it.
+    if v["kvm"]["hardware_virtualization"] == false {
+        assert_eq!(level("microvm")["usable"], false);
     }
     assert_eq!(v["kvm"]["test_boot"], serde_json::Value::Null);
     assert!(v["kvm"]["boot_note"].is_string());
@@ -75,6 +82,8 @@ fn doctor_exits_nonzero_when_no_level_is_usable() {
     let out = p
         .cmd(&["doctor"])
         .env("PYRO_RUNC", "/nonexistent/runc")
+        // An explicit kernel that does not exist makes both VM levels unusable too.
+        .env("PYRO_KERNEL", "/nonexistent/vmlinux")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -97,6 +106,7 @@ fn doctor_exits_nonzero_when_no_level_is_usable() {
                 "true",
             ])
             .env("PYRO_RUNC", "/nonexistent/runc")
+            .env("PYRO_KERNEL", "/nonexistent/vmlinux")
             .output()
             .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -164,4 +174,35 @@ fn env_inspect_describes_the_recipe() {
         assert!(pkgs.contains(&want), "{want} missing: {v}");
     }
     assert_eq!(v["suite"], "bookworm");
+}
+
+#[test]
+fn runtime_install_refuses_binaries_that_are_not_the_pinned_build() {
+    let p = TestPyro::new();
+    let src = p.dir.path().join("fake-release");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("firecracker"), b"#!/bin/sh\n").unwrap();
+    std::fs::write(src.join("jailer"), b"#!/bin/sh\n").unwrap();
+    let home = p.dir.path().join("userhome");
+    let out = p
+        .cmd(&[
+            "runtime",
+            "install",
+            "--from",
+            src.to_str().unwrap(),
+            "--json",
+        ])
+        .env("HOME", &home)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not the pinned"),
+        "{v}"
+    );
+    assert!(!home.join(".cache/pyro/firecracker/firecracker").exists());
 }

@@ -244,16 +244,25 @@ fn empty_command_is_a_usage_error() {
 #[test]
 fn asking_for_a_level_the_host_cannot_give_names_the_ones_it_can() {
     let p = TestPyro::new();
+    let (_, d) = p.json(&["doctor"]);
+    let microvm_usable = d["isolation_levels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["level"] == "microvm" && l["usable"] == true);
+    if microvm_usable {
+        eprintln!(
+            "SKIPPED: this host can give microvm, so there is no unavailable level to ask for"
+        );
+        return;
+    }
     let (out, v) = p.json(&["run", "debian:12", "--isolation", "microvm", "--", "true"]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(v["error"]["kind"], "isolation_unavailable");
     assert!(v["error"]["message"].as_str().unwrap().contains("microvm"));
     if util::container_prerequisites().is_none() {
         assert!(
-            v["error"]["hint"]
-                .as_str()
-                .unwrap()
-                .contains("--isolation container"),
+            v["error"]["hint"].as_str().unwrap().contains("container"),
             "{v}"
         );
     }

@@ -28,10 +28,96 @@ pub trait OutputSink: Send {
     fn output(&mut self, stream: OutputStream, bytes: &[u8]);
 }
 
-/// A client for one sandbox's agent socket.
+/// Where a sandbox's agent is reached from the host. Both are Unix sockets; the VMs add the
+/// hybrid-vsock handshake in front of the agent protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A Unix socket the agent listens on itself (the container level).
+    Unix(PathBuf),
+    /// A VMM's hybrid-vsock Unix socket (Firecracker's vsock device, or the `vhost-device-vsock`
+    /// backend for QEMU): each connection opens with `CONNECT <port>\n` and an `OK …\n` reply.
+    HybridVsock {
+        /// The host-side Unix socket.
+        uds: PathBuf,
+        /// The guest vsock port the agent listens on.
+        port: u32,
+    },
+}
+
+impl Endpoint {
+    /// The host Unix socket either way.
+    pub fn path(&self) -> &Path {
+        match self {
+            Endpoint::Unix(p) | Endpoint::HybridVsock { uds: p, .. } => p,
+        }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Unix(p) => write!(f, "{}", p.display()),
+            Endpoint::HybridVsock { uds, port } => {
+                write!(f, "{} (vsock port {port})", uds.display())
+            }
+        }
+    }
+}
+
+/// How long the first readiness attempt may take before a fresh connection is tried.
+const FIRST_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(500);
+/// The most one readiness attempt may take.
+const MAX_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// Longest `OK …\n` reply accepted to a `CONNECT`: Firecracker answers `OK <u32>\n`.
+const MAX_CONNECT_REPLY: usize = 32;
+
+/// Opens a hybrid-vsock connection: sends `CONNECT <port>\n` and accepts any `OK <n>\n` reply.
+/// The number differs between VMMs (vhost-device-vsock echoes the guest port, Firecracker names
+/// a host-side port of its own), so only the prefix is checked. The reply is read byte by byte so
+/// that nothing after the newline, which belongs to the agent, is consumed.
+pub async fn hybrid_vsock_connect(uds: &Path, port: u32) -> Result<UnixStream> {
+    let mut s = UnixStream::connect(uds)
+        .await
+        .map_err(|e| Error::Agent(format!("connect {}: {e}", uds.display())))?;
+    s.write_all(format!("CONNECT {port}\n").as_bytes())
+        .await
+        .map_err(|e| Error::Agent(format!("vsock CONNECT: {e}")))?;
+    let mut line = Vec::with_capacity(MAX_CONNECT_REPLY);
+    loop {
+        let mut b = [0u8; 1];
+        let n = s
+            .read(&mut b)
+            .await
+            .map_err(|e| Error::Agent(format!("vsock CONNECT reply: {e}")))?;
+        if n == 0 {
+            // The VMM closes the stream when nothing listens on the port (yet).
+            return Err(Error::Agent(format!(
+                "vsock port {port}: no listener in the guest (yet)"
+            )));
+        }
+        if b[0] == b'\n' {
+            break;
+        }
+        line.push(b[0]);
+        if line.len() > MAX_CONNECT_REPLY {
+            return Err(Error::Agent("vsock CONNECT reply too long".into()));
+        }
+    }
+    if line.starts_with(b"OK ") {
+        Ok(s)
+    } else {
+        Err(Error::Agent(format!(
+            "vsock CONNECT refused: {:?}",
+            String::from_utf8_lossy(&line)
+        )))
+    }
+}
+
+/// A client for one sandbox's agent.
 #[derive(Debug, Clone)]
 pub struct AgentClient {
-    socket: PathBuf,
+    endpoint: Endpoint,
 }
 
 async fn write_msg(s: &mut UnixStream, msg: &Request) -> Result<()> {
@@ -87,23 +173,34 @@ fn refused(kind: String, message: String) -> Error {
 }
 
 impl AgentClient {
-    /// A client for the agent listening at `socket`.
+    /// A client for the agent listening at a Unix socket.
     pub fn new(socket: impl Into<PathBuf>) -> AgentClient {
-        AgentClient {
-            socket: socket.into(),
-        }
+        AgentClient::at(Endpoint::Unix(socket.into()))
     }
 
-    /// The socket path.
+    /// A client for the agent at `endpoint`.
+    pub fn at(endpoint: Endpoint) -> AgentClient {
+        AgentClient { endpoint }
+    }
+
+    /// Where the agent is reached.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// The host socket path.
     pub fn socket(&self) -> &Path {
-        &self.socket
+        self.endpoint.path()
     }
 
     /// Connects and does the version handshake.
     async fn open(&self) -> Result<(UnixStream, AgentInfo)> {
-        let mut s = UnixStream::connect(&self.socket)
-            .await
-            .map_err(|e| Error::Agent(format!("connect {}: {e}", self.socket.display())))?;
+        let mut s = match &self.endpoint {
+            Endpoint::Unix(p) => UnixStream::connect(p)
+                .await
+                .map_err(|e| Error::Agent(format!("connect {}: {e}", p.display())))?,
+            Endpoint::HybridVsock { uds, port } => hybrid_vsock_connect(uds, *port).await?,
+        };
         write_msg(
             &mut s,
             &Request::Hello {
@@ -125,8 +222,22 @@ impl AgentClient {
     pub async fn wait_ready(&self, timeout: Duration) -> Result<AgentInfo> {
         let until = Instant::now() + timeout;
         let mut delay = Duration::from_millis(1);
+        let mut attempt_timeout = FIRST_ATTEMPT_TIMEOUT;
         loop {
-            match self.open().await {
+            // Each attempt is bounded, and short: a vsock backend may accept a connection whose
+            // request to the guest is lost while the guest's vsock driver is still starting, and
+            // then never answers it. Nothing but the handshake has been sent, so a fresh
+            // connection is safe; the bound grows in case the guest is merely slow.
+            let left = until.saturating_duration_since(Instant::now());
+            let bound = attempt_timeout.min(left).max(Duration::from_millis(1));
+            let attempt = match tokio::time::timeout(bound, self.open()).await {
+                Ok(r) => r,
+                Err(_) => {
+                    attempt_timeout = (attempt_timeout * 2).min(MAX_ATTEMPT_TIMEOUT);
+                    Err(Error::Agent("no answer to the handshake".into()))
+                }
+            };
+            match attempt {
                 Ok((mut s, info)) => {
                     write_msg(&mut s, &Request::Ping).await?;
                     return match read_response(&mut s).await? {

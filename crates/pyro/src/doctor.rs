@@ -6,6 +6,9 @@ use std::process::Command;
 use serde::Serialize;
 
 use crate::backend::container::{cgroup_version, find_runc};
+use crate::backend::qemu::{find_qemu, find_vhost_vsock};
+use crate::backend::vm::find_kernel;
+use crate::backend::Isolation;
 use crate::facade::{find_agent, is_static_binary, LevelStatus, Pyro};
 
 /// A tool looked up on the host.
@@ -30,6 +33,9 @@ pub struct Kvm {
     pub writable: bool,
     /// Whether a test VM booted; `None` when no boot was attempted, with `boot_note` saying why.
     pub test_boot: Option<bool>,
+    /// Whether the CPU advertises hardware virtualization (vmx/svm); without it a `/dev/kvm`
+    /// is a paravirtual KVM that cannot boot pyro's guest.
+    pub hardware_virtualization: bool,
     /// Why no test boot was attempted.
     pub boot_note: Option<String>,
 }
@@ -65,6 +71,32 @@ pub struct Networking {
     pub netns: bool,
 }
 
+/// What the VM levels need beyond KVM.
+#[derive(Debug, Clone, Serialize)]
+pub struct VmCheck {
+    /// The guest kernel `scripts/build-kernel` made for this version, if any.
+    pub kernel: Option<PathBuf>,
+    /// `vhost-device-vsock`, QEMU's vsock backend.
+    pub vhost_device_vsock: Tool,
+    /// Whether the host has `/dev/vhost-vsock` (pyro uses vhost-device-vsock either way).
+    pub dev_vhost_vsock: bool,
+    /// Test boots made on request (`pyro doctor --boot`), one per usable VM level.
+    pub test_boots: Vec<TestBoot>,
+}
+
+/// One test boot of a VM level: kernel, initramfs agent and transport, to the agent's handshake.
+#[derive(Debug, Clone, Serialize)]
+pub struct TestBoot {
+    /// The level booted.
+    pub level: Isolation,
+    /// Whether the agent answered.
+    pub ok: bool,
+    /// From start to the agent's handshake, in milliseconds.
+    pub boot_ms: Option<u64>,
+    /// What went wrong.
+    pub error: Option<String>,
+}
+
 /// The whole report.
 #[derive(Debug, Clone, Serialize)]
 pub struct DoctorReport {
@@ -86,6 +118,8 @@ pub struct DoctorReport {
     pub jailer: Tool,
     /// QEMU.
     pub qemu: Tool,
+    /// The VM levels' other pieces, and test boots.
+    pub vm: VmCheck,
     /// runc (the container runtime).
     pub runc: Tool,
     /// `v1`, `v2` or `none`.
@@ -170,9 +204,20 @@ impl Pyro {
             readable: exists && can_open("/dev/kvm", false),
             writable: exists && can_open("/dev/kvm", true),
             test_boot: None,
+            hardware_virtualization: std::fs::read_to_string("/proc/cpuinfo")
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.starts_with("flags"))
+                .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm")),
             boot_note: Some(
-                "no VM backend in this version of pyro, so no test VM was booted".into(),
+                "no test VM booted (pyro doctor --boot boots one per usable VM level)".into(),
             ),
+        };
+        let vm = VmCheck {
+            kernel: find_kernel(),
+            vhost_device_vsock: tool_at(find_vhost_vsock(), "--version"),
+            dev_vhost_vsock: Path::new("/dev/vhost-vsock").exists(),
+            test_boots: Vec::new(),
         };
         let agent_path = cfg.agent.clone().or_else(find_agent);
         let agent = AgentCheck {
@@ -225,7 +270,8 @@ impl Pyro {
             kvm,
             firecracker: tool_at(which("firecracker"), "--version"),
             jailer: tool_at(which("jailer"), "--version"),
-            qemu: tool_at(which("qemu-system-x86_64"), "--version"),
+            qemu: tool_at(find_qemu(), "--version"),
+            vm,
             runc: tool_at(cfg.runc.clone().or_else(find_runc), "--version"),
             cgroup: cgroup_version().into(),
             user_namespaces,
@@ -240,4 +286,103 @@ impl Pyro {
             issues,
         }
     }
+
+    /// [`Pyro::doctor`] plus a real test boot of every usable VM level: the guest kernel, the
+    /// agent from its initramfs and the vsock transport, up to the agent's handshake, on an empty
+    /// root image (no environment needed). A level that fails its boot is reported as such.
+    pub async fn doctor_with_boot(&self) -> DoctorReport {
+        let mut r = self.doctor();
+        let usable: Vec<Isolation> = r
+            .isolation_levels
+            .iter()
+            .filter(|l| l.usable && l.level != Isolation::Container)
+            .map(|l| l.level)
+            .collect();
+        for level in usable {
+            let boot = match self.test_boot(level).await {
+                Ok(ms) => TestBoot {
+                    level,
+                    ok: true,
+                    boot_ms: Some(ms),
+                    error: None,
+                },
+                Err(e) => TestBoot {
+                    level,
+                    ok: false,
+                    boot_ms: None,
+                    error: Some(e.to_string()),
+                },
+            };
+            if !boot.ok {
+                r.issues.push(format!(
+                    "{level}: the test boot failed: {}",
+                    boot.error.clone().unwrap_or_default()
+                ));
+            }
+            if level == Isolation::Microvm {
+                r.kvm.test_boot = Some(boot.ok);
+                r.kvm.boot_note = None;
+            }
+            r.vm.test_boots.push(boot);
+        }
+        if r.kvm.test_boot.is_none() {
+            r.kvm.boot_note = Some("microvm is not usable here, so no KVM test boot".into());
+        }
+        r
+    }
+
+    async fn test_boot(&self, level: Isolation) -> crate::error::Result<u64> {
+        let backend = self.backend_for(level)?;
+        let inner = self.inner.clone();
+        let image =
+            tokio::task::spawn_blocking(move || empty_root_image(&inner.config.paths.cache))
+                .await
+                .map_err(|e| crate::error::Error::InvalidRequest(format!("task failed: {e}")))??;
+        let env = crate::env::ResolvedEnv {
+            name: "doctor-test-boot".into(),
+            manifest_digest: format!("sha256:{}", "0".repeat(64)),
+            layers: Vec::new(),
+        };
+        let resources = crate::backend::Resources {
+            vcpus: 1,
+            mem_mib: 256,
+            pids: 64,
+        };
+        let mut sb =
+            crate::sandbox::Sandbox::create(self.inner.clone(), backend, &env, &image, resources)
+                .await?;
+        let ms = sb.create_ms + sb.boot_ms;
+        let report = sb.destroy("post_exec").await;
+        if !report.deleted {
+            return Err(crate::error::Error::InvalidRequest(format!(
+                "test VM not fully removed: {}",
+                report.errors.join("; ")
+            )));
+        }
+        Ok(ms)
+    }
+}
+
+/// A nearly empty ext4 image (only mount points) for test boots, made once in the cache.
+fn empty_root_image(cache: &Path) -> crate::error::Result<PathBuf> {
+    let dir = cache.join("images");
+    let target = dir.join("doctor-root.ext4");
+    if target.is_file() {
+        return Ok(target);
+    }
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| crate::error::Error::io(format!("create {}", dir.display()), e))?;
+    let tree = dir.join(format!(".tmp-doctor-tree-{}", std::process::id()));
+    let tmp = dir.join(format!(".tmp-doctor-{}", std::process::id()));
+    // The mount points the agent mounts on, present as in any real root filesystem.
+    for d in ["proc", "sys", "dev", "tmp", "run", "workspace"] {
+        std::fs::create_dir_all(tree.join(d))
+            .map_err(|e| crate::error::Error::io(format!("create {}", tree.display()), e))?;
+    }
+    let made = crate::env::mkfs_ext4(Some(&tree), &tmp, 16 << 20, 16);
+    let _ = std::fs::remove_dir_all(&tree);
+    made?;
+    std::fs::rename(&tmp, &target)
+        .map_err(|e| crate::error::Error::io(format!("install {}", target.display()), e))?;
+    Ok(target)
 }

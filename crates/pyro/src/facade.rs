@@ -6,6 +6,9 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::backend::container::{find_runc, ContainerBackend};
+use crate::backend::firecracker::{find_firecracker, find_jailer, FirecrackerBackend};
+use crate::backend::qemu::{find_qemu, find_vhost_vsock, QemuBackend};
+use crate::backend::vm::{find_kernel, kvm_usable};
 use crate::backend::{Backend, Isolation};
 use crate::env::{
     is_image_reference, BuildOptions, EnvCache, EnvInfo, PruneResult, PullResult, PushResult,
@@ -142,6 +145,47 @@ fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// What the QEMU backend needs beyond the common VM pieces.
+fn qemu_problem() -> Option<String> {
+    if find_qemu().is_none() {
+        return Some(
+            "qemu-system-x86_64 was not found (apt-get install qemu-system-x86, or set PYRO_QEMU)"
+                .into(),
+        );
+    }
+    if find_vhost_vsock().is_none() {
+        return Some(
+            "vhost-device-vsock was not found (cargo install vhost-device-vsock --locked, or set PYRO_VHOST_VSOCK)"
+                .into(),
+        );
+    }
+    None
+}
+
+/// Why this host's KVM cannot run a hardware-virtualized microVM, if it cannot.
+fn hardware_kvm_problem() -> Option<String> {
+    if !kvm_usable() {
+        return Some(
+            "/dev/kvm is missing or not readable and writable (use --isolation vm-emulated or container)"
+                .into(),
+        );
+    }
+    // A /dev/kvm on a CPU without vmx/svm is a paravirtual KVM (e.g. kvm-pvm in a nested
+    // sandbox): it cannot run an unmodified guest kernel's user space (research/vm-boot-probe.md).
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let hw = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    if !hw {
+        return Some(
+            "/dev/kvm exists but the CPU has no hardware virtualization (no vmx/svm flag): it is a paravirtual KVM that cannot boot an unmodified guest (use --isolation vm-emulated)"
+                .into(),
+        );
+    }
+    None
+}
+
 impl Pyro {
     /// Opens pyro's state, creating directories as needed, and removes sandboxes left behind
     /// by pyro processes that died.
@@ -176,22 +220,39 @@ impl Pyro {
         &self.inner.config
     }
 
-    /// Which isolation levels this host can give, strongest first.
+    /// Which isolation levels this host can give, strongest first. A level is usable only when
+    /// everything it needs is here; the reason names the first thing missing.
     pub fn levels(&self) -> Vec<LevelStatus> {
-        let not_yet =
-            "the VM backends (Firecracker, QEMU) are not available in this version of pyro yet";
+        let vm_common = self.vm_problem();
+        let qemu_problem = vm_common.clone().or_else(qemu_problem);
+        // microvm prefers Firecracker and otherwise uses QEMU with KVM; either way the level is
+        // the same (hardware virtualization) and the result names the backend.
+        let microvm_backend = if find_firecracker().is_some() {
+            "firecracker"
+        } else {
+            "qemu"
+        };
+        let microvm_problem = vm_common.clone().or_else(hardware_kvm_problem).or_else(|| {
+            if microvm_backend == "firecracker" {
+                None
+            } else {
+                qemu_problem
+                    .clone()
+                    .map(|q| format!("neither Firecracker nor QEMU is usable: {q}"))
+            }
+        });
         let mut out = vec![
             LevelStatus {
                 level: Isolation::Microvm,
-                usable: false,
-                backend: None,
-                reason: Some(not_yet.into()),
+                usable: microvm_problem.is_none(),
+                backend: Some(microvm_backend),
+                reason: microvm_problem,
             },
             LevelStatus {
                 level: Isolation::VmEmulated,
-                usable: false,
-                backend: None,
-                reason: Some(not_yet.into()),
+                usable: qemu_problem.is_none(),
+                backend: Some("qemu"),
+                reason: qemu_problem,
             },
         ];
         let container_problem = if !is_root() {
@@ -223,6 +284,35 @@ impl Pyro {
         out
     }
 
+    /// What both VM levels need and this host lacks, if anything.
+    fn vm_problem(&self) -> Option<String> {
+        if find_kernel().is_none() {
+            return Some(
+                "no guest kernel built for this version of pyro (run scripts/build-kernel, or set PYRO_KERNEL)"
+                    .into(),
+            );
+        }
+        match self.inner.agent_path() {
+            Err(_) => {
+                return Some(
+                    "the pyro-agent binary was not found (set PYRO_AGENT, or run scripts/build-agent)"
+                        .into(),
+                )
+            }
+            Ok(p) if !is_static_binary(&p) => {
+                return Some(format!(
+                    "the pyro-agent at {} is not statically linked; a VM's initramfs has no libc (run scripts/build-agent)",
+                    p.display()
+                ))
+            }
+            Ok(_) => {}
+        }
+        if crate::env::find_mkfs_ext4().is_none() {
+            return Some("mkfs.ext4 was not found (install e2fsprogs)".into());
+        }
+        None
+    }
+
     /// The backend for a level, or a clear error naming the levels this host can give.
     pub(crate) fn backend_for(&self, level: Isolation) -> Result<Arc<dyn Backend>> {
         let levels = self.levels();
@@ -242,6 +332,11 @@ impl Pyro {
                 available,
             });
         }
+        let unavailable = |reason: &str| Error::IsolationUnavailable {
+            requested: level.to_string(),
+            reason: reason.into(),
+            available: available.clone(),
+        };
         match level {
             Isolation::Container => {
                 let runc = self.inner.runc().ok_or_else(|| Error::Backend {
@@ -253,11 +348,34 @@ impl Pyro {
                     &self.inner.config.paths.run,
                 )))
             }
-            other => Err(Error::IsolationUnavailable {
-                requested: other.to_string(),
-                reason: "no backend".into(),
-                available,
-            }),
+            Isolation::Microvm if find_firecracker().is_some() => {
+                let (Some(fc), Some(kernel)) = (find_firecracker(), find_kernel()) else {
+                    return Err(unavailable("a VM prerequisite disappeared"));
+                };
+                let jailer = find_jailer(&fc);
+                Ok(Arc::new(FirecrackerBackend::new(
+                    fc,
+                    jailer,
+                    kernel,
+                    self.inner.config.paths.cache.clone(),
+                )))
+            }
+            Isolation::Microvm | Isolation::VmEmulated => {
+                // Checked by levels() a moment ago; a tool that vanished since is an error,
+                // never a different level.
+                let (Some(qemu), Some(vhost), Some(kernel)) =
+                    (find_qemu(), find_vhost_vsock(), find_kernel())
+                else {
+                    return Err(unavailable("a VM prerequisite disappeared"));
+                };
+                Ok(Arc::new(QemuBackend::new(
+                    qemu,
+                    vhost,
+                    kernel,
+                    self.inner.config.paths.cache.clone(),
+                    level == Isolation::Microvm,
+                )))
+            }
         }
     }
 
@@ -271,6 +389,21 @@ impl Pyro {
                     &self.inner.config.paths.run,
                 )))
             }
+            // Deleting a VM sandbox needs none of the tools: it ends recorded processes and
+            // removes files.
+            "firecracker" => Some(Arc::new(FirecrackerBackend::new(
+                PathBuf::new(),
+                None,
+                PathBuf::new(),
+                self.inner.config.paths.cache.clone(),
+            ))),
+            "qemu" => Some(Arc::new(QemuBackend::new(
+                PathBuf::new(),
+                PathBuf::new(),
+                PathBuf::new(),
+                self.inner.config.paths.cache.clone(),
+                false,
+            ))),
             _ => None,
         }
     }
@@ -371,6 +504,17 @@ impl Pyro {
         Ok(())
     }
 
+    /// Installs the pinned Firecracker and jailer (`pyro runtime install`), from a directory or
+    /// release tarball, or downloaded from the upstream release.
+    pub async fn runtime_install(
+        &self,
+        from: Option<PathBuf>,
+    ) -> Result<crate::runtime::RuntimeInstall> {
+        tokio::task::spawn_blocking(move || crate::runtime::install(from.as_deref()))
+            .await
+            .map_err(|e| Error::InvalidRequest(format!("install task failed: {e}")))?
+    }
+
     /// Every catalog environment, built or not.
     pub fn env_list(&self) -> Result<Vec<EnvInfo>> {
         self.inner.envs.list()
@@ -467,8 +611,15 @@ impl Pyro {
         let inner = self.inner.clone();
         let env = env.clone();
         let shift = backend.uid_shift();
-        tokio::task::spawn_blocking(move || inner.envs.rootfs(&env, shift))
-            .await
-            .map_err(|e| Error::InvalidRequest(format!("unpack task failed: {e}")))?
+        let image = backend.wants_ext4_image();
+        tokio::task::spawn_blocking(move || {
+            if image {
+                inner.envs.ext4_image(&env)
+            } else {
+                inner.envs.rootfs(&env, shift)
+            }
+        })
+        .await
+        .map_err(|e| Error::InvalidRequest(format!("unpack task failed: {e}")))?
     }
 }

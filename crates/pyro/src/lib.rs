@@ -63,6 +63,7 @@ pub mod facade;
 pub mod paths;
 pub mod procinfo;
 pub mod run;
+pub mod runtime;
 pub mod sandbox;
 pub mod store;
 pub mod vm;

@@ -1,5 +1,9 @@
 //! Process identity that survives pid reuse: a pid is only "the same process" when its start
-//! time (field 22 of `/proc/<pid>/stat`, in clock ticks since boot) matches too.
+//! time (field 22 of `/proc/<pid>/stat`, in clock ticks since boot) matches too. Signals go
+//! through pidfds, so a process that exited and whose pid was reused is never hit.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::Duration;
 
 /// A process known by pid and start time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +58,75 @@ fn parse_stat(stat: &str) -> Option<(char, u64)> {
     // After the state (field 3), start time is field 22: 19 fields further on.
     let start = fields.nth(18)?.parse().ok()?;
     Some((state, start))
+}
+
+/// Sends `signal` to a process through a pidfd (immune to pid reuse) and waits up to `timeout`
+/// for it to exit. True when it is gone.
+pub fn signal_and_wait(p: ProcessId, signal: i32, timeout: Duration) -> bool {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, p.pid, 0) };
+    if fd < 0 {
+        return !p.is_alive();
+    }
+    // SAFETY: the kernel just returned this fd and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // The pidfd names the process we opened; check it is still the one we recorded.
+    if !p.is_alive() {
+        return true;
+    }
+    // SAFETY: pidfd_send_signal with a valid pidfd, a signal number, no siginfo and no flags.
+    let sent = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if sent < 0 {
+        return !p.is_alive();
+    }
+    wait_exit(&fd, timeout)
+}
+
+/// Waits until the process behind a pidfd exits, up to `timeout`.
+fn wait_exit(fd: &OwnedFd, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let n = unsafe {
+        libc::poll(
+            &mut pfd,
+            1,
+            timeout.as_millis().min(i32::MAX as u128) as i32,
+        )
+    };
+    n == 1
+}
+
+/// Waits up to `timeout` for a process to exit by itself. True when it is gone.
+pub fn wait_gone(p: ProcessId, timeout: Duration) -> bool {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, p.pid, 0) };
+    if fd < 0 {
+        return !p.is_alive();
+    }
+    // SAFETY: the kernel just returned this fd and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    if !p.is_alive() {
+        return true;
+    }
+    wait_exit(&fd, timeout)
+}
+
+/// Ends a process: SIGTERM, up to `grace` to exit, then SIGKILL. True when it is gone.
+pub fn terminate(p: ProcessId, grace: Duration) -> bool {
+    signal_and_wait(p, libc::SIGTERM, grace)
+        || signal_and_wait(p, libc::SIGKILL, Duration::from_secs(5))
 }
 
 #[cfg(test)]

@@ -225,7 +225,7 @@ impl Sandbox {
         record.runtime = started.runtime;
         record.state = "running".into();
         inner.store.set_running(&record.id, started.runtime)?;
-        let client = AgentClient::new(started.socket.clone());
+        let client = AgentClient::at(started.endpoint.clone());
         let mut sb = Sandbox {
             inner,
             backend,
@@ -264,7 +264,7 @@ impl Sandbox {
         backend: Arc<dyn Backend>,
         record: SandboxRecord,
     ) -> Sandbox {
-        let client = AgentClient::new(backend.socket(&record));
+        let client = AgentClient::at(backend.endpoint(&record));
         Sandbox {
             inner,
             backend,

@@ -5,9 +5,10 @@ use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use pyro_agent::{init, reaper, server};
+use pyro_agent::{init, reaper, server, vm};
 
-const USAGE: &str = "usage: pyro-agent --listen unix:PATH [--workdir DIR]";
+const USAGE: &str = "usage: pyro-agent --listen unix:PATH|vsock:PORT [--workdir DIR]\n       \
+                     (as PID 1 with no arguments: VM init, settings from /proc/cmdline)";
 
 fn main() -> ExitCode {
     match run() {
@@ -41,11 +42,13 @@ fn run() -> Result<(), String> {
             _ => return Err(format!("unknown argument {a:?}\n{USAGE}")),
         }
     }
-    let listen = listen.ok_or(USAGE)?;
-    let path = listen
-        .strip_prefix("unix:")
-        .ok_or_else(|| format!("unsupported listen address {listen:?}\n{USAGE}"))?;
     let pid1 = std::process::id() == 1;
+    let listen = match listen {
+        Some(l) => l,
+        // The kernel starts /init with no arguments: this is a VM. Build the root first.
+        None if pid1 => format!("vsock:{}", vm::boot()?.port),
+        None => return Err(USAGE.into()),
+    };
 
     if pid1 {
         for (spec, outcome) in init::setup_mounts() {
@@ -62,8 +65,19 @@ fn run() -> Result<(), String> {
         .map_err(|e| format!("init: create {}: {e}", workdir.display()))?;
     reaper::start();
 
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path).map_err(|e| format!("listen: bind {path}: {e}"))?;
+    let listener = if let Some(path) = listen.strip_prefix("unix:") {
+        let _ = std::fs::remove_file(path);
+        server::Listener::Unix(
+            UnixListener::bind(path).map_err(|e| format!("listen: bind {path}: {e}"))?,
+        )
+    } else if let Some(port) = listen.strip_prefix("vsock:") {
+        let port: u32 = port
+            .parse()
+            .map_err(|_| format!("bad vsock port {port:?}\n{USAGE}"))?;
+        server::Listener::vsock(port).map_err(|e| format!("listen: vsock port {port}: {e}"))?
+    } else {
+        return Err(format!("unsupported listen address {listen:?}\n{USAGE}"));
+    };
     server::serve(listener, server::ServerConfig { workdir, pid1 })
         .map_err(|e| format!("serve: {e}"))
 }

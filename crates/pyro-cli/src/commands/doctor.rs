@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use pyro::Pyro;
 
-use crate::cli::OutputArgs;
+use crate::cli::DoctorArgs;
 use crate::output::print_json;
 
 fn yn(b: bool) -> &'static str {
@@ -23,9 +23,13 @@ fn tool(name: &str, t: &pyro::doctor::Tool) {
     }
 }
 
-pub fn doctor(pyro: &Pyro, o: OutputArgs) -> anyhow::Result<ExitCode> {
-    let r = pyro.doctor();
-    if o.json {
+pub async fn doctor(pyro: &Pyro, a: DoctorArgs) -> anyhow::Result<ExitCode> {
+    let r = if a.boot {
+        pyro.doctor_with_boot().await
+    } else {
+        pyro.doctor()
+    };
+    if a.out.json {
         print_json(&r)?;
     } else {
         println!(
@@ -53,14 +57,29 @@ pub fn doctor(pyro: &Pyro, o: OutputArgs) -> anyhow::Result<ExitCode> {
             ),
         };
         println!(
-            "KVM: exists={} readable={} writable={} test_boot={boot}",
+            "KVM: exists={} readable={} writable={} hardware virtualization (vmx/svm)={} test_boot={boot}",
             yn(r.kvm.exists),
             yn(r.kvm.readable),
-            yn(r.kvm.writable)
+            yn(r.kvm.writable),
+            yn(r.kvm.hardware_virtualization)
         );
         tool("firecracker", &r.firecracker);
         tool("jailer", &r.jailer);
         tool("qemu", &r.qemu);
+        tool("vhost-device-vsock", &r.vm.vhost_device_vsock);
+        match &r.vm.kernel {
+            Some(k) => println!("guest kernel: {}", k.display()),
+            None => println!("guest kernel: not built (scripts/build-kernel)"),
+        }
+        for b in &r.vm.test_boots {
+            match (b.ok, b.boot_ms, &b.error) {
+                (true, Some(ms), _) => {
+                    println!("test boot {}: ok, agent answered in {ms} ms", b.level)
+                }
+                (_, _, Some(e)) => println!("test boot {}: FAILED: {e}", b.level),
+                _ => println!("test boot {}: failed", b.level),
+            }
+        }
         tool("runc", &r.runc);
         tool("mmdebstrap", &r.mmdebstrap);
         tool("mkfs.ext4", &r.mkfs_ext4);

@@ -6,6 +6,7 @@ mod env;
 mod gc;
 mod mcp;
 mod run;
+mod runtime;
 mod workspace;
 
 use std::process::ExitCode;
@@ -18,11 +19,12 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(a) => run::run(&pyro, a).await,
         Command::Env(a) => env::env(&pyro, a).await,
-        Command::Doctor(o) => doctor::doctor(&pyro, o),
+        Command::Doctor(a) => doctor::doctor(&pyro, a).await,
         Command::Gc(o) => gc::gc(&pyro, o).await,
         Command::Bench(a) => bench::bench(&pyro, a).await,
         Command::Workspace(c) => workspace::workspace(&pyro, c).await,
         Command::Mcp(c) => mcp::mcp(pyro, c).await,
+        Command::Runtime(a) => runtime::runtime(&pyro, a).await,
     }
 }
 

@@ -211,3 +211,78 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// Why the vm-emulated level cannot run here, if it cannot: pyro's own verdict (`pyro doctor`),
+/// so the tests and the product agree on what a usable level is.
+pub fn vm_emulated_prerequisites() -> Option<String> {
+    if agent().is_none() {
+        return Some("the static pyro-agent is not built (run scripts/build-agent)".into());
+    }
+    let (_, v) = TestPyro::new().json(&["doctor"]);
+    let level = v["isolation_levels"]
+        .as_array()?
+        .iter()
+        .find(|l| l["level"] == "vm-emulated")?
+        .clone();
+    if level["usable"] == true {
+        None
+    } else {
+        Some(level["reason"].as_str().unwrap_or("unknown").to_string())
+    }
+}
+
+/// Whether VM tests should run. With `PYRO_TEST_VM=1` (set by scripts/test and CI, which install
+/// QEMU, vhost-device-vsock and the guest kernel) missing prerequisites are a failure; otherwise
+/// the test says why it skipped.
+pub fn vm_tests_enabled(test: &str) -> bool {
+    match vm_emulated_prerequisites() {
+        None => true,
+        Some(why) if std::env::var("PYRO_TEST_VM").as_deref() == Ok("1") => {
+            panic!("{test}: VM tests are required (PYRO_TEST_VM=1) but {why}")
+        }
+        Some(why) => {
+            eprintln!("SKIPPED {test}: {why} (set PYRO_TEST_VM=1 to make this a failure)");
+            false
+        }
+    }
+}
+
+/// Live processes (other than zombies) whose command line mentions `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let zombie = stat
+            .rfind(')')
+            .is_some_and(|i| stat[i + 1..].trim_start().starts_with('Z'));
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if !zombie
+            && cmdline
+                .windows(needle.len())
+                .any(|w| w == needle.as_bytes())
+        {
+            found.push(format!(
+                "pid {pid}: {}",
+                String::from_utf8_lossy(&cmdline).replace('\0', " ")
+            ));
+        }
+    }
+    found
+}
+
+/// Every trace a VM sandbox can leave on the host: VMM and vsock-backend processes, its run
+/// directory (sockets) and its state directory (writable disk, console log).
+pub fn vm_traces(p: &TestPyro, id: &str) -> Vec<String> {
+    let mut t = processes_mentioning(&format!("/sandboxes/{id}/"));
+    let run = PathBuf::from(std::env::var_os("PYRO_RUN_DIR").unwrap_or_else(|| "/run/pyro".into()));
+    if run.join("sandboxes").join(id).exists() {
+        t.push("run dir".into());
+    }
+    if p.home.join("sandboxes").join(id).exists() {
+        t.push("state dir".into());
+    }
+    t
+}

@@ -9,7 +9,6 @@
 //! `$PYRO_RUN_DIR`), because the container's root is an unprivileged host uid that must be able
 //! to traverse every path runc mounts from, and home directories are usually `0700`.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -380,13 +379,13 @@ impl Backend for ContainerBackend {
             .and_then(ProcessId::of);
         Ok(Started {
             runtime,
-            socket: socket_path(spec.run_dir),
+            endpoint: crate::backend::Endpoint::Unix(socket_path(spec.run_dir)),
             limits: read_limits(spec.id, &spec.resources),
         })
     }
 
-    fn socket(&self, record: &SandboxRecord) -> PathBuf {
-        socket_path(&record.run_dir)
+    fn endpoint(&self, record: &SandboxRecord) -> crate::backend::Endpoint {
+        crate::backend::Endpoint::Unix(socket_path(&record.run_dir))
     }
 
     async fn stop(&self, record: &SandboxRecord) -> CleanupReport {
@@ -394,10 +393,9 @@ impl Backend for ContainerBackend {
         // Killing the container's init ends its pid namespace and so every process in it. We
         // do it ourselves, by pidfd (immune to pid reuse), and wait for the exit: `runc delete
         // --force` does the same but sleeps in 100 ms steps.
-        let killed = record
-            .runtime
-            .filter(ProcessId::is_alive)
-            .is_some_and(|p| kill_and_wait(p, Duration::from_secs(10)));
+        let killed = record.runtime.filter(ProcessId::is_alive).is_some_and(|p| {
+            crate::procinfo::signal_and_wait(p, libc::SIGKILL, Duration::from_secs(10))
+        });
         let mut args = vec!["delete"];
         if !killed {
             args.push("--force");
@@ -446,49 +444,6 @@ impl Backend for ContainerBackend {
             errors,
         }
     }
-}
-
-/// Sends SIGKILL to a process through a pidfd and waits until it has exited. Returns false if
-/// the process could not be signalled or did not exit in time.
-fn kill_and_wait(p: ProcessId, timeout: Duration) -> bool {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, p.pid, 0) };
-    if fd < 0 {
-        return false;
-    }
-    // SAFETY: the kernel just returned this fd and nothing else owns it.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    // The pidfd names the process we opened; check it is still the one we recorded.
-    if !p.is_alive() {
-        return true;
-    }
-    // SAFETY: pidfd_send_signal with a valid pidfd, a signal number, no siginfo and no flags.
-    let sent = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            fd.as_raw_fd(),
-            libc::SIGKILL,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    if sent < 0 {
-        return false;
-    }
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for the duration of the call.
-    let n = unsafe {
-        libc::poll(
-            &mut pfd,
-            1,
-            timeout.as_millis().min(i32::MAX as u128) as i32,
-        )
-    };
-    n == 1
 }
 
 /// Removes the sandbox's cgroups if runc did not (an empty cgroup is removed with rmdir).

@@ -3,10 +3,15 @@
 //! reaches it over a Unix socket.
 
 pub mod container;
+pub mod firecracker;
+pub mod qemu;
+pub mod vm;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Serialize;
+
+pub use crate::agent_client::Endpoint;
 
 use crate::error::{Error, Result};
 use crate::procinfo::ProcessId;
@@ -101,7 +106,8 @@ pub struct LimitsReport {
 pub struct SandboxSpec<'a> {
     /// The sandbox id.
     pub id: &'a str,
-    /// The environment's unpacked root filesystem, never modified.
+    /// The environment's root filesystem, never modified: the unpacked directory, or for
+    /// backends that want one, the read-only ext4 image.
     pub rootfs: &'a Path,
     /// Persistent per-sandbox directory (writable layer, logs).
     pub state_dir: &'a Path,
@@ -118,8 +124,8 @@ pub struct SandboxSpec<'a> {
 pub struct Started {
     /// The sandbox's first process on the host.
     pub runtime: Option<ProcessId>,
-    /// The agent's socket on the host.
-    pub socket: PathBuf,
+    /// Where the host reaches the agent.
+    pub endpoint: Endpoint,
     /// Limits actually enforced.
     pub limits: LimitsReport,
 }
@@ -144,6 +150,11 @@ pub trait Backend: Send + Sync {
     fn isolation(&self) -> Isolation;
     /// The host uid that the sandbox's root maps to, for unpacking root filesystems.
     fn uid_shift(&self) -> u32;
+    /// Whether [`SandboxSpec::rootfs`] must be the environment's read-only ext4 image (the VM
+    /// backends) rather than its unpacked directory.
+    fn wants_ext4_image(&self) -> bool {
+        false
+    }
     /// Creates and starts a sandbox; the agent may not be ready yet when this returns.
     async fn start(&self, spec: &SandboxSpec<'_>) -> Result<Started>;
     /// Stops every process and removes every mount and runtime file of a sandbox, but keeps its
@@ -164,6 +175,6 @@ pub trait Backend: Send + Sync {
         report.deleted = report.errors.is_empty();
         report
     }
-    /// The agent's socket on the host for a started sandbox.
-    fn socket(&self, record: &SandboxRecord) -> PathBuf;
+    /// Where the host reaches the agent of a started sandbox (for calls from later processes).
+    fn endpoint(&self, record: &SandboxRecord) -> Endpoint;
 }

@@ -9,6 +9,9 @@
 //!   built from (catalog environments) or the reference it was pulled from (`io.pyro.source`);
 //! - `rootfs/<manifest-hex>-u<shift>/`: root filesystems unpacked once per manifest digest and uid
 //!   shift, never modified afterwards (sandboxes put an overlay on top);
+//! - `images/<manifest-hex>.ext4`: for the VM levels, the uid-0 root filesystem as one read-only
+//!   ext4 image per manifest digest (`mkfs.ext4 -d`: no root, no loop devices), shared by every
+//!   VM sandbox of that environment;
 //! - `locks/`: flock files serializing builds per environment, pulls per manifest digest and
 //!   unpacks per rootfs;
 //! - `tmp/`: build and pull scratch directories, each held by a flock while its owner runs;
@@ -375,6 +378,12 @@ impl EnvCache {
         Ok(())
     }
 
+    /// The read-only ext4 image for a manifest digest (the VM levels), if it exists already.
+    pub fn existing_image(&self, manifest_digest: &str) -> Option<PathBuf> {
+        let hex = oci::sha256_hex(manifest_digest)?;
+        Some(self.root.join("images").join(format!("{hex}.ext4"))).filter(|p| p.is_file())
+    }
+
     /// The unpacked root filesystem for a manifest digest, if it is unpacked already. Used to
     /// restart workspaces whose environment has since been rebuilt under a new digest.
     pub fn existing_rootfs(&self, manifest_digest: &str, uid_shift: u32) -> Option<PathBuf> {
@@ -433,6 +442,68 @@ impl EnvCache {
         fs::rename(&fs_dir, &target).ctx(|| format!("renaming {} into place", fs_dir.display()))?;
         oci::sync_dir(&rootfs_dir)?;
         Ok(target)
+    }
+
+    /// The environment's root filesystem as a read-only ext4 image for VMs, at
+    /// `<root>/images/<manifest-hex>.ext4`, made once per digest from the uid-0 unpacked tree with
+    /// `mkfs.ext4 -d` (no root or loop devices needed). It is written to a temporary file and
+    /// renamed into place under a lock, so it exists complete or not at all. Every VM sandbox
+    /// attaches the same file read-only, so creating a sandbox costs the same whatever its size.
+    pub fn ext4_image(&self, env: &ResolvedEnv) -> Result<PathBuf> {
+        let hex = oci::sha256_hex(&env.manifest_digest).ok_or_else(|| {
+            Error::InvalidRequest(format!(
+                "malformed manifest digest {:?}",
+                env.manifest_digest
+            ))
+        })?;
+        let images = self.root.join("images");
+        let target = images.join(format!("{hex}.ext4"));
+        if target.is_file() {
+            return Ok(target);
+        }
+        let _lock = lock_exclusive(&self.root.join("locks").join(format!("image-{hex}.lock")))?;
+        if target.is_file() {
+            return Ok(target);
+        }
+        let tree = self.rootfs(env, 0)?;
+        fs::create_dir_all(&images).ctx(|| format!("creating {}", images.display()))?;
+        // Holding the lock, any temporary image for this digest is a dead process's.
+        for (path, name) in read_dir_names(&images)? {
+            if name.starts_with(&format!(".tmp-{hex}")) {
+                let _ = fs::remove_file(path);
+            }
+        }
+        let tmp = images.join(format!(".tmp-{hex}-{}", unique_suffix()));
+        let (bytes, entries) = tree_usage(&tree);
+        let made = mkfs_ext4(Some(&tree), &tmp, image_size(bytes, entries), entries);
+        if let Err(e) = made {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .ctx(|| format!("syncing {}", tmp.display()))?;
+        fs::rename(&tmp, &target).ctx(|| format!("renaming {} into place", tmp.display()))?;
+        oci::sync_dir(&images)?;
+        // The uid-0 tree was only the image's source; don't keep the environment twice.
+        self.remove_rootfs(hex, 0);
+        Ok(target)
+    }
+
+    /// Removes one unpacked root filesystem (best effort, under its lock; renamed away first so
+    /// it is never visible half deleted).
+    fn remove_rootfs(&self, hex: &str, uid_shift: u32) {
+        let name = format!("{hex}-u{uid_shift}");
+        let rootfs_dir = self.root.join("rootfs");
+        let Ok(_lock) =
+            lock_exclusive(&self.root.join("locks").join(format!("rootfs-{name}.lock")))
+        else {
+            return;
+        };
+        let trash = rootfs_dir.join(format!(".trash-{}", unique_suffix()));
+        if fs::rename(rootfs_dir.join(&name), &trash).is_ok() {
+            let _ = fs::remove_dir_all(&trash);
+        }
     }
 
     /// Removes what no current environment needs: index entries built from stale recipes (or
@@ -533,6 +604,34 @@ impl EnvCache {
             result.freed_bytes += tree_size(&trash);
             fs::remove_dir_all(&trash).ctx(|| format!("removing {}", trash.display()))?;
             result.removed.push(format!("rootfs/{name}"));
+        }
+
+        for (path, name) in read_dir_names(&self.root.join("images"))? {
+            let Some(hex) = name.strip_suffix(".ext4") else {
+                continue;
+            };
+            // Temporary images (`.tmp-*`) are cleared by the next maker, under the lock.
+            if oci::sha256_hex(&format!("sha256:{hex}")).is_none() || keep_hex.contains(hex) {
+                continue;
+            }
+            let lock_path = self.root.join("locks").join(format!("image-{hex}.lock"));
+            let Some(_lock) = try_lock_exclusive(&lock_path)? else {
+                continue;
+            };
+            // Running VMs keep their open file; the name goes now, the blocks when they stop.
+            self.remove(&path, &mut result)?;
+        }
+
+        // VM initramfs images are remade on demand in milliseconds; ones unused for a day go
+        // (a day, so that one a sandbox is about to boot is never taken from under it).
+        for (path, name) in read_dir_names(&self.root.join("initramfs"))? {
+            let old = fs::symlink_metadata(&path)
+                .and_then(|m| m.modified())
+                .map(|t| now_age(t) > Duration::from_secs(24 * 3600))
+                .unwrap_or(false);
+            if old && (name.ends_with(".cpio") || name.starts_with(".tmp-")) {
+                self.remove(&path, &mut result)?;
+            }
         }
 
         for (path, _) in read_dir_names(&self.root.join("tmp"))? {
@@ -844,6 +943,96 @@ fn read_dir_names(dir: &Path) -> Result<Vec<(PathBuf, String)>> {
     }
     names.sort();
     Ok(names)
+}
+
+/// How long ago `t` was.
+fn now_age(t: SystemTime) -> Duration {
+    SystemTime::now().duration_since(t).unwrap_or_default()
+}
+
+/// Space a tree needs on ext4: bytes rounded up to 4 KiB blocks, and the number of entries.
+fn tree_usage(path: &Path) -> (u64, u64) {
+    fn walk(path: &Path, seen: &mut HashSet<(u64, u64)>, acc: &mut (u64, u64)) {
+        let Ok(meta) = fs::symlink_metadata(path) else {
+            return;
+        };
+        acc.1 += 1;
+        if !seen.insert((meta.dev(), meta.ino())) {
+            return;
+        }
+        acc.0 += meta.len().div_ceil(4096) * 4096;
+        if meta.is_dir() {
+            if let Ok(entries) = fs::read_dir(path) {
+                for e in entries.flatten() {
+                    walk(&e.path(), seen, acc);
+                }
+            }
+        }
+    }
+    let mut acc = (0, 0);
+    walk(path, &mut HashSet::new(), &mut acc);
+    acc
+}
+
+/// The size of an image holding `bytes` in `entries` files: the content, the inode tables,
+/// a tenth for metadata, and room for ext4's own structures. The file is sparse, so slack
+/// costs no disk.
+fn image_size(bytes: u64, entries: u64) -> u64 {
+    let raw = bytes + entries * 256 + bytes / 10 + (64 << 20);
+    raw.div_ceil(1 << 20) << 20
+}
+
+/// Finds `mkfs.ext4` (e2fsprogs), which lives in sbin directories that are not always on PATH.
+pub fn find_mkfs_ext4() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join("mkfs.ext4"))
+        .find(|p| p.is_file())
+}
+
+/// Makes an ext4 filesystem of `size` bytes in the (new, sparse) file `image`, filled from `tree`
+/// when given, with room for `entries` files (0: mkfs's default inode ratio). No journal: the environment image is read-only, and a sandbox's writable disk
+/// does not outlive a crash of its VM. Lazy inode-table init keeps the file sparse and fast.
+pub fn mkfs_ext4(tree: Option<&Path>, image: &Path, size: u64, entries: u64) -> Result<()> {
+    let mkfs = find_mkfs_ext4().ok_or_else(|| {
+        Error::io(
+            "mkfs.ext4 not found (install e2fsprogs)".to_string(),
+            io::Error::from(io::ErrorKind::NotFound),
+        )
+    })?;
+    let f = File::create(image).ctx(|| format!("creating {}", image.display()))?;
+    f.set_len(size)
+        .ctx(|| format!("sizing {}", image.display()))?;
+    drop(f);
+    let mut cmd = std::process::Command::new(mkfs);
+    cmd.args(["-q", "-F", "-t", "ext4", "-b", "4096", "-m", "0"]);
+    if entries > 0 {
+        // Files of a known tree, with room for a few more; otherwise mkfs's default ratio.
+        cmd.arg("-N")
+            .arg((entries + entries / 5 + 4096).to_string());
+    }
+    cmd.args(["-O", "^has_journal,^resize_inode"])
+        .args(["-E", "lazy_itable_init=1,nodiscard,root_owner=0:0"]);
+    if let Some(tree) = tree {
+        cmd.arg("-d").arg(tree);
+    }
+    let out = cmd
+        .arg(image)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ctx(|| "running mkfs.ext4".into())?;
+    if !out.status.success() {
+        return Err(Error::io(
+            format!(
+                "mkfs.ext4 {}: {}",
+                image.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            io::Error::other("mkfs.ext4 failed"),
+        ));
+    }
+    Ok(())
 }
 
 /// Bytes of regular file content under `path`, each inode counted once (hard links share).
@@ -1268,6 +1457,47 @@ mod tests {
             cache.build("nope", &opts, &mut |_| {}),
             Err(Error::UnknownEnvironment { .. })
         ));
+    }
+
+    #[test]
+    fn ext4_image_is_made_once_per_digest_and_its_source_tree_dropped() {
+        if !is_root() || find_mkfs_ext4().is_none() {
+            return;
+        }
+        let (_tmp, cache) = cache();
+        install(&cache, &current("debian:12"), "img");
+        let resolved = cache.resolve("debian:12").expect("resolve");
+        let hex = oci::sha256_hex(&resolved.manifest_digest).expect("hex");
+        let threads: Vec<_> = (0..3)
+            .map(|_| {
+                let (cache, resolved) = (cache.clone(), resolved.clone());
+                std::thread::spawn(move || cache.ext4_image(&resolved))
+            })
+            .collect();
+        let paths: Vec<PathBuf> = threads
+            .into_iter()
+            .map(|t| t.join().expect("join").expect("image"))
+            .collect();
+        let want = cache.root().join("images").join(format!("{hex}.ext4"));
+        assert!(paths.iter().all(|p| *p == want));
+        let bytes = fs::read(&want).expect("read image");
+        // ext4 superblock magic 0xEF53 at offset 1024 + 56.
+        assert_eq!(&bytes[1080..1082], &[0x53, 0xEF]);
+        assert!(!cache
+            .root()
+            .join("rootfs")
+            .join(format!("{hex}-u0"))
+            .exists());
+        let names: Vec<String> = read_dir_names(&cache.root().join("images"))
+            .expect("list")
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect();
+        assert_eq!(
+            names,
+            vec![format!("{hex}.ext4")],
+            "no temporary images left"
+        );
     }
 
     #[test]

@@ -415,10 +415,17 @@ impl Pyro {
         let env = match self.inner.envs.resolve(&w.environment) {
             Ok(env) if env.manifest_digest == w.environment_digest => env,
             _ => {
-                return self.inner.envs.existing_rootfs(&w.environment_digest, backend.uid_shift()).ok_or_else(|| Error::EnvironmentNotBuilt(format!(
+                let existing = if backend.wants_ext4_image() {
+                    self.inner.envs.existing_image(&w.environment_digest)
+                } else {
+                    self.inner
+                        .envs
+                        .existing_rootfs(&w.environment_digest, backend.uid_shift())
+                };
+                return existing.ok_or_else(|| Error::EnvironmentNotBuilt(format!(
                     "{} at {} (the build this workspace was created from is no longer in the cache)",
                     w.environment, w.environment_digest
-                )))
+                )));
             }
         };
         self.rootfs(&env, backend).await

@@ -1,0 +1,164 @@
+//! End-to-end `pyro run` on the vm-emulated level: real QEMU (TCG) boots of the real guest
+//! kernel, the real agent as PID 1 from its initramfs, and debian:12's ext4 image. Boots under
+//! emulation are slow, so each test boots as few VMs as it can and checks several things per
+//! boot. Without QEMU, vhost-device-vsock, the guest kernel or the static agent the tests say why
+//! they skipped (and fail instead under PYRO_TEST_VM=1, as in CI). No test asserts speed.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod util;
+
+use std::io::{BufRead, BufReader};
+use std::time::{Duration, Instant};
+
+use util::{vm_tests_enabled, vm_traces, TestPyro};
+
+macro_rules! require_vm {
+    () => {
+        if !vm_tests_enabled(module_path!()) {
+            return;
+        }
+    };
+}
+
+fn run_vm(p: &TestPyro, extra: &[&str], cmd: &[&str]) -> (std::process::Output, serde_json::Value) {
+    let mut args = vec!["run", "debian:12", "--isolation", "vm-emulated"];
+    args.extend_from_slice(extra);
+    args.push("--");
+    args.extend_from_slice(cmd);
+    p.json(&args)
+}
+
+#[test]
+fn vm_emulated_runs_git_passes_exit_codes_times_out_and_leaves_nothing() {
+    require_vm!();
+    let p = TestPyro::new();
+
+    // Boot 1: the README's command, the guest's view of itself, and exit code passthrough.
+    let script = "git --version; echo root=$(findmnt -no FSTYPE /); \
+                  echo disks=$(cat /sys/block/vd*/ro | tr -d '\\n'); \
+                  echo pid1=$(cat /proc/1/comm); echo lo=$(cat /sys/class/net/lo/flags); \
+                  echo hi > /etc/written && cat /etc/written; exit 7";
+    let (out, v) = run_vm(&p, &[], &["sh", "-c", script]);
+    let so = v["stdout"].as_str().unwrap_or_default();
+    assert_eq!(out.status.code(), Some(7), "{v}");
+    assert_eq!(v["exit_code"], 7, "{v}");
+    assert_eq!(v["isolation"], "vm-emulated");
+    assert_eq!(v["backend"], "qemu");
+    assert!(so.starts_with("git version 2."), "{so}");
+    assert!(so.contains("root=overlay"), "{so}");
+    // One read-only disk (the shared environment image) and one writable one.
+    assert!(so.contains("disks=10") || so.contains("disks=01"), "{so}");
+    assert!(
+        so.contains("pid1=init"),
+        "the agent is PID 1 (run as /init): {so}"
+    );
+    assert!(so.contains("\nhi\n"), "{so}");
+    // Loopback is up (IFF_UP | IFF_LOOPBACK), as on the container level.
+    assert!(so.contains("lo=0x9"), "{so}");
+    assert_eq!(v["cleanup"]["deleted"], true, "{v}");
+    let id = v["sandbox_id"].as_str().unwrap().to_string();
+    assert_eq!(vm_traces(&p, &id), Vec::<String>::new());
+
+    // Boot 2: a timeout kills the command, keeps partial output, and the VM still goes away.
+    let (out, v) = run_vm(
+        &p,
+        &["--timeout", "3"],
+        &["sh", "-c", "echo before; sleep 300"],
+    );
+    assert_eq!(v["timed_out"], true, "{v}");
+    assert_eq!(out.status.code(), Some(124), "{v}");
+    assert_eq!(v["stdout"], "before\n");
+    let id = v["sandbox_id"].as_str().unwrap().to_string();
+    assert_eq!(vm_traces(&p, &id), Vec::<String>::new());
+    // The environment image was written once and is shared; nothing of the runs is in it.
+    assert_eq!(p.leftovers(), Vec::<String>::new());
+}
+
+/// Starts `pyro run` of a long command on vm-emulated; returns once the guest command runs.
+fn start_long_vm_run(p: &TestPyro) -> (std::process::Child, String) {
+    let mut child = p
+        .cmd(&[
+            "run",
+            "debian:12",
+            "--isolation",
+            "vm-emulated",
+            "--timeout",
+            "600",
+            "--",
+            "sh",
+            "-c",
+            "echo READY; sleep 600",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut id = String::new();
+    let until = Instant::now() + Duration::from_secs(300);
+    let mut line = String::new();
+    while Instant::now() < until {
+        line.clear();
+        if err.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if let Some(rest) = line.strip_prefix("[run] phase=exec sandbox=") {
+            id = rest.trim().to_string();
+            break;
+        }
+    }
+    assert!(!id.is_empty(), "no sandbox id seen");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut l = String::new();
+    out.read_line(&mut l).unwrap();
+    assert_eq!(l, "READY\n");
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    (child, id)
+}
+
+fn signal(child: &std::process::Child, sig: i32) {
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, sig) };
+}
+
+#[test]
+fn a_killed_pyro_leaves_a_vm_that_gc_removes_and_sigterm_removes_it_at_once() {
+    require_vm!();
+    let p = TestPyro::new();
+    let (mut child, id) = start_long_vm_run(&p);
+    signal(&child, libc::SIGKILL);
+    child.wait().unwrap();
+    let traces = vm_traces(&p, &id);
+    assert!(
+        traces.iter().any(|t| t.contains("qemu-system"))
+            && traces.iter().any(|t| t.contains("vhost-device-vsock")),
+        "a SIGKILLed pyro cannot clean up; the VM should still run: {traces:?}"
+    );
+    let (o, v) = p.json(&["gc"]);
+    assert_eq!(o.status.code(), Some(0), "{v}");
+    assert_eq!(vm_traces(&p, &id), Vec::<String>::new());
+    assert_eq!(p.leftovers(), Vec::<String>::new());
+
+    // SIGTERM to pyro: it removes the VM itself and exits 143.
+    let (mut child, id) = start_long_vm_run(&p);
+    signal(&child, libc::SIGTERM);
+    assert_eq!(child.wait().unwrap().code(), Some(143));
+    assert_eq!(vm_traces(&p, &id), Vec::<String>::new());
+    assert_eq!(p.leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn doctor_boot_boots_a_test_vm_and_removes_it() {
+    require_vm!();
+    let p = TestPyro::new();
+    let (out, v) = p.json(&["doctor", "--boot"]);
+    assert_eq!(out.status.code(), Some(0), "{v}");
+    let boots = v["vm"]["test_boots"].as_array().unwrap();
+    let b = boots.iter().find(|b| b["level"] == "vm-emulated").unwrap();
+    assert_eq!(b["ok"], true, "{b}");
+    assert!(b["boot_ms"].as_u64().is_some(), "{b}");
+    assert!(v["vm"]["kernel"].is_string(), "{v}");
+    assert_eq!(p.leftovers(), Vec::<String>::new());
+}

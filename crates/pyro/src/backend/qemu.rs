@@ -1,0 +1,329 @@
+//! The QEMU backend: `-M microvm` with KVM where `/dev/kvm` is usable (isolation `microvm`) and
+//! TCG software emulation otherwise (isolation `vm-emulated`), using the command line proven in
+//! research/qemu-tcg-probe.md.
+//!
+//! vsock goes through the rust-vmm `vhost-device-vsock` backend (a vhost-user device, since most
+//! hosts without KVM also lack `/dev/vhost-vsock`), which exposes the guest's vsock as the same
+//! hybrid-vsock Unix socket that Firecracker gives: one transport for both VMMs.
+//!
+//! Under TCG the guest kernel gets `tsc_early_khz=<host TSC>` and `nolapic_timer`, and the
+//! machine keeps its PIT, PIC and RTC: without them the boot hangs in TSC calibration, sleeps
+//! never return, or the kernel polls an absent CMOS clock for a second. The guest's power-off is
+//! a reset (`reboot=t`) that `-no-reboot` turns into QEMU exiting.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::agent_client::AgentClient;
+use crate::backend::vm::{self, vm_err, AGENT_PORT, VSOCK_SOCKET};
+use crate::backend::{
+    Backend, CleanupReport, Endpoint, Isolation, LimitsReport, SandboxSpec, Started,
+};
+use crate::error::{IoContext, Result};
+use crate::store::SandboxRecord;
+
+const NAME: &str = "qemu";
+
+/// How long QEMU gets to exit after the agent was asked to power off.
+const POWER_OFF_GRACE: Duration = Duration::from_secs(3);
+
+/// The QEMU backend, with KVM or TCG.
+#[derive(Debug, Clone)]
+pub struct QemuBackend {
+    qemu: PathBuf,
+    vhost_vsock: PathBuf,
+    kernel: PathBuf,
+    cache: PathBuf,
+    kvm: bool,
+}
+
+/// `qemu-system-x86_64`: `$PYRO_QEMU`, else PATH.
+pub fn find_qemu() -> Option<PathBuf> {
+    vm::find_tool("qemu-system-x86_64", "PYRO_QEMU")
+}
+
+/// `vhost-device-vsock`: `$PYRO_VHOST_VSOCK`, else PATH, `~/.cache/pyro/cargo/bin`, `~/.cargo/bin`.
+pub fn find_vhost_vsock() -> Option<PathBuf> {
+    vm::find_tool("vhost-device-vsock", "PYRO_VHOST_VSOCK")
+}
+
+impl QemuBackend {
+    /// A QEMU backend; `kvm` picks `-accel kvm` (isolation `microvm`) or TCG (`vm-emulated`).
+    pub fn new(
+        qemu: PathBuf,
+        vhost_vsock: PathBuf,
+        kernel: PathBuf,
+        cache: PathBuf,
+        kvm: bool,
+    ) -> QemuBackend {
+        QemuBackend {
+            qemu,
+            vhost_vsock,
+            kernel,
+            cache,
+            kvm,
+        }
+    }
+
+    /// The kernel command line.
+    fn cmdline(&self) -> String {
+        let mut c = format!("console=ttyS0 reboot=t panic=-1 quiet pyro.port={AGENT_PORT}");
+        if !self.kvm {
+            if let Some(khz) = vm::host_tsc_khz() {
+                c.push_str(&format!(" tsc_early_khz={khz}"));
+            }
+            // The guest's TSC is the host's (constant) TSC; without this the clocksource
+            // watchdog may judge it unstable against the emulated timers when the host is
+            // loaded, and the emulated machine has no other good clocksource to fall back to.
+            c.push_str(" nolapic_timer tsc=reliable");
+        }
+        c
+    }
+
+    /// QEMU's arguments for one sandbox.
+    #[allow(clippy::too_many_arguments)]
+    fn args(
+        &self,
+        spec: &SandboxSpec<'_>,
+        initrd: &Path,
+        rw_disk: &Path,
+        vhost_sock: &Path,
+        console: &Path,
+    ) -> Result<Vec<String>> {
+        for p in [
+            spec.rootfs,
+            rw_disk,
+            vhost_sock,
+            console,
+            initrd,
+            &self.kernel,
+        ] {
+            // QEMU splits option values on ','; no path we pass may contain one.
+            if p.to_string_lossy().contains(',') {
+                return Err(vm_err(NAME, format!("path {} contains ','", p.display())));
+            }
+        }
+        let mem = spec.resources.mem_mib;
+        let (accel, cpu) = if self.kvm {
+            ("kvm", "host")
+        } else {
+            ("tcg", "max")
+        };
+        let d = |p: &Path| p.display().to_string();
+        Ok(vec![
+            "-accel".into(),
+            accel.into(),
+            "-cpu".into(),
+            cpu.into(),
+            "-m".into(),
+            format!("{mem}M"),
+            "-smp".into(),
+            spec.resources.vcpus.to_string(),
+            "-M".into(),
+            "microvm,x-option-roms=off,pit=on,pic=on,rtc=on,acpi=off,memory-backend=mem".into(),
+            // vhost-user needs guest memory the backend process can map.
+            "-object".into(),
+            format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
+            // QEMU's seccomp filter: no exec, no privilege changes, no obsolete syscalls.
+            "-sandbox".into(),
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
+            "-nodefaults".into(),
+            "-no-user-config".into(),
+            "-display".into(),
+            "none".into(),
+            "-serial".into(),
+            format!("file:{}", d(console)),
+            "-no-reboot".into(),
+            "-chardev".into(),
+            format!("socket,id=vs,path={}", d(vhost_sock)),
+            "-device".into(),
+            "vhost-user-vsock-device,chardev=vs".into(),
+            "-drive".into(),
+            format!(
+                "id=env,file={},format=raw,if=none,readonly=on",
+                d(spec.rootfs)
+            ),
+            "-device".into(),
+            "virtio-blk-device,drive=env".into(),
+            "-drive".into(),
+            format!("id=rw,file={},format=raw,if=none,cache=unsafe", d(rw_disk)),
+            "-device".into(),
+            "virtio-blk-device,drive=rw".into(),
+            "-kernel".into(),
+            d(&self.kernel),
+            "-initrd".into(),
+            d(initrd),
+            "-append".into(),
+            self.cmdline(),
+        ])
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for QemuBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn isolation(&self) -> Isolation {
+        if self.kvm {
+            Isolation::Microvm
+        } else {
+            Isolation::VmEmulated
+        }
+    }
+
+    fn uid_shift(&self) -> u32 {
+        0
+    }
+
+    fn wants_ext4_image(&self) -> bool {
+        true
+    }
+
+    async fn start(&self, spec: &SandboxSpec<'_>) -> Result<Started> {
+        vm::make_private_dirs(&[spec.run_dir, spec.state_dir])?;
+        let initrd = vm::initramfs(&self.cache, spec.agent)?;
+        let rw_disk = spec.state_dir.join("rw.ext4");
+        vm::ensure_scratch_disk(&rw_disk)?;
+        let vhost_sock = spec.run_dir.join("vhost.sock");
+        let vsock = spec.run_dir.join(VSOCK_SOCKET);
+        let console = spec.state_dir.join("console.log");
+        let log = |name: &str| -> Result<std::fs::File> {
+            let p = spec.state_dir.join(name);
+            std::fs::File::create(&p).ctx(|| format!("create {}", p.display()))
+        };
+
+        let vlog = log("vhost-device-vsock.log")?;
+        let helper = tokio::process::Command::new(&self.vhost_vsock)
+            .arg("--vm")
+            .arg(format!(
+                "guest-cid=3,socket={},uds-path={}",
+                vhost_sock.display(),
+                vsock.display()
+            ))
+            .stdin(Stdio::null())
+            .stdout(vlog.try_clone().ctx(|| "clone log handle".into())?)
+            .stderr(vlog)
+            // Its own process group: a Ctrl-C meant for pyro must not kill it before pyro's
+            // cleanup runs (pyro ends it).
+            .process_group(0)
+            .spawn()
+            .map_err(|e| {
+                vm_err(
+                    NAME,
+                    format!("cannot start {}: {e}", self.vhost_vsock.display()),
+                )
+            })?;
+        let helper_id = helper
+            .id()
+            .and_then(|pid| vm::record_process(spec.run_dir, "vhost-device-vsock", pid));
+        if !vm::wait_for_path(&vhost_sock, helper_id, Duration::from_secs(10)).await {
+            let text = std::fs::read_to_string(spec.state_dir.join("vhost-device-vsock.log"))
+                .unwrap_or_default();
+            return Err(vm_err(
+                NAME,
+                format!(
+                    "vhost-device-vsock did not create its socket: {}",
+                    text.trim()
+                ),
+            ));
+        }
+
+        let args = self.args(spec, &initrd, &rw_disk, &vhost_sock, &console)?;
+        let qlog = log("qemu.log")?;
+        let child = tokio::process::Command::new(&self.qemu)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(qlog.try_clone().ctx(|| "clone log handle".into())?)
+            .stderr(qlog)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| vm_err(NAME, format!("cannot start {}: {e}", self.qemu.display())))?;
+        let runtime = child
+            .id()
+            .and_then(|pid| vm::record_process(spec.run_dir, "qemu", pid));
+        if runtime.is_none() {
+            let text = std::fs::read_to_string(spec.state_dir.join("qemu.log")).unwrap_or_default();
+            return Err(vm_err(
+                NAME,
+                format!("qemu exited at once: {}", text.trim()),
+            ));
+        }
+        let mem_bytes = spec.resources.mem_mib << 20;
+        Ok(Started {
+            runtime,
+            endpoint: Endpoint::HybridVsock {
+                uds: vsock,
+                port: AGENT_PORT,
+            },
+            limits: LimitsReport {
+                cgroup: "none".into(),
+                memory_bytes: Some(mem_bytes),
+                pids_max: None,
+                cpus: Some(f64::from(spec.resources.vcpus)),
+                not_applied: vec![
+                    "pids: bounded by the VM's memory, not counted (the guest kernel has no cgroups)"
+                        .into(),
+                ],
+            },
+        })
+    }
+
+    fn endpoint(&self, record: &SandboxRecord) -> Endpoint {
+        Endpoint::HybridVsock {
+            uds: record.run_dir.join(VSOCK_SOCKET),
+            port: AGENT_PORT,
+        }
+    }
+
+    async fn stop(&self, record: &SandboxRecord) -> CleanupReport {
+        destroy_vm(record, &record.run_dir.join(VSOCK_SOCKET), true).await
+    }
+
+    async fn destroy(&self, record: &SandboxRecord) -> CleanupReport {
+        destroy_vm(record, &record.run_dir.join(VSOCK_SOCKET), false).await
+    }
+}
+
+/// Stops a VM sandbox gracefully where it can (the agent powers the guest off, which makes the
+/// VMM exit), then ends whatever is left and removes its files (all of them, or all but its
+/// state directory with `keep_state`).
+pub(crate) async fn destroy_vm(
+    record: &SandboxRecord,
+    vsock: &Path,
+    keep_state: bool,
+) -> CleanupReport {
+    let mut errors = Vec::new();
+    if let Some(vmm) = record.runtime.filter(|p| p.is_alive()) {
+        let client = AgentClient::at(Endpoint::HybridVsock {
+            uds: vsock.to_path_buf(),
+            port: AGENT_PORT,
+        });
+        let asked = tokio::time::timeout(Duration::from_secs(2), client.shutdown()).await;
+        if matches!(asked, Ok(Ok(()))) {
+            let _ = tokio::task::spawn_blocking(move || vm::wait_gone(vmm, POWER_OFF_GRACE)).await;
+        }
+    }
+    let (run_dir, state_dir) = (record.run_dir.clone(), record.state_dir.clone());
+    match tokio::task::spawn_blocking(move || {
+        let mut errors = Vec::new();
+        vm::remove_vm_sandbox(
+            &run_dir,
+            (!keep_state).then_some(state_dir.as_path()),
+            &mut errors,
+        );
+        errors
+    })
+    .await
+    {
+        Ok(e) => errors.extend(e),
+        Err(e) => errors.push(format!("cleanup task failed: {e}")),
+    }
+    CleanupReport {
+        deleted: errors.is_empty(),
+        reason: String::new(),
+        errors,
+    }
+}
