@@ -162,3 +162,69 @@ fn doctor_boot_boots_a_test_vm_and_removes_it() {
     assert!(v["vm"]["kernel"].is_string(), "{v}");
     assert_eq!(p.leftovers(), Vec::<String>::new());
 }
+
+#[test]
+fn a_workspace_lives_in_a_vm_across_stop_start_and_reset() {
+    require_vm!();
+    let p = TestPyro::new();
+    let seed = p.dir.path().join("seed");
+    std::fs::create_dir_all(&seed).unwrap();
+    std::fs::write(seed.join("a.txt"), "seeded\n").unwrap();
+    let ws = |args: &[&str]| {
+        let mut a = vec!["workspace"];
+        a.extend_from_slice(args);
+        let (out, v) = p.json(&a);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {v}");
+        v
+    };
+    let v = ws(&[
+        "create",
+        "debian:12",
+        "--isolation",
+        "vm-emulated",
+        "--seed-path",
+        seed.to_str().unwrap(),
+        "--secret",
+        "TOKEN=vm-secret-42",
+    ]);
+    let id = v["workspace_id"].as_str().unwrap().to_string();
+    assert_eq!(v["isolation"], "vm-emulated");
+    assert_eq!(v["backend"], "qemu");
+    let v = ws(&[
+        "exec",
+        &id,
+        "--secret-env",
+        "TOKEN",
+        "--",
+        "sh",
+        "-c",
+        "cat a.txt; echo t=$TOKEN; echo made > b.txt; cat /proc/1/comm",
+    ]);
+    // PID 1 is the agent, started as /init from its initramfs.
+    assert_eq!(v["stdout"], "seeded\nt=[REDACTED]\ninit\n", "{v}");
+    let d = ws(&["diff", &id]);
+    assert_eq!(d["summary"]["added"], 1, "{d}");
+    // Stop keeps the writable disk; start boots a new VM on it.
+    assert_eq!(ws(&["stop", &id])["state"], "stopped");
+    assert!(
+        vm_traces(&p, &id).iter().all(|t| t == "state dir"),
+        "{:?}",
+        vm_traces(&p, &id)
+    );
+    assert_eq!(ws(&["start", &id])["state"], "running");
+    assert_eq!(ws(&["exec", &id, "--", "cat", "b.txt"])["stdout"], "made\n");
+    // Reset: a fresh VM with the baseline (and the secret installed again).
+    ws(&["reset", &id]);
+    let v = ws(&[
+        "exec",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "ls; test -e /run/pyro-secrets/TOKEN && echo secret-back",
+    ]);
+    assert_eq!(v["stdout"], "a.txt\nsecret-back\n", "{v}");
+    ws(&["delete", &id]);
+    assert_eq!(vm_traces(&p, &id), Vec::<String>::new());
+    assert_eq!(p.leftovers(), Vec::<String>::new());
+}
