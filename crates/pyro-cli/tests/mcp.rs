@@ -88,6 +88,18 @@ macro_rules! mcp_test {
 }
 
 mcp_test!(
+    shells_services_and_secrets_over_stdio,
+    "interactive",
+    "stdio",
+    containers = true
+);
+mcp_test!(
+    shells_services_and_secrets_over_http,
+    "interactive",
+    "http",
+    containers = true
+);
+mcp_test!(
     profiles_list_their_tools_over_stdio,
     "profiles",
     "stdio",

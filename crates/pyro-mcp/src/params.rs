@@ -108,6 +108,11 @@ pub struct WorkspaceCreateParams {
     /// `PYRO_ISOLATION`, else `microvm`.
     #[serde(default)]
     pub isolation: Option<String>,
+    /// Secrets, NAME → value: stored 0600 on the host, installed in the guest at
+    /// `/run/pyro-secrets/NAME`, mapped into a call with `secret_env`, and redacted from every
+    /// output. Only the names are ever shown back.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
 }
 
 /// `workspace_list`.
@@ -185,6 +190,186 @@ pub struct WorkspaceExecParams {
     #[serde(default = "default_output")]
     #[schemars(range(min = 0, max = 1048576))]
     pub max_output_bytes: u64,
+    /// Secrets to map into the command's environment: `NAME` (as `$NAME`) or `NAME=VAR`.
+    #[serde(default)]
+    pub secret_env: Vec<String>,
+}
+
+/// `shell_open`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShellOpenParams {
+    /// Workspace id or name.
+    pub workspace_id: String,
+    /// Working directory inside `/workspace`.
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Terminal columns.
+    #[serde(default = "default_cols")]
+    #[schemars(range(min = 10, max = 1000))]
+    pub cols: u16,
+    /// Terminal rows.
+    #[serde(default = "default_rows")]
+    #[schemars(range(min = 5, max = 1000))]
+    pub rows: u16,
+    /// Secrets to map into the shell's environment: `NAME` or `NAME=VAR`.
+    #[serde(default)]
+    pub secret_env: Vec<String>,
+}
+
+fn default_cols() -> u16 {
+    120
+}
+
+fn default_rows() -> u16 {
+    30
+}
+
+/// `shell_read`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShellReadParams {
+    /// Workspace id or name.
+    pub workspace_id: String,
+    /// Shell id from shell_open.
+    pub shell_id: String,
+    /// Absolute byte cursor to read from: 0 at first, then the previous read's `next_cursor`.
+    #[serde(default)]
+    pub cursor: u64,
+    /// Most bytes to return.
+    #[serde(default = "default_output")]
+    #[schemars(range(min = 1, max = 1048576))]
+    pub max_chars: u64,
+    /// Strip terminal control sequences (colors, cursor movement).
+    #[serde(default = "default_true")]
+    pub plain: bool,
+    /// Keep reading until the output has been quiet this many milliseconds (1-10000).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 10000))]
+    pub wait_for_idle_ms: Option<u64>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `shell_write`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShellWriteParams {
+    /// Workspace id or name.
+    pub workspace_id: String,
+    /// Shell id.
+    pub shell_id: String,
+    /// Text to type.
+    pub input: String,
+    /// Press Enter after the input.
+    #[serde(default = "default_true")]
+    pub append_newline: bool,
+}
+
+/// `shell_signal`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShellSignalParams {
+    /// Workspace id or name.
+    pub workspace_id: String,
+    /// Shell id.
+    pub shell_id: String,
+    /// INT (like Ctrl-C, to the foreground job), TERM, KILL, HUP, QUIT, TSTP, CONT, USR1, USR2.
+    #[serde(default = "default_signal")]
+    pub signal: String,
+}
+
+fn default_signal() -> String {
+    "INT".into()
+}
+
+/// `shell_close`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShellIdParams {
+    /// Workspace id or name.
+    pub workspace_id: String,
+    /// Shell id.
+    pub shell_id: String,
+}
+
+/// `service_start`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceStartParams {
+    /// Workspace id or name.
+    pub workspace_id: String,
+    /// Service name (unique in the workspace).
+    pub service_name: String,
+    /// Shell command line, run by `sh -c` in its own process group.
+    #[schemars(length(min = 1))]
+    pub command: String,
+    /// Working directory inside `/workspace`.
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Extra environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Secrets to map into the service's environment: `NAME` or `NAME=VAR`.
+    #[serde(default)]
+    pub secret_env: Vec<String>,
+    /// Ready when this file (a workspace path) exists.
+    #[serde(default)]
+    pub ready_file: Option<String>,
+    /// Ready when HOST:PORT accepts a TCP connection.
+    #[serde(default)]
+    pub ready_tcp: Option<String>,
+    /// Ready when this http:// URL answers 200-399.
+    #[serde(default)]
+    pub ready_http: Option<String>,
+    /// Ready when this shell command exits 0.
+    #[serde(default)]
+    pub ready_command: Option<String>,
+    /// Seconds to wait for readiness.
+    #[serde(default = "default_ready_timeout")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub ready_timeout_seconds: u64,
+    /// `never` or `on-failure`.
+    #[serde(default = "default_restart")]
+    pub restart: String,
+}
+
+fn default_ready_timeout() -> u64 {
+    30
+}
+
+fn default_restart() -> String {
+    "never".into()
+}
+
+/// `service_status`, `service_stop`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceNameParams {
+    /// Workspace id or name.
+    pub workspace_id: String,
+    /// Service name.
+    pub service_name: String,
+}
+
+/// `service_logs`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceLogsParams {
+    /// Workspace id or name.
+    pub workspace_id: String,
+    /// Service name.
+    pub service_name: String,
+    /// Last lines of each stream (default 200).
+    #[serde(default = "default_tail")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub tail_lines: u64,
+}
+
+fn default_tail() -> u64 {
+    200
 }
 
 /// `workspace_sync_push`.

@@ -54,6 +54,17 @@ const FULL_EXTRA: &[&str] = &[
     "snapshot_create",
     "snapshot_list",
     "snapshot_delete",
+    "shell_open",
+    "shell_read",
+    "shell_write",
+    "shell_signal",
+    "shell_close",
+    "shell_list",
+    "service_start",
+    "service_list",
+    "service_status",
+    "service_logs",
+    "service_stop",
 ];
 
 impl Profile {
@@ -119,6 +130,6 @@ mod tests {
         assert_eq!(Profile::VmRun.tools(), ["vm_run"]);
         assert!(core.iter().all(|t| full.contains(t)));
         assert_eq!(core.len(), 16);
-        assert_eq!(full.len(), 29);
+        assert_eq!(full.len(), 40);
     }
 }

@@ -363,6 +363,11 @@ impl PyroTools {
             req.vcpus = p.vcpu_count;
             req.mem_mib = p.mem_mib;
             req.isolation = isolation(p.isolation.as_deref())?;
+            req.secrets = p
+                .secrets
+                .into_iter()
+                .map(|(k, v)| (k, pyro::workspace::Secret::new(v)))
+                .collect();
             // Not cancellable on purpose: an abandoned create finishes and is listed, rather
             // than leaving a half-made workspace behind.
             Ok(self
@@ -498,7 +503,7 @@ impl PyroTools {
             };
             // Dropping the exec closes its agent connection, which kills the command.
             tokio::select! {
-                r = self.pyro.workspace_exec(&p.workspace_id, &argv, &opts, None) => Ok(r?),
+                r = self.pyro.workspace_exec_with_secrets(&p.workspace_id, &argv, &opts, &p.secret_env, None) => Ok(r?),
                 () = either(&ct, &self.closed) => Err(ToolError {
                     kind: "interrupted".into(),
                     message: "the call was cancelled; the command was killed".into(),
@@ -737,6 +742,236 @@ impl PyroTools {
             .map_err(ToolError::from);
         Ok(outcome(r, |w| {
             format!("workspace {} is {}", w.workspace_id, w.state)
+        }))
+    }
+
+    #[tool(
+        description = "Open an interactive shell (bash on a PTY) in a workspace. Its state (cwd, variables, background jobs) persists between calls; type with shell_write and read the output with shell_read. Returns shell_id."
+    )]
+    async fn shell_open(&self, Parameters(p): Parameters<ShellOpenParams>) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let req = pyro::workspace::ShellOpenRequest {
+            cwd: p.cwd,
+            cols: p.cols,
+            rows: p.rows,
+            secret_env: p.secret_env,
+        };
+        let r = self
+            .pyro
+            .workspace_shell_open(&p.workspace_id, &req)
+            .await
+            .map_err(ToolError::from);
+        Ok(outcome(r, |s| {
+            format!(
+                "opened shell {} in workspace {}",
+                s.shell.shell_id, s.workspace_id
+            )
+        }))
+    }
+
+    #[tool(
+        description = "Read a shell's output from an absolute byte cursor (0 first, then the previous next_cursor). With wait_for_idle_ms it keeps reading until the output has been quiet that long, which is how to wait for a command to finish. dropped > 0 means older output was lost from the 1 MiB buffer; truncated means more is waiting.",
+        annotations(read_only_hint = true)
+    )]
+    async fn shell_read(&self, Parameters(p): Parameters<ShellReadParams>) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = async {
+            let max = output_cap(p.max_chars, "max_chars")?;
+            Ok(self
+                .pyro
+                .workspace_shell_read(
+                    &p.workspace_id,
+                    &p.shell_id,
+                    p.cursor,
+                    max,
+                    p.plain,
+                    p.wait_for_idle_ms.map(Duration::from_millis),
+                )
+                .await?)
+        }
+        .await;
+        Ok(outcome(r, |s| {
+            format!(
+                "{} bytes from shell {} (next_cursor {}, truncated {})",
+                s.output.len(),
+                s.shell.shell_id,
+                s.next_cursor,
+                s.truncated
+            )
+        }))
+    }
+
+    #[tool(
+        description = "Type input into a shell (Enter is pressed unless append_newline is false)."
+    )]
+    async fn shell_write(&self, Parameters(p): Parameters<ShellWriteParams>) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = self
+            .pyro
+            .workspace_shell_write(&p.workspace_id, &p.shell_id, &p.input, p.append_newline)
+            .await
+            .map_err(ToolError::from);
+        Ok(outcome(r, |s| {
+            format!(
+                "typed {} bytes into shell {}",
+                p.input.len(),
+                s.shell.shell_id
+            )
+        }))
+    }
+
+    #[tool(
+        description = "Send a signal to a shell: INT interrupts the foreground job like Ctrl-C; TERM, KILL, HUP go to the whole shell."
+    )]
+    async fn shell_signal(&self, Parameters(p): Parameters<ShellSignalParams>) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = self
+            .pyro
+            .workspace_shell_signal(&p.workspace_id, &p.shell_id, &p.signal)
+            .await
+            .map_err(ToolError::from);
+        Ok(outcome(r, |s| {
+            format!("sent {} to shell {}", p.signal, s.shell.shell_id)
+        }))
+    }
+
+    #[tool(description = "Close a shell opened with shell_open and end every process it started.")]
+    async fn shell_close(&self, Parameters(p): Parameters<ShellIdParams>) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = self
+            .pyro
+            .workspace_shell_close(&p.workspace_id, &p.shell_id)
+            .await
+            .map_err(ToolError::from);
+        Ok(outcome(r, |s| format!("closed shell {}", s.shell.shell_id)))
+    }
+
+    #[tool(
+        description = "List a workspace's shells with their ids, states and output sizes.",
+        annotations(read_only_hint = true)
+    )]
+    async fn shell_list(&self, Parameters(p): Parameters<WorkspaceIdParams>) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = self
+            .pyro
+            .workspace_shell_list(&p.workspace_id)
+            .await
+            .map(|l| counted("shells", &l))
+            .map_err(ToolError::from);
+        Ok(outcome(r, |v| format!("{} shells", v["count"])))
+    }
+
+    #[tool(
+        description = "Start a long-running service (a dev server, a database) in a workspace and wait until it is ready: give at most one of ready_file, ready_tcp, ready_http, ready_command. Fails with the readiness error and the service's log tail if it never becomes ready. restart=on-failure restarts it when it crashes."
+    )]
+    async fn service_start(&self, Parameters(p): Parameters<ServiceStartParams>) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = async {
+            let given = [&p.ready_file, &p.ready_tcp, &p.ready_http, &p.ready_command]
+                .iter()
+                .filter(|r| r.is_some())
+                .count();
+            if given > 1 {
+                return Err(ToolError::invalid(
+                    "give at most one of ready_file, ready_tcp, ready_http, ready_command",
+                    None,
+                ));
+            }
+            use pyro::workspace::Readiness;
+            let readiness = if let Some(path) = p.ready_file {
+                Some(Readiness::File { path })
+            } else if let Some(address) = p.ready_tcp {
+                Some(Readiness::Tcp { address })
+            } else if let Some(url) = p.ready_http {
+                Some(Readiness::Http { url })
+            } else {
+                p.ready_command
+                    .map(|command| Readiness::Command { command })
+            };
+            let req = pyro::workspace::ServiceStartRequest {
+                name: p.service_name,
+                argv: shell(&p.command)?,
+                cwd: p.cwd,
+                env: p.env,
+                secret_env: p.secret_env,
+                readiness,
+                ready_timeout: Duration::from_secs(p.ready_timeout_seconds),
+                restart: p.restart,
+            };
+            Ok(self
+                .pyro
+                .workspace_service_start(&p.workspace_id, &req)
+                .await?)
+        }
+        .await;
+        Ok(outcome(r, |s| {
+            format!("service {} is {}", s.service.name, s.service.state)
+        }))
+    }
+
+    #[tool(
+        description = "List a workspace's services with their states.",
+        annotations(read_only_hint = true)
+    )]
+    async fn service_list(&self, Parameters(p): Parameters<WorkspaceIdParams>) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = self
+            .pyro
+            .workspace_service_list(&p.workspace_id)
+            .await
+            .map(|l| counted("services", &l))
+            .map_err(ToolError::from);
+        Ok(outcome(r, |v| format!("{} services", v["count"])))
+    }
+
+    #[tool(
+        description = "One service: starting, ready, exited (with exit_code), failed (with reason) or stopped.",
+        annotations(read_only_hint = true)
+    )]
+    async fn service_status(&self, Parameters(p): Parameters<ServiceNameParams>) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = self
+            .pyro
+            .workspace_service_status(&p.workspace_id, &p.service_name)
+            .await
+            .map_err(ToolError::from);
+        Ok(outcome(r, |s| {
+            format!("service {} is {}", s.service.name, s.service.state)
+        }))
+    }
+
+    #[tool(
+        description = "A service's stdout and stderr (the last tail_lines lines of each; secrets redacted).",
+        annotations(read_only_hint = true)
+    )]
+    async fn service_logs(&self, Parameters(p): Parameters<ServiceLogsParams>) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = self
+            .pyro
+            .workspace_service_logs(&p.workspace_id, &p.service_name, Some(p.tail_lines))
+            .await
+            .map_err(ToolError::from);
+        Ok(outcome(r, |l| {
+            format!(
+                "logs of service {} ({} + {} bytes, truncated {})",
+                l.service.name,
+                l.stdout.len(),
+                l.stderr.len(),
+                l.truncated
+            )
+        }))
+    }
+
+    #[tool(description = "Stop a service: TERM to its process group, KILL after 5 seconds.")]
+    async fn service_stop(&self, Parameters(p): Parameters<ServiceNameParams>) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = self
+            .pyro
+            .workspace_service_stop(&p.workspace_id, &p.service_name, Duration::from_secs(5))
+            .await
+            .map_err(ToolError::from);
+        Ok(outcome(r, |s| {
+            format!("service {} is {}", s.service.name, s.service.state)
         }))
     }
 

@@ -29,6 +29,8 @@ FULL = CORE | {
     "vm_list_environments", "vm_create", "vm_start", "vm_exec", "vm_stop", "vm_delete",
     "vm_status", "vm_reap_expired", "workspace_stop", "workspace_start", "snapshot_create",
     "snapshot_list", "snapshot_delete",
+    "shell_open", "shell_read", "shell_write", "shell_signal", "shell_close", "shell_list",
+    "service_start", "service_list", "service_status", "service_logs", "service_stop",
 }
 EXPECTED = {"vm-run": {"vm_run"}, "workspace-core": CORE, "workspace-full": FULL}
 ISO = {"isolation": "container"}
@@ -236,6 +238,61 @@ async def scenario_story(args):
     print("story ok")
 
 
+async def scenario_interactive(args):
+    """Shells, services and secrets through MCP; no result may carry a secret value."""
+    secret = "mcp-secret-5e1f9"
+    seen = []
+
+    async def c(s, tool, arguments, ok=True):
+        r = await s.call_tool(tool, arguments)
+        seen.extend(getattr(x, "text", "") for x in r.content)
+        seen.append(json.dumps(r.structured_content))
+        if ok:
+            check(not r.is_error, f"{tool} succeeds", [getattr(x, "text", "") for x in r.content])
+        return r.structured_content
+
+    async with session(args) as s:
+        w = await c(s, "workspace_create", {"environment": "debian:12", "secrets": {"API_KEY": secret}, **ISO})
+        wid = w["workspace_id"]
+        check(w["secrets"] == ["API_KEY"], "only secret names are shown", w)
+        e = await c(s, "workspace_exec", {"workspace_id": wid, "command": "echo key=$API_KEY; cat /run/pyro-secrets/API_KEY", "secret_env": ["API_KEY"]})
+        check(e["stdout"] == "key=[REDACTED]\n[REDACTED]", "exec output is redacted", e)
+        sh = await c(s, "shell_open", {"workspace_id": wid, "secret_env": ["API_KEY"]})
+        sid = sh["shell_id"]
+        await c(s, "shell_write", {"workspace_id": wid, "shell_id": sid, "input": "cd /tmp; X=kept; echo shell:$API_KEY"})
+        r = await c(s, "shell_read", {"workspace_id": wid, "shell_id": sid, "wait_for_idle_ms": 500})
+        check("shell:[REDACTED]" in r["output"], "shell output is redacted", r["output"])
+        await c(s, "shell_write", {"workspace_id": wid, "shell_id": sid, "input": "echo $PWD-$X"})
+        r = await c(s, "shell_read", {"workspace_id": wid, "shell_id": sid, "cursor": r["next_cursor"], "wait_for_idle_ms": 500})
+        check("/tmp-kept" in r["output"], "the shell keeps its state between calls", r["output"])
+        await c(s, "shell_write", {"workspace_id": wid, "shell_id": sid, "input": "sleep 300"})
+        await asyncio.sleep(0.5)
+        await c(s, "shell_signal", {"workspace_id": wid, "shell_id": sid, "signal": "INT"})
+        await c(s, "shell_write", {"workspace_id": wid, "shell_id": sid, "input": "echo rc=$?"})
+        r = await c(s, "shell_read", {"workspace_id": wid, "shell_id": sid, "cursor": r["next_cursor"], "wait_for_idle_ms": 500})
+        check("rc=130" in r["output"], "INT interrupts the foreground job", r["output"])
+        lst = await c(s, "shell_list", {"workspace_id": wid})
+        check(lst["count"] == 1, "shell_list lists it", lst)
+        await c(s, "shell_close", {"workspace_id": wid, "shell_id": sid})
+        svc = await c(s, "service_start", {"workspace_id": wid, "service_name": "web", "command": "echo svc:$API_KEY; touch /workspace/up; exec sleep 600", "ready_file": "/workspace/up", "secret_env": ["API_KEY"]})
+        check(svc["state"] == "ready", "the service becomes ready", svc)
+        logs = await c(s, "service_logs", {"workspace_id": wid, "service_name": "web"})
+        check(logs["stdout"] == "svc:[REDACTED]\n", "service logs are redacted", logs)
+        bad = await c(s, "service_start", {"workspace_id": wid, "service_name": "never", "command": "echo $API_KEY; sleep 600", "ready_file": "nope", "ready_timeout_seconds": 1, "secret_env": ["API_KEY"]}, ok=False)
+        check(bad["error"]["kind"] == "agent_refused", "a service that is never ready fails", bad)
+        st = await c(s, "service_list", {"workspace_id": wid})
+        check(st["count"] == 2, "service_list lists both", st)
+        stop = await c(s, "service_stop", {"workspace_id": wid, "service_name": "web"})
+        check(stop["state"] == "stopped", "service_stop stops it", stop)
+        await c(s, "service_status", {"workspace_id": wid, "service_name": "web"})
+        await c(s, "workspace_file_read", {"workspace_id": wid, "path": "/run/../workspace/up"}, ok=False)
+        await c(s, "workspace_logs", {"workspace_id": wid})
+        await c(s, "workspace_delete", {"workspace_id": wid})
+    leaked = [t for t in seen if secret in t]
+    check(not leaked, "no MCP result carries the secret value", leaked[:2])
+    print("interactive ok")
+
+
 async def scenario_vm(args):
     """The low-level lifecycle: create, start, stop, start, exec (which deletes), and delete."""
     async with session(args) as s:
@@ -359,7 +416,7 @@ async def scenario_auth(args):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("scenario", choices=["profiles", "errors", "story", "vm", "killed", "disconnect", "auth"])
+    p.add_argument("scenario", choices=["profiles", "errors", "story", "interactive", "vm", "killed", "disconnect", "auth"])
     p.add_argument("transport", choices=["stdio", "http"])
     p.add_argument("--pyro", required=True)
     args = p.parse_args()
