@@ -204,6 +204,52 @@ fn a_workspace_lives_in_a_vm_across_stop_start_and_reset() {
     assert_eq!(v["stdout"], "seeded\nt=[REDACTED]\ninit\n", "{v}");
     let d = ws(&["diff", &id]);
     assert_eq!(d["summary"]["added"], 1, "{d}");
+    // A shell and a service live in the guest agent here too.
+    let sh = ws(&["shell", "open", &id, "--secret-env", "TOKEN"])["shell_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ws(&[
+        "shell",
+        "write",
+        &id,
+        &sh,
+        "--input",
+        "cd /tmp; echo in-vm:$TOKEN:$PWD",
+    ]);
+    let mut seen = String::new();
+    for _ in 0..20 {
+        seen.push_str(
+            ws(&[
+                "shell",
+                "read",
+                &id,
+                &sh,
+                "--plain",
+                "--wait-for-idle-ms",
+                "500",
+            ])["output"]
+                .as_str()
+                .unwrap(),
+        );
+        if seen.contains("in-vm:[REDACTED]:/tmp") {
+            break;
+        }
+    }
+    assert!(seen.contains("in-vm:[REDACTED]:/tmp"), "{seen}");
+    let v = ws(&[
+        "service",
+        "start",
+        &id,
+        "svc",
+        "--ready-command",
+        "test -e /tmp/ok",
+        "--",
+        "sh",
+        "-c",
+        "touch /tmp/ok; exec sleep 600",
+    ]);
+    assert_eq!(v["state"], "ready", "{v}");
     // Stop keeps the writable disk; start boots a new VM on it.
     assert_eq!(ws(&["stop", &id])["state"], "stopped");
     assert!(
