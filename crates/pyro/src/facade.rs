@@ -117,6 +117,14 @@ pub struct Pyro {
     pub(crate) inner: Arc<Inner>,
 }
 
+/// What [`Pyro::prepare`] found for a new sandbox.
+pub(crate) struct Prepared {
+    pub level: Isolation,
+    pub backend: Arc<dyn Backend>,
+    pub env: ResolvedEnv,
+    pub rootfs: PathBuf,
+}
+
 /// What `gc` removed.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct GcReport {
@@ -604,6 +612,45 @@ impl Pyro {
             }
             other => other,
         }
+    }
+
+    /// Everything a new sandbox is made from: the isolation level (asked for, or the default),
+    /// its backend (an error naming the usable levels if it has none), the environment (built
+    /// or pulled first when allowed) and its root filesystem for that backend.
+    pub(crate) async fn prepare(
+        &self,
+        environment: &str,
+        isolation: Option<Isolation>,
+        build_missing: bool,
+        observer: &Arc<dyn crate::run::Observer>,
+    ) -> Result<Prepared> {
+        let level = match isolation {
+            Some(l) => l,
+            None => Isolation::default_from_env()?,
+        };
+        let backend = self.backend_for(level)?;
+        observer.phase(
+            "create",
+            &[
+                ("environment", environment.to_string()),
+                ("isolation", level.to_string()),
+            ],
+        );
+        let env = self
+            .resolve_env(
+                environment,
+                build_missing,
+                crate::run::build_progress(observer, environment),
+                crate::run::transfer_progress(observer, environment),
+            )
+            .await?;
+        let rootfs = self.rootfs(&env, backend.as_ref()).await?;
+        Ok(Prepared {
+            level,
+            backend,
+            env,
+            rootfs,
+        })
     }
 
     /// The environment's root filesystem for a backend, unpacked once.

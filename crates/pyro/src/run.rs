@@ -189,6 +189,16 @@ pub struct RunResult {
     pub cleanup: CleanupReport,
 }
 
+/// The exit code a front door reports: the command's own; 128+N when signal N ended it; 124
+/// when the timeout fired (as `timeout(1)` does).
+pub fn exit_code(o: &pyro_protocol::ExecOutcome) -> i32 {
+    if o.timed_out {
+        124
+    } else {
+        o.exit_code.unwrap_or_else(|| 128 + o.signal.unwrap_or(0))
+    }
+}
+
 /// Text for JSON, plus the exact bytes when the text is lossy.
 pub fn text_and_bytes(bytes: &[u8]) -> (String, Option<String>) {
     match std::str::from_utf8(bytes) {
@@ -233,27 +243,19 @@ impl Pyro {
     ) -> Result<RunResult> {
         req.validate()?;
         let t0 = Instant::now();
-        let level = match req.isolation {
-            Some(l) => l,
-            None => Isolation::default_from_env()?,
-        };
-        let backend = self.backend_for(level)?;
-        observer.phase(
-            "create",
-            &[
-                ("environment", req.environment.clone()),
-                ("isolation", level.to_string()),
-            ],
-        );
-        let env = self
-            .resolve_env(
+        let crate::facade::Prepared {
+            level,
+            backend,
+            env,
+            rootfs,
+        } = self
+            .prepare(
                 &req.environment,
+                req.isolation,
                 req.build_missing,
-                build_progress(&observer, &req.environment),
-                transfer_progress(&observer, &req.environment),
+                &observer,
             )
             .await?;
-        let rootfs = self.rootfs(&env, backend.as_ref()).await?;
         let resources = Resources {
             vcpus: req.vcpus,
             mem_mib: req.mem_mib,
@@ -287,11 +289,7 @@ impl Pyro {
         let cleanup_ms = t_cleanup.elapsed().as_millis() as u64;
         let exec = exec?;
         let o = &exec.outcome;
-        let exit_code = if o.timed_out {
-            124
-        } else {
-            o.exit_code.unwrap_or_else(|| 128 + o.signal.unwrap_or(0))
-        };
+        let exit_code = exit_code(o);
         let (stdout, stdout_base64) = text_and_bytes(&exec.stdout);
         let (stderr, stderr_base64) = text_and_bytes(&exec.stderr);
         let result = RunResult {

@@ -307,11 +307,7 @@ impl Pyro {
         }
         let exec = exec?;
         let o = &exec.outcome;
-        let exit_code = if o.timed_out {
-            124
-        } else {
-            o.exit_code.unwrap_or_else(|| 128 + o.signal.unwrap_or(0))
-        };
+        let exit_code = crate::run::exit_code(o);
         let (stdout, stdout_base64) = text_and_bytes(&exec.stdout);
         let (stderr, stderr_base64) = text_and_bytes(&exec.stderr);
         let env = self.inner.envs.resolve(&vm.environment)?;

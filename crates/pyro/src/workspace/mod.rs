@@ -28,7 +28,7 @@ use crate::agent_client::OutputSink;
 use crate::backend::{Backend, Isolation, Resources};
 use crate::error::{Error, IoContext, Result};
 use crate::facade::Pyro;
-use crate::run::{build_progress, limits, text_and_bytes, transfer_progress, Observer};
+use crate::run::{limits, text_and_bytes, Observer};
 use crate::sandbox::{destroy_record, new_id, ExecOptions, Sandbox};
 use crate::store::{now_ms, LogRow, SandboxKind, SandboxRecord, WorkspaceRow};
 
@@ -483,27 +483,19 @@ impl Pyro {
             Some(s) => Some(files::SeedSource::prepare(s)?),
             None => None,
         };
-        let level = match req.isolation {
-            Some(l) => l,
-            None => Isolation::default_from_env()?,
-        };
-        let backend = self.backend_for(level)?;
-        observer.phase(
-            "create",
-            &[
-                ("environment", req.environment.clone()),
-                ("isolation", level.to_string()),
-            ],
-        );
-        let env = self
-            .resolve_env(
+        let crate::facade::Prepared {
+            level,
+            backend,
+            env,
+            rootfs,
+        } = self
+            .prepare(
                 &req.environment,
+                req.isolation,
                 req.build_missing,
-                build_progress(&observer, &req.environment),
-                transfer_progress(&observer, &req.environment),
+                &observer,
             )
             .await?;
-        let rootfs = self.rootfs(&env, backend.as_ref()).await?;
         let id = new_id();
         let now = now_ms();
         let row = WorkspaceRow {
@@ -721,11 +713,7 @@ impl Pyro {
         }
         let r = r?;
         let o = &r.outcome;
-        let exit_code = if o.timed_out {
-            124
-        } else {
-            o.exit_code.unwrap_or_else(|| 128 + o.signal.unwrap_or(0))
-        };
+        let exit_code = crate::run::exit_code(o);
         let command = redactor.text(&pyro_protocol::join_argv(argv).unwrap_or_default());
         let cwd = opts.cwd.clone().unwrap_or_else(|| WORKSPACE_PATH.into());
         let log = self.inner.store.append_log(
