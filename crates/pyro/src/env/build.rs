@@ -220,7 +220,7 @@ impl LogFollower {
 
 /// Seconds since the epoch as RFC 3339 UTC (`2024-02-29T12:00:00Z`), by the days-from-civil
 /// algorithm (H. Hinnant), so no date crate is needed for one timestamp.
-pub(crate) fn rfc3339(secs: u64) -> String {
+pub fn rfc3339(secs: u64) -> String {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     let z = days + 719_468;

@@ -20,6 +20,8 @@
 //! All of it is blocking code; async callers run it on a blocking thread.
 
 mod build;
+
+pub use build::rfc3339;
 mod oci;
 mod recipe;
 mod registry;
