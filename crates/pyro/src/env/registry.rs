@@ -64,7 +64,7 @@ pub struct RegistrySettings {
     /// Registry host and namespace of the catalog environments (`PYRO_REGISTRY`).
     pub registry: String,
     /// Registries (`host:port`) reached over plain HTTP (`PYRO_INSECURE_REGISTRIES`); loopback
-    /// registries (127.0.0.1, localhost, [::1]) always are.
+    /// registries (127.0.0.1, localhost, `[::1]`) always are.
     pub insecure: Vec<String>,
     /// A pins file that replaces the shipped `envs/pins.toml` (`PYRO_PINS`).
     pub pins_file: Option<PathBuf>,
