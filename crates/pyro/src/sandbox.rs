@@ -200,11 +200,41 @@ impl Sandbox {
     pub(crate) async fn boot(
         inner: Arc<Inner>,
         backend: Arc<dyn Backend>,
-        mut record: SandboxRecord,
+        record: SandboxRecord,
         rootfs: &std::path::Path,
         resources: Resources,
     ) -> Result<Sandbox> {
-        let agent = inner.agent_path()?;
+        match Sandbox::boot_once(
+            inner.clone(),
+            backend.clone(),
+            record.clone(),
+            rootfs,
+            resources,
+        )
+        .await
+        {
+            // A software-emulated guest that never answered its first handshake is restarted
+            // once: under heavy host load a TCG boot has been seen to hang (rarely) before its
+            // agent starts. Nothing was sent to it, so a second boot is safe; its disk is kept.
+            Err((e, true)) if backend.isolation() != crate::backend::Isolation::Container => {
+                tracing::warn!(id = %record.id, "sandbox did not answer ({e}); booting it once more");
+                Sandbox::boot_once(inner, backend, record, rootfs, resources)
+                    .await
+                    .map_err(|(e, _)| e)
+            }
+            other => other.map_err(|(e, _)| e),
+        }
+    }
+
+    /// One boot; on failure also says whether it was the agent that never answered.
+    async fn boot_once(
+        inner: Arc<Inner>,
+        backend: Arc<dyn Backend>,
+        mut record: SandboxRecord,
+        rootfs: &std::path::Path,
+        resources: Resources,
+    ) -> std::result::Result<Sandbox, (Error, bool)> {
+        let agent = inner.agent_path().map_err(|e| (e, false))?;
         let t0 = Instant::now();
         let spec = SandboxSpec {
             id: &record.id,
@@ -218,13 +248,16 @@ impl Sandbox {
             Ok(s) => s,
             Err(e) => {
                 backend.stop(&record).await;
-                return Err(e);
+                return Err((e, false));
             }
         };
         let create_ms = t0.elapsed().as_millis() as u64;
         record.runtime = started.runtime;
         record.state = "running".into();
-        inner.store.set_running(&record.id, started.runtime)?;
+        inner
+            .store
+            .set_running(&record.id, started.runtime)
+            .map_err(|e| (e, false))?;
         let client = AgentClient::at(started.endpoint.clone());
         let mut sb = Sandbox {
             inner,
@@ -248,11 +281,14 @@ impl Sandbox {
                 .take(5)
                 .collect::<Vec<_>>()
                 .join(" | ");
-            return Err(if tail.is_empty() {
-                e
-            } else {
-                Error::Agent(format!("{e}; sandbox console: {tail}"))
-            });
+            return Err((
+                if tail.is_empty() {
+                    e
+                } else {
+                    Error::Agent(format!("{e}; sandbox console: {tail}"))
+                },
+                true,
+            ));
         }
         sb.boot_ms = t1.elapsed().as_millis() as u64;
         Ok(sb)
