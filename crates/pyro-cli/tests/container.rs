@@ -6,10 +6,12 @@
 
 mod util;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
-use util::{container_tests_enabled, host_traces, stderr, stdout, TestPyro};
+use util::{
+    container_tests_enabled, host_traces, signal, start_long_run, stderr, stdout, TestPyro,
+};
 
 macro_rules! require_containers {
     () => {
@@ -375,61 +377,10 @@ fn limits_are_applied_and_reported() {
     assert_eq!(l["not_applied"], serde_json::json!([]));
 }
 
-/// Starts `pyro run` with a long command and waits until the sandbox is up.
-fn start_long_run(p: &TestPyro, cmd: &str) -> (std::process::Child, String) {
-    let mut child = p
-        .cmd(&[
-            "run",
-            "debian:12",
-            "--isolation",
-            "container",
-            "--timeout",
-            "600",
-            "--",
-            "sh",
-            "-c",
-            cmd,
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The command prints READY once running; read stderr for the sandbox id.
-    use std::io::{BufRead, BufReader};
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut id = String::new();
-    let until = Instant::now() + Duration::from_secs(120);
-    let mut line = String::new();
-    while Instant::now() < until {
-        line.clear();
-        if err.read_line(&mut line).unwrap() == 0 {
-            break;
-        }
-        if let Some(rest) = line.strip_prefix("[run] phase=exec sandbox=") {
-            id = rest.trim().to_string();
-            break;
-        }
-    }
-    assert!(!id.is_empty(), "no sandbox id seen");
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut l = String::new();
-    out.read_line(&mut l).unwrap();
-    assert_eq!(l, "READY\n");
-    // Keep draining stderr so pyro never blocks on it.
-    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
-    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    (child, id)
-}
-
-fn signal(child: &std::process::Child, sig: i32) {
-    // SAFETY: plain kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, sig) };
-}
-
 /// Signals a running `pyro run` and checks it exits with `code` leaving nothing behind.
 fn assert_signal_cleans_up(guest: &str, sig: i32, code: i32) {
     let p = TestPyro::new();
-    let (mut child, id) = start_long_run(&p, guest);
+    let (mut child, id) = start_long_run(&p, "container", guest, Duration::from_secs(120));
     signal(&child, sig);
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(code));
@@ -457,7 +408,12 @@ fn sigint_to_pyro_removes_the_sandbox() {
 fn a_killed_pyro_leaves_a_sandbox_that_gc_removes() {
     require_containers!();
     let p = TestPyro::new();
-    let (mut child, id) = start_long_run(&p, "echo READY; sleep 600");
+    let (mut child, id) = start_long_run(
+        &p,
+        "container",
+        "echo READY; sleep 600",
+        Duration::from_secs(120),
+    );
     signal(&child, libc::SIGKILL);
     child.wait().unwrap();
     assert!(

@@ -8,10 +8,9 @@
 
 mod util;
 
-use std::io::{BufRead, BufReader};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use util::{vm_tests_enabled, vm_traces, TestPyro};
+use util::{signal, start_long_run, vm_tests_enabled, vm_traces, TestPyro};
 
 macro_rules! require_vm {
     () => {
@@ -75,59 +74,16 @@ fn vm_emulated_runs_git_passes_exit_codes_times_out_and_leaves_nothing() {
     assert_eq!(p.leftovers(), Vec::<String>::new());
 }
 
-/// Starts `pyro run` of a long command on vm-emulated; returns once the guest command runs.
-fn start_long_vm_run(p: &TestPyro) -> (std::process::Child, String) {
-    let mut child = p
-        .cmd(&[
-            "run",
-            "debian:12",
-            "--isolation",
-            "vm-emulated",
-            "--timeout",
-            "600",
-            "--",
-            "sh",
-            "-c",
-            "echo READY; sleep 600",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut id = String::new();
-    let until = Instant::now() + Duration::from_secs(300);
-    let mut line = String::new();
-    while Instant::now() < until {
-        line.clear();
-        if err.read_line(&mut line).unwrap() == 0 {
-            break;
-        }
-        if let Some(rest) = line.strip_prefix("[run] phase=exec sandbox=") {
-            id = rest.trim().to_string();
-            break;
-        }
-    }
-    assert!(!id.is_empty(), "no sandbox id seen");
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut l = String::new();
-    out.read_line(&mut l).unwrap();
-    assert_eq!(l, "READY\n");
-    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
-    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    (child, id)
-}
-
-fn signal(child: &std::process::Child, sig: i32) {
-    // SAFETY: plain kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, sig) };
-}
-
 #[test]
 fn a_killed_pyro_leaves_a_vm_that_gc_removes_and_sigterm_removes_it_at_once() {
     require_vm!();
     let p = TestPyro::new();
-    let (mut child, id) = start_long_vm_run(&p);
+    let (mut child, id) = start_long_run(
+        &p,
+        "vm-emulated",
+        "echo READY; sleep 600",
+        Duration::from_secs(300),
+    );
     signal(&child, libc::SIGKILL);
     child.wait().unwrap();
     let traces = vm_traces(&p, &id);
@@ -142,7 +98,12 @@ fn a_killed_pyro_leaves_a_vm_that_gc_removes_and_sigterm_removes_it_at_once() {
     assert_eq!(p.leftovers(), Vec::<String>::new());
 
     // SIGTERM to pyro: it removes the VM itself and exits 143.
-    let (mut child, id) = start_long_vm_run(&p);
+    let (mut child, id) = start_long_run(
+        &p,
+        "vm-emulated",
+        "echo READY; sleep 600",
+        Duration::from_secs(300),
+    );
     signal(&child, libc::SIGTERM);
     assert_eq!(child.wait().unwrap().code(), Some(143));
     assert_eq!(vm_traces(&p, &id), Vec::<String>::new());

@@ -286,3 +286,60 @@ pub fn vm_traces(p: &TestPyro, id: &str) -> Vec<String> {
     }
     t
 }
+
+/// Starts `pyro run debian:12 --isolation LEVEL -- sh -c GUEST` whose guest prints `READY` once
+/// running, and waits (up to `wait`) until the sandbox id is announced and READY has arrived.
+/// Both output streams keep being drained so pyro never blocks on them.
+pub fn start_long_run(
+    p: &TestPyro,
+    isolation: &str,
+    guest: &str,
+    wait: std::time::Duration,
+) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = p
+        .cmd(&[
+            "run",
+            "debian:12",
+            "--isolation",
+            isolation,
+            "--timeout",
+            "600",
+            "--",
+            "sh",
+            "-c",
+            guest,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn pyro");
+    let mut err = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut id = String::new();
+    let until = std::time::Instant::now() + wait;
+    let mut line = String::new();
+    while std::time::Instant::now() < until {
+        line.clear();
+        if err.read_line(&mut line).expect("read stderr") == 0 {
+            break;
+        }
+        if let Some(rest) = line.strip_prefix("[run] phase=exec sandbox=") {
+            id = rest.trim().to_string();
+            break;
+        }
+    }
+    assert!(!id.is_empty(), "no sandbox id seen");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut l = String::new();
+    out.read_line(&mut l).expect("read stdout");
+    assert_eq!(l, "READY\n");
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    (child, id)
+}
+
+/// Sends a signal to a child process.
+pub fn signal(child: &std::process::Child, sig: i32) {
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, sig) };
+}
