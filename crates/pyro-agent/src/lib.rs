@@ -9,6 +9,7 @@ pub mod archive;
 pub mod exec;
 pub mod files;
 pub mod init;
+pub mod net;
 pub mod reaper;
 pub mod server;
 pub mod services;

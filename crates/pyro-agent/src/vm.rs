@@ -20,17 +20,24 @@ pub const DEFAULT_PORT: u32 = 1024;
 pub struct VmConfig {
     /// The vsock port to listen on.
     pub port: u32,
+    /// The guest's network (`pyro.net=`), when the sandbox has one.
+    pub net: Option<crate::net::NetConfig>,
 }
 
 /// Reads `pyro.*` settings from a kernel command line; unknown or malformed ones are ignored
 /// (the host wrote the line, and the defaults work).
 pub fn parse_cmdline(cmdline: &str) -> VmConfig {
-    let mut cfg = VmConfig { port: DEFAULT_PORT };
+    let mut cfg = VmConfig {
+        port: DEFAULT_PORT,
+        net: None,
+    };
     for word in cmdline.split_whitespace() {
         if let Some(v) = word.strip_prefix("pyro.port=") {
             if let Ok(p) = v.parse() {
                 cfg.port = p;
             }
+        } else if let Some(v) = word.strip_prefix("pyro.net=") {
+            cfg.net = crate::net::NetConfig::parse(v);
         }
     }
     cfg
@@ -142,39 +149,15 @@ pub fn boot() -> Result<VmConfig, String> {
     step("chroot", nix::unistd::chroot("."))?;
     std::env::set_current_dir("/").map_err(|e| format!("vm init: chdir /: {e}"))?;
     let _ = nix::unistd::sethostname("pyro");
-    if let Err(e) = loopback_up() {
+    if let Err(e) = crate::net::link_up("lo") {
         eprintln!("pyro-agent: vm init: bring up lo: {e} (continuing)");
     }
+    if let Some(net) = &cfg.net {
+        // virtio-net probes during boot, before init runs; a sandbox that asked for a network
+        // and cannot have one must fail loudly, so the error ends the boot.
+        crate::net::configure("eth0", net).map_err(|e| format!("vm init: configure eth0: {e}"))?;
+    }
     Ok(cfg)
-}
-
-/// Brings the loopback interface up, as a container runtime does: programs expect `localhost`.
-/// (No other interface is configured: the VM levels have no network yet.)
-pub fn loopback_up() -> std::io::Result<()> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    // SAFETY: socket() with constant arguments; the result is checked before use.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd nothing else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: ifreq is plain old data; all-zero is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *d = *s as libc::c_char;
-    }
-    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we own, on a valid socket.
-    unsafe {
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 fn mount_fs_from(fstype: &str, target: &str, data: &str) -> Result<(), String> {
@@ -199,6 +182,11 @@ mod tests {
         assert_eq!(parse_cmdline("console=ttyS0 quiet").port, DEFAULT_PORT);
         assert_eq!(parse_cmdline("quiet pyro.port=5005 x").port, 5005);
         assert_eq!(parse_cmdline("pyro.port=nope").port, DEFAULT_PORT);
+        assert!(parse_cmdline("quiet").net.is_none());
+        let n = parse_cmdline("pyro.net=10.213.0.6/30,10.213.0.5,1400 quiet")
+            .net
+            .unwrap();
+        assert_eq!(n.mtu, 1400);
     }
 
     #[test]

@@ -139,6 +139,14 @@ pub struct RunArgs {
     /// Fail instead of building (or pulling) an environment that is not in the cache yet.
     #[arg(long)]
     pub no_build: bool,
+    /// Give the sandbox outbound network access through NAT (policy `egress`); without it the
+    /// sandbox has loopback only.
+    #[arg(long)]
+    pub network: bool,
+    /// Allow egress only to this host name or IPv4 CIDR, optionally one port, e.g.
+    /// deb.debian.org:80 (repeatable; implies --network; everything else is refused).
+    #[arg(long = "allow-host", value_name = "NAME|CIDR[:PORT]")]
+    pub allow_hosts: Vec<String>,
     /// Print the result object as JSON on stdout instead of passing output through.
     #[arg(long)]
     pub json: bool,

@@ -200,6 +200,11 @@ pub struct ServiceStartArgs {
     /// Restart policy: never or on-failure.
     #[arg(long, default_value = "never")]
     pub restart: String,
+    /// Publish a guest port on the host once the service is ready: [ADDR:]HOST_PORT:GUEST_PORT,
+    /// or GUEST_PORT for any free host port; ADDR defaults to 127.0.0.1 (repeatable; needs
+    /// --network-policy egress+published-ports).
+    #[arg(long, value_name = "[ADDR:]HOST:GUEST")]
+    pub publish: Vec<String>,
     #[command(flatten)]
     pub out: OutputArgs,
     /// The command, after `--`.
@@ -288,6 +293,14 @@ pub struct CreateArgs {
     /// A secret NAME=PATH read from a host file (repeatable).
     #[arg(long = "secret-file", value_name = "NAME=PATH")]
     pub secret_files: Vec<String>,
+    /// Network policy: off (loopback only), egress (outbound through NAT) or
+    /// egress+published-ports (also lets services publish ports on the host).
+    #[arg(long, value_name = "POLICY", default_value = "off")]
+    pub network_policy: String,
+    /// Allow egress only to this host name or IPv4 CIDR, optionally one port (repeatable;
+    /// lifts policy off to egress; everything else is refused and logged).
+    #[arg(long = "allow-host", value_name = "NAME|CIDR[:PORT]")]
+    pub allow_hosts: Vec<String>,
     /// Print only the id.
     #[arg(long, conflicts_with = "json")]
     pub id_only: bool,

@@ -65,6 +65,13 @@ pub struct VmRunParams {
     #[serde(default = "default_output")]
     #[schemars(range(min = 0, max = 1048576))]
     pub max_output_bytes: u64,
+    /// Outbound network access through NAT. Default: none (loopback only).
+    #[serde(default)]
+    pub network: bool,
+    /// Allow egress only to these host names or IPv4 CIDRs, each optionally with one port
+    /// (`deb.debian.org:80`, `10.0.0.0/8`); implies `network`; everything else is refused.
+    #[serde(default)]
+    pub allow_hosts: Vec<String>,
 }
 
 /// Tools that take nothing.
@@ -113,6 +120,14 @@ pub struct WorkspaceCreateParams {
     /// output. Only the names are ever shown back.
     #[serde(default)]
     pub secrets: BTreeMap<String, String>,
+    /// Network policy: `off` (loopback only, the default), `egress` (outbound through NAT) or
+    /// `egress+published-ports` (services may also publish ports on the host).
+    #[serde(default)]
+    pub network_policy: Option<String>,
+    /// Allow egress only to these host names or IPv4 CIDRs, each optionally with one port;
+    /// lifts `off` to `egress`; refused connections show in workspace_logs.
+    #[serde(default)]
+    pub allow_hosts: Vec<String>,
 }
 
 /// `workspace_list`.
@@ -334,6 +349,11 @@ pub struct ServiceStartParams {
     /// `never` or `on-failure`.
     #[serde(default = "default_restart")]
     pub restart: String,
+    /// Ports to publish on the host once ready: `GUEST_PORT`, `HOST_PORT:GUEST_PORT` or
+    /// `ADDR:HOST_PORT:GUEST_PORT` (default address 127.0.0.1; host port 0 or omitted: any free
+    /// one, reported back). Needs network_policy `egress+published-ports`.
+    #[serde(default)]
+    pub published_ports: Vec<String>,
 }
 
 fn default_ready_timeout() -> u64 {
@@ -499,6 +519,13 @@ pub struct VmCreateParams {
     /// `PYRO_ISOLATION`, else `microvm`.
     #[serde(default)]
     pub isolation: Option<String>,
+    /// Outbound network access through NAT. Default: none (loopback only).
+    #[serde(default)]
+    pub network: bool,
+    /// Allow egress only to these host names or IPv4 CIDRs, each optionally with one port
+    /// (`deb.debian.org:80`, `10.0.0.0/8`); implies `network`; everything else is refused.
+    #[serde(default)]
+    pub allow_hosts: Vec<String>,
 }
 
 /// Tools that take only a VM.

@@ -48,6 +48,7 @@ const FULL_EXTRA: &[&str] = &[
     "vm_stop",
     "vm_delete",
     "vm_status",
+    "vm_network_info",
     "vm_reap_expired",
     "workspace_stop",
     "workspace_start",

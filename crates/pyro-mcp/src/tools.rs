@@ -193,6 +193,7 @@ impl PyroTools {
             req.timeout = Duration::from_secs(p.timeout_seconds);
             req.env = p.env.clone();
             req.max_output_bytes = output_cap(p.max_output_bytes, "max_output_bytes")?;
+            req.network = pyro::network::NetworkSpec::from_parts(p.network, None, &p.allow_hosts)?;
             Ok::<_, ToolError>(req)
         })();
         let req = match prepared {
@@ -247,6 +248,7 @@ impl PyroTools {
             req.mem_mib = p.mem_mib;
             req.ttl = Duration::from_secs(p.ttl_seconds);
             req.isolation = isolation(p.isolation.as_deref())?;
+            req.network = pyro::network::NetworkSpec::from_parts(p.network, None, &p.allow_hosts)?;
             Ok(self.pyro.vm_create(&req).await?)
         }
         .await;
@@ -328,6 +330,16 @@ impl PyroTools {
     }
 
     #[tool(
+        description = "Show one VM's network: policy, allow-list, guest address and gateway (once started), and published ports.",
+        annotations(read_only_hint = true)
+    )]
+    async fn vm_network_info(&self, Parameters(p): Parameters<VmIdParams>) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = self.pyro.vm_network_info(&p.vm_id).map_err(ToolError::from);
+        Ok(outcome(r, |n| format!("network policy {}", n.policy)))
+    }
+
+    #[tool(
         description = "Delete every VM of this server whose ttl has passed, and VMs left by pyro processes that died. Returns the deleted ids."
     )]
     async fn vm_reap_expired(&self, Parameters(_): Parameters<NoParams>) -> ToolResult {
@@ -363,6 +375,11 @@ impl PyroTools {
             req.vcpus = p.vcpu_count;
             req.mem_mib = p.mem_mib;
             req.isolation = isolation(p.isolation.as_deref())?;
+            req.network = pyro::network::NetworkSpec::from_parts(
+                false,
+                p.network_policy.as_deref(),
+                &p.allow_hosts,
+            )?;
             req.secrets = p
                 .secrets
                 .into_iter()
@@ -897,6 +914,11 @@ impl PyroTools {
                 readiness,
                 ready_timeout: Duration::from_secs(p.ready_timeout_seconds),
                 restart: p.restart,
+                publish: p
+                    .published_ports
+                    .iter()
+                    .map(|s| s.parse())
+                    .collect::<Result<Vec<_>, _>>()?,
             };
             Ok(self
                 .pyro

@@ -69,6 +69,14 @@ pub struct Networking {
     pub nft: bool,
     /// Network namespaces can be made (root or user namespaces).
     pub netns: bool,
+    /// The `ip` tool (iproute2).
+    pub ip: bool,
+    /// The address pool sandboxes' subnets come from.
+    pub pool: String,
+    /// Whether sandboxes can be given a network (`--network`, network policies).
+    pub usable: bool,
+    /// What is missing, when not.
+    pub missing: Option<String>,
 }
 
 /// What the VM levels need beyond KVM.
@@ -236,12 +244,19 @@ impl Pyro {
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
             .is_some_and(|n| n > 0);
+        let facts = crate::network::addr::HostFacts::read();
+        let net_check = crate::network::check_host(crate::network::LinkKind::Veth);
         let networking = Networking {
-            tun: Path::new("/dev/net/tun").exists(),
-            ip_forward: std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
-                .is_ok_and(|s| s.trim() == "1"),
-            nft: which("nft").is_some(),
+            tun: facts.tun,
+            ip_forward: facts.ip_forward,
+            nft: facts.nft.is_some(),
             netns: root || user_namespaces,
+            ip: facts.ip.is_some(),
+            pool: crate::network::addr::pool()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|e| e.to_string()),
+            usable: net_check.is_ok(),
+            missing: net_check.err().map(|e| e.to_string()),
         };
         let mut issues = Vec::new();
         for l in levels.iter().filter(|l| !l.usable) {

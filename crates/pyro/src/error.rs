@@ -163,6 +163,12 @@ pub enum Error {
         "environment {0} has no pinned digest: no published image of it is known to this pyro"
     )]
     NotPinned(String),
+    /// The host cannot give a sandbox the network it asked for; nothing was created.
+    #[error("networking is not available on this host: {0}")]
+    NetworkUnavailable(String),
+    /// Making or removing a sandbox's links or firewall rules failed.
+    #[error("sandbox network: {0}")]
+    Network(String),
 }
 
 impl Error {
@@ -202,6 +208,8 @@ impl Error {
             Error::UnsupportedImage { .. } => "unsupported_image",
             Error::ImageNotPulled(_) => "image_not_pulled",
             Error::NotPinned(_) => "not_pinned",
+            Error::NetworkUnavailable(_) => "network_unavailable",
+            Error::Network(_) => "network_error",
         }
     }
 
@@ -239,6 +247,8 @@ impl Error {
             Error::NotPinned(n) => Some(format!("pass `--digest sha256:…` to `pyro env pull {n}`, point PYRO_PINS at a pins file, or build it locally with `pyro env build {n}`")),
             Error::VmNotFound(_) => Some("VMs are one-shot: vm_exec and vm_reap_expired delete them; create another".into()),
             Error::VmNotStarted { id, .. } => Some(format!("start it first (vm_start {id})")),
+            Error::NetworkUnavailable(_) => Some("`pyro doctor` lists what networking this host has; install iproute2 and nftables, run as root, and enable forwarding with `sysctl -w net.ipv4.ip_forward=1` (scripts/setup does all of this); or run without --network".into()),
+            Error::Network(_) => Some("run `pyro gc` to remove what was left, then `pyro doctor`".into()),
             _ => None,
         }
     }

@@ -134,6 +134,8 @@ pub struct GcReport {
     pub in_use: Vec<String>,
     /// What could not be removed.
     pub errors: Vec<String>,
+    /// Sandbox links and firewall tables removed whose sandbox was already gone.
+    pub network_removed: Vec<String>,
 }
 
 /// Whether one isolation level is usable here.
@@ -448,7 +450,32 @@ impl Pyro {
                 report.removed.push(id);
             }
         }
+        self.sweep_networks(&mut report).await?;
         Ok(report)
+    }
+
+    /// Removes links, tables and leases whose sandbox has no record any more (a pyro killed
+    /// between making them and recording... or after its record was removed).
+    async fn sweep_networks(&self, report: &mut GcReport) -> Result<()> {
+        let live: std::collections::HashSet<String> =
+            self.inner.store.list()?.into_iter().map(|r| r.id).collect();
+        for id in crate::network::link::ids_on_host().await {
+            if live.contains(&id) {
+                continue;
+            }
+            let errors = crate::network::link::remove_all(&id).await;
+            if errors.is_empty() {
+                report.network_removed.push(id);
+            } else {
+                report.errors.extend(errors);
+            }
+        }
+        for id in self.inner.store.network_ids()? {
+            if !live.contains(&id) {
+                self.inner.store.forget_network(&id)?;
+            }
+        }
+        Ok(())
     }
 
     /// Removes every sandbox this process owns; for a front door that was interrupted.

@@ -60,6 +60,7 @@ pub mod doctor;
 pub mod env;
 pub mod error;
 pub mod facade;
+pub mod network;
 pub mod paths;
 pub mod procinfo;
 pub mod run;

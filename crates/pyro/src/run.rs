@@ -47,6 +47,35 @@ pub mod limits {
     pub const DEFAULT_PIDS: u64 = 1024;
 }
 
+/// The network of a one-shot run, as its result shows it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunNetwork {
+    /// The policy.
+    pub policy: crate::network::NetworkPolicy,
+    /// The allow-list as given (empty: every destination, under egress).
+    pub allow: Vec<String>,
+    /// The guest's address.
+    pub guest_ip: Option<std::net::Ipv4Addr>,
+    /// Connections the sandbox's rules refused (from the kernel log; empty when it cannot be
+    /// read).
+    pub refused: Vec<crate::network::refused::Refusal>,
+}
+
+impl RunNetwork {
+    /// The network of a sandbox after its command ran.
+    pub(crate) fn of(sb: &Sandbox) -> RunNetwork {
+        match &sb.network {
+            Some(plan) => RunNetwork {
+                policy: plan.policy,
+                allow: plan.allow.iter().map(ToString::to_string).collect(),
+                guest_ip: Some(plan.guest_ip),
+                refused: crate::network::refused::read(sb.id()),
+            },
+            None => RunNetwork::default(),
+        }
+    }
+}
+
 /// A one-shot run.
 #[derive(Debug, Clone)]
 pub struct RunRequest {
@@ -68,6 +97,8 @@ pub struct RunRequest {
     pub build_missing: bool,
     /// Cap on stdout and on stderr, each.
     pub max_output_bytes: u64,
+    /// The sandbox's network (default: none but loopback).
+    pub network: crate::network::NetworkSpec,
 }
 
 impl RunRequest {
@@ -83,6 +114,7 @@ impl RunRequest {
             env: BTreeMap::new(),
             build_missing: false,
             max_output_bytes: pyro_protocol::DEFAULT_OUTPUT_CAP,
+            network: crate::network::NetworkSpec::off(),
         }
     }
 
@@ -187,6 +219,8 @@ pub struct RunResult {
     pub limits: LimitsReport,
     /// What deleting the sandbox did.
     pub cleanup: CleanupReport,
+    /// The sandbox's network: its policy, address, and connections its rules refused.
+    pub network: RunNetwork,
 }
 
 /// The exit code a front door reports: the command's own; 128+N when signal N ended it; 124
@@ -242,6 +276,7 @@ impl Pyro {
         output: Option<&mut dyn OutputSink>,
     ) -> Result<RunResult> {
         req.validate()?;
+        let network = req.network.clone().validated()?;
         let t0 = Instant::now();
         let crate::facade::Prepared {
             level,
@@ -271,6 +306,7 @@ impl Pyro {
             resources,
             SandboxKind::Run,
             id,
+            &network,
         )
         .await?;
         let create_ms = t0.elapsed().as_millis() as u64 - sb.boot_ms;
@@ -282,6 +318,7 @@ impl Pyro {
             max_output_bytes: req.max_output_bytes,
         };
         let exec = sb.exec(&req.command, &opts, output).await;
+        let run_network = RunNetwork::of(&sb);
         let t_cleanup = Instant::now();
         let cleanup = sb
             .destroy(if exec.is_ok() { "post_exec" } else { "error" })
@@ -318,6 +355,7 @@ impl Pyro {
             },
             limits: sb.limits.clone(),
             cleanup,
+            network: run_network,
         };
         Ok(result)
     }

@@ -14,6 +14,7 @@ use crate::backend::{Backend, CleanupReport, LimitsReport, Resources, SandboxSpe
 use crate::env::ResolvedEnv;
 use crate::error::{Error, Result};
 use crate::facade::Inner;
+use crate::network::NetworkSpec;
 use crate::store::{SandboxKind, SandboxRecord};
 
 /// How long a started sandbox may take to answer its first handshake.
@@ -91,6 +92,8 @@ pub struct Sandbox {
     pub create_ms: u64,
     /// Milliseconds from then until the agent answered its handshake.
     pub boot_ms: u64,
+    /// The sandbox's network as set up at this boot, if it has one.
+    pub network: Option<crate::network::NetPlan>,
     destroyed: bool,
 }
 
@@ -151,11 +154,13 @@ impl Sandbox {
             resources,
             SandboxKind::Run,
             new_id(),
+            &NetworkSpec::off(),
         )
         .await
     }
 
-    /// Like [`Sandbox::create`], with a given kind and id.
+    /// Like [`Sandbox::create`], with a given kind, id and network.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn create_kind(
         inner: Arc<Inner>,
         backend: Arc<dyn Backend>,
@@ -164,7 +169,19 @@ impl Sandbox {
         resources: Resources,
         kind: SandboxKind,
         id: String,
+        network: &NetworkSpec,
     ) -> Result<Sandbox> {
+        // Whether a network can be given is known before anything is made: a sandbox that
+        // asked for one never silently runs without.
+        if !network.is_off() {
+            let link = backend.network_link().ok_or_else(|| {
+                Error::NetworkUnavailable(format!(
+                    "the {} backend cannot connect sandboxes to a network yet; use --isolation vm-emulated or container",
+                    backend.name()
+                ))
+            })?;
+            crate::network::check_host(link)?;
+        }
         let paths = &inner.config.paths;
         let record = SandboxRecord::creating(
             id.clone(),
@@ -178,6 +195,12 @@ impl Sandbox {
             Some(inner.me),
         );
         inner.store.insert(&record)?;
+        if !network.is_off() {
+            if let Err(e) = crate::network::lease(&inner.store, &id, network) {
+                destroy_record(&inner, backend.as_ref(), &record, "error").await;
+                return Err(e);
+            }
+        }
         match Sandbox::boot(
             inner.clone(),
             backend.clone(),
@@ -236,6 +259,15 @@ impl Sandbox {
     ) -> std::result::Result<Sandbox, (Error, bool)> {
         let agent = inner.agent_path().map_err(|e| (e, false))?;
         let t0 = Instant::now();
+        let network = match backend.network_link() {
+            Some(link) => crate::network::plan(&inner.store, &record.id, link)
+                .await
+                .map_err(|e| (e, false))?,
+            None => None,
+        };
+        if let Some(plan) = &network {
+            crate::network::write_marker(&record.state_dir, plan).map_err(|e| (e, false))?;
+        }
         let spec = SandboxSpec {
             id: &record.id,
             rootfs,
@@ -243,6 +275,7 @@ impl Sandbox {
             run_dir: &record.run_dir,
             agent: &agent,
             resources,
+            network: network.as_ref(),
         };
         let started = match backend.start(&spec).await {
             Ok(s) => s,
@@ -251,6 +284,12 @@ impl Sandbox {
                 return Err((e, false));
             }
         };
+        if let Some(plan) = &network {
+            if let Err(e) = crate::network::link::apply_rules(plan).await {
+                backend.stop(&record).await;
+                return Err((e, false));
+            }
+        }
         let create_ms = t0.elapsed().as_millis() as u64;
         record.runtime = started.runtime;
         record.state = "running".into();
@@ -267,6 +306,7 @@ impl Sandbox {
             limits: started.limits,
             create_ms,
             boot_ms: 0,
+            network,
             destroyed: false,
         };
         let t1 = Instant::now();
@@ -291,7 +331,33 @@ impl Sandbox {
             ));
         }
         sb.boot_ms = t1.elapsed().as_millis() as u64;
+        if let Some(plan) = sb.network.clone() {
+            if let Err(e) = sb.configure_guest_network(&plan).await {
+                sb.backend.stop(&sb.record).await;
+                sb.destroyed = true;
+                return Err((e, false));
+            }
+        }
         Ok(sb)
+    }
+
+    /// Writes the guest's resolver and hosts files for its network.
+    async fn configure_guest_network(&self, plan: &crate::network::NetPlan) -> Result<()> {
+        let (argv, env) = crate::network::guest_files_command(plan);
+        let opts = ExecOptions {
+            timeout: Duration::from_secs(30),
+            env,
+            cwd: Some("/".into()),
+            max_output_bytes: 4096,
+        };
+        let r = self.exec(&argv, &opts, None).await?;
+        if r.outcome.exit_code != Some(0) {
+            return Err(Error::Network(format!(
+                "writing the guest's /etc/resolv.conf and /etc/hosts failed: {}",
+                String::from_utf8_lossy(&r.stderr).trim()
+            )));
+        }
+        Ok(())
     }
 
     /// A handle on a running sandbox started by an earlier call (perhaps another process).
@@ -309,6 +375,7 @@ impl Sandbox {
             limits: LimitsReport::default(),
             create_ms: 0,
             boot_ms: 0,
+            network: None,
             // Dropping a handle never affects the sandbox.
             destroyed: true,
         }

@@ -158,6 +158,20 @@ CREATE TABLE IF NOT EXISTS workspace_logs (
     stderr_bytes INTEGER NOT NULL,
     PRIMARY KEY (workspace_id, seq)
 );
+CREATE TABLE IF NOT EXISTS networks (
+    sandbox_id TEXT PRIMARY KEY,
+    slot INTEGER NOT NULL UNIQUE,
+    spec TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS published_ports (
+    sandbox_id TEXT NOT NULL,
+    service TEXT NOT NULL,
+    host_addr TEXT NOT NULL,
+    host_port INTEGER NOT NULL,
+    guest_port INTEGER NOT NULL,
+    PRIMARY KEY (host_addr, host_port)
+);
 CREATE TABLE IF NOT EXISTS snapshots (
     workspace_id TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -264,9 +278,115 @@ impl Store {
 
     /// Forgets a sandbox whose processes and files are gone.
     pub fn remove(&self, id: &str) -> Result<()> {
-        self.conn()
-            .execute("DELETE FROM sandboxes WHERE id = ?1", params![id])?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM sandboxes WHERE id = ?1", params![id])?;
+        // The lease and published ports go with the sandbox (a workspace's reset keeps its
+        // record, so it keeps its address).
+        tx.execute("DELETE FROM networks WHERE sandbox_id = ?1", params![id])?;
+        tx.execute(
+            "DELETE FROM published_ports WHERE sandbox_id = ?1",
+            params![id],
+        )?;
+        tx.commit()?;
         Ok(())
+    }
+
+    /// Leases a subnet slot for sandbox `id` with its network spec (JSON): `pick` chooses among
+    /// the free slots, seeing the used ones, inside one write transaction, so two processes never
+    /// get the same slot (the UNIQUE constraint would refuse it anyway).
+    pub fn lease_network(
+        &self,
+        id: &str,
+        spec_json: &str,
+        pick: impl FnOnce(&std::collections::HashSet<u32>) -> Option<u32>,
+    ) -> Result<Option<u32>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let used: std::collections::HashSet<u32> = {
+            let mut st = tx.prepare("SELECT slot FROM networks")?;
+            let rows = st.query_map([], |r| r.get::<_, u32>(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let Some(slot) = pick(&used) else {
+            return Ok(None);
+        };
+        tx.execute(
+            "INSERT INTO networks (sandbox_id, slot, spec, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![id, slot, spec_json, now_ms()],
+        )?;
+        tx.commit()?;
+        Ok(Some(slot))
+    }
+
+    /// A sandbox's lease: its slot and network spec (JSON).
+    pub fn network(&self, id: &str) -> Result<Option<(u32, String)>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT slot, spec FROM networks WHERE sandbox_id = ?1",
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    /// Every leased sandbox id.
+    pub fn network_ids(&self) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut st = conn.prepare("SELECT sandbox_id FROM networks")?;
+        let rows = st.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Forgets a lease whose sandbox record is gone.
+    pub fn forget_network(&self, id: &str) -> Result<()> {
+        let conn = self.conn();
+        conn.execute("DELETE FROM networks WHERE sandbox_id = ?1", params![id])?;
+        conn.execute(
+            "DELETE FROM published_ports WHERE sandbox_id = ?1",
+            params![id],
+        )?;
+        Ok(())
+    }
+
+    /// Records a published port; `false` when that host address and port are already taken.
+    pub fn add_published_port(&self, id: &str, p: &crate::network::PublishedPort) -> Result<bool> {
+        let n = self.conn().execute(
+            "INSERT OR IGNORE INTO published_ports (sandbox_id, service, host_addr, host_port, guest_port) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, p.service, p.host_addr.to_string(), p.host_port, p.guest_port],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Published ports of a sandbox, optionally of one service only.
+    pub fn published_ports(
+        &self,
+        id: &str,
+        service: Option<&str>,
+    ) -> Result<Vec<crate::network::PublishedPort>> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT service, host_addr, host_port, guest_port FROM published_ports WHERE sandbox_id = ?1 AND (?2 IS NULL OR service = ?2) ORDER BY host_port",
+        )?;
+        let rows = st.query_map(params![id, service], |r| {
+            let addr: String = r.get(1)?;
+            Ok(crate::network::PublishedPort {
+                service: r.get(0)?,
+                host_addr: addr.parse().unwrap_or(std::net::Ipv4Addr::LOCALHOST),
+                host_port: r.get(2)?,
+                guest_port: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Removes the published ports of a sandbox (of one service, or all); returns how many.
+    pub fn remove_published_ports(&self, id: &str, service: Option<&str>) -> Result<usize> {
+        Ok(self.conn().execute(
+            "DELETE FROM published_ports WHERE sandbox_id = ?1 AND (?2 IS NULL OR service = ?2)",
+            params![id, service],
+        )?)
     }
 
     /// One sandbox.

@@ -40,6 +40,8 @@ pub struct CreateVm {
     pub mem_mib: u64,
     /// Lifetime from creation; `vm_reap_expired` deletes it afterwards.
     pub ttl: Duration,
+    /// Its network (default: none but loopback).
+    pub network: crate::network::NetworkSpec,
 }
 
 impl CreateVm {
@@ -51,6 +53,7 @@ impl CreateVm {
             vcpus: 1,
             mem_mib: 1024,
             ttl: Duration::from_secs(600),
+            network: crate::network::NetworkSpec::off(),
         }
     }
 }
@@ -81,6 +84,13 @@ pub struct VmInfo {
     /// The owner's start time, so a reused pid is not mistaken for it.
     #[serde(default)]
     owner_start: u64,
+    /// Its network as asked for.
+    #[serde(default)]
+    pub network: crate::network::NetworkSpec,
+}
+
+fn store_has_no_lease(info: &crate::network::NetworkInfo) -> bool {
+    info.guest_ip.is_none()
 }
 
 /// What deleting a VM did.
@@ -215,8 +225,19 @@ impl Pyro {
             Some(l) => l,
             None => Isolation::default_from_env()?,
         };
-        // Refuse now what start would refuse: an unusable level or an unknown environment.
-        self.backend_for(level)?;
+        // Refuse now what start would refuse: an unusable level, an unknown environment, a
+        // network this host cannot give.
+        let network = req.network.clone().validated()?;
+        let backend = self.backend_for(level)?;
+        if !network.is_off() {
+            let link = backend.network_link().ok_or_else(|| {
+                Error::NetworkUnavailable(format!(
+                    "the {} backend cannot connect sandboxes to a network yet",
+                    backend.name()
+                ))
+            })?;
+            crate::network::check_host(link)?;
+        }
         self.inner.envs.resolve(&req.environment)?;
         let now = now_ms();
         let vm = VmInfo {
@@ -231,6 +252,7 @@ impl Pyro {
             expires_at_ms: now + (ttl as i64) * 1000,
             owner_pid: self.inner.me.pid,
             owner_start: self.inner.me.start,
+            network,
         };
         self.vm_save(&vm)?;
         Ok(vm)
@@ -263,6 +285,7 @@ impl Pyro {
             resources,
             crate::store::SandboxKind::Run,
             vm.vm_id.clone(),
+            &vm.network,
         )
         .await?;
         self.inner.vms.0.lock().await.insert(vm.vm_id.clone(), sb);
@@ -297,6 +320,7 @@ impl Pyro {
         };
         let t0 = std::time::Instant::now();
         let exec = sb.exec(argv, opts, None).await;
+        let network = crate::run::RunNetwork::of(&sb);
         let t_cleanup = std::time::Instant::now();
         let cleanup = sb
             .destroy(if exec.is_ok() { "post_exec" } else { "error" })
@@ -337,6 +361,7 @@ impl Pyro {
             },
             limits: sb.limits.clone(),
             cleanup,
+            network,
         })
     }
 
@@ -389,6 +414,21 @@ impl Pyro {
     /// One VM, from any process.
     pub fn vm_status(&self, id: &str) -> Result<VmInfo> {
         self.vm_load(id)
+    }
+
+    /// A VM's network: its policy, and once started its addresses and published ports.
+    pub fn vm_network_info(&self, id: &str) -> Result<crate::network::NetworkInfo> {
+        let vm = self.vm_load(id)?;
+        let link = self
+            .backend_for(vm.isolation)
+            .ok()
+            .and_then(|b| b.network_link());
+        let mut info = crate::network::network_info(&self.inner.store, id, link)?;
+        if store_has_no_lease(&info) {
+            info.policy = vm.network.policy;
+            info.allow = vm.network.allow.iter().map(ToString::to_string).collect();
+        }
+        Ok(info)
     }
 
     /// Every VM on record, from any process.
@@ -513,6 +553,7 @@ mod tests {
             expires_at_ms: now_ms() + 600_000,
             owner_pid: dead.pid,
             owner_start: dead.start,
+            network: crate::network::NetworkSpec::off(),
         };
         pyro.vm_save(&vm).expect("save");
         assert_eq!(pyro.vm_status(&vm.vm_id).expect("status").state, "started");

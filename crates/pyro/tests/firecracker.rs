@@ -98,6 +98,7 @@ async fn firecracker_is_driven_through_its_api_and_destroyed_without_traces() {
             mem_mib: 128,
             pids: 64,
         },
+        network: None,
     };
     let started = backend.start(&spec).await;
     let mut record = SandboxRecord::creating(

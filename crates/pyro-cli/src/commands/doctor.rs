@@ -102,12 +102,18 @@ pub async fn doctor(pyro: &Pyro, a: DoctorArgs) -> anyhow::Result<ExitCode> {
         }
         let n = &r.networking;
         println!(
-            "Networking: tun={} ip_forward={} nft={} netns={}",
+            "Networking: tun={} ip_forward={} nft={} ip={} netns={} pool={} usable={}",
             yn(n.tun),
             yn(n.ip_forward),
             yn(n.nft),
-            yn(n.netns)
+            yn(n.ip),
+            yn(n.netns),
+            n.pool,
+            yn(n.usable)
         );
+        if let Some(m) = &n.missing {
+            println!("  sandboxes get no network (--network fails): {m}");
+        }
         if !r.issues.is_empty() {
             println!("Issues:");
             for i in &r.issues {

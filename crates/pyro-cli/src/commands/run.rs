@@ -45,6 +45,7 @@ pub async fn run(pyro: &Pyro, a: RunArgs) -> anyhow::Result<ExitCode> {
     req.env = parse_pairs("--env", &a.env)?;
     req.build_missing = !a.no_build;
     req.max_output_bytes = a.max_output_bytes;
+    req.network = pyro::network::NetworkSpec::from_parts(a.network, None, &a.allow_hosts)?;
     let observer = Arc::new(RunObserver {
         phases: !a.json,
         build: BuildProgress::new(),

@@ -87,6 +87,11 @@ pub async fn workspace(pyro: &Pyro, cmd: WorkspaceCommand) -> anyhow::Result<Exi
             req.mem_mib = a.mem;
             req.isolation = a.isolation.as_deref().map(str::parse).transpose()?;
             req.build_missing = !a.no_build;
+            req.network = pyro::network::NetworkSpec::from_parts(
+                false,
+                Some(a.network_policy.as_str()),
+                &a.allow_hosts,
+            )?;
             for (name, value) in parse_pairs("--secret", &a.secrets)? {
                 if value.is_empty() {
                     anyhow::bail!("--secret {name}= has an empty value");
@@ -594,12 +599,23 @@ async fn service(pyro: &Pyro, c: ServiceCommand) -> anyhow::Result<ExitCode> {
                 readiness,
                 ready_timeout: Duration::from_secs(a.ready_timeout),
                 restart: a.restart,
+                publish: a
+                    .publish
+                    .iter()
+                    .map(|p| p.parse())
+                    .collect::<Result<Vec<_>, _>>()?,
             };
             let r = pyro.workspace_service_start(&a.id, &req).await?;
             if a.out.json {
                 print_json(&r)?;
             } else {
                 service_line("workspace-service-start", &r.service);
+                for p in &r.published_ports {
+                    println!(
+                        "published {}:{} -> guest port {}",
+                        p.host_addr, p.host_port, p.guest_port
+                    );
+                }
             }
         }
         ServiceCommand::List(a) => {
@@ -607,7 +623,7 @@ async fn service(pyro: &Pyro, c: ServiceCommand) -> anyhow::Result<ExitCode> {
             if a.out.json {
                 let running = list
                     .iter()
-                    .filter(|s| s.state == "ready" || s.state == "starting")
+                    .filter(|s| s.service.state == "ready" || s.service.state == "starting")
                     .count();
                 print_json(
                     &serde_json::json!({"count": list.len(), "running_service_count": running, "services": list}),
@@ -615,13 +631,20 @@ async fn service(pyro: &Pyro, c: ServiceCommand) -> anyhow::Result<ExitCode> {
             } else if list.is_empty() {
                 println!("No workspace services found.");
             } else {
-                for s in &list {
+                for e in &list {
+                    let s = &e.service;
+                    let ports: Vec<String> = e
+                        .published_ports
+                        .iter()
+                        .map(|p| format!(" {}:{}->{}", p.host_addr, p.host_port, p.guest_port))
+                        .collect();
                     println!(
-                        "{} [{}] pid={} restarts={} $ {}",
+                        "{} [{}] pid={} restarts={}{} $ {}",
                         s.name,
                         s.state,
                         s.pid.map_or("-".into(), |p| p.to_string()),
                         s.restarts,
+                        ports.concat(),
                         s.command
                     );
                 }

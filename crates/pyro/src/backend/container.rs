@@ -289,6 +289,10 @@ impl Backend for ContainerBackend {
         UID_SHIFT
     }
 
+    fn network_link(&self) -> Option<crate::network::LinkKind> {
+        Some(crate::network::LinkKind::Veth)
+    }
+
     async fn start(&self, spec: &SandboxSpec<'_>) -> Result<Started> {
         let agent = self.stage_agent(spec.agent)?;
         make_traversable_dir(spec.run_dir)?;
@@ -377,6 +381,14 @@ impl Backend for ContainerBackend {
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .and_then(ProcessId::of);
+        if let Some(plan) = spec.network {
+            // The agent is already listening, but nothing runs a command before the host has
+            // finished here, so the network is in place before any guest program can use it.
+            let pid = runtime
+                .map(|p| p.pid)
+                .ok_or_else(|| backend_err("the container's init pid is unknown"))?;
+            crate::network::link::create_veth(plan, pid).await?;
+        }
         Ok(Started {
             runtime,
             endpoint: crate::backend::Endpoint::Unix(socket_path(spec.run_dir)),
@@ -426,6 +438,9 @@ impl Backend for ContainerBackend {
             );
         }
         remove_cgroups(&record.id);
+        // After the kill: the veth pair dies with the container's network namespace, so only
+        // the table (and a link whose namespace is still being torn down) is left to remove.
+        errors.extend(crate::network::link::teardown(&record.id, &record.state_dir).await);
         let rootfs = record.run_dir.join("rootfs");
         match umount2(&rootfs, MntFlags::MNT_DETACH) {
             Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}

@@ -117,6 +117,8 @@ pub struct SandboxSpec<'a> {
     pub agent: &'a Path,
     /// Limits.
     pub resources: Resources,
+    /// The sandbox's network, if it has one (its lease is recorded and its marker written).
+    pub network: Option<&'a crate::network::NetPlan>,
 }
 
 /// A started sandbox.
@@ -154,6 +156,10 @@ pub trait Backend: Send + Sync {
     /// backends) rather than its unpacked directory.
     fn wants_ext4_image(&self) -> bool {
         false
+    }
+    /// How this backend connects a sandbox to the host's network, or `None` when it cannot.
+    fn network_link(&self) -> Option<crate::network::LinkKind> {
+        None
     }
     /// Creates and starts a sandbox; the agent may not be ready yet when this returns.
     async fn start(&self, spec: &SandboxSpec<'_>) -> Result<Started>;

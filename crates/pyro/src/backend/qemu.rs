@@ -67,8 +67,12 @@ impl QemuBackend {
     }
 
     /// The kernel command line.
-    fn cmdline(&self) -> String {
+    fn cmdline(&self, net: Option<&crate::network::NetPlan>) -> String {
         let mut c = format!("console=ttyS0 reboot=t panic=-1 quiet pyro.port={AGENT_PORT}");
+        if let Some(plan) = net {
+            c.push(' ');
+            c.push_str(&plan.kernel_arg());
+        }
         if !self.kvm {
             if let Some(khz) = vm::host_tsc_khz() {
                 c.push_str(&format!(" tsc_early_khz={khz}"));
@@ -111,7 +115,20 @@ impl QemuBackend {
             ("tcg", "max")
         };
         let d = |p: &Path| p.display().to_string();
-        Ok(vec![
+        let mut net = Vec::new();
+        if let Some(plan) = spec.network {
+            // The tap exists already (made by pyro, owned by root); QEMU only opens it by name.
+            net = vec![
+                "-netdev".into(),
+                format!(
+                    "tap,id=net0,ifname={},script=no,downscript=no",
+                    plan.host_interface
+                ),
+                "-device".into(),
+                format!("virtio-net-device,netdev=net0,mac={}", guest_mac(spec.id)),
+            ];
+        }
+        let mut args: Vec<String> = vec![
             "-accel".into(),
             accel.into(),
             "-cpu".into(),
@@ -155,9 +172,27 @@ impl QemuBackend {
             "-initrd".into(),
             d(initrd),
             "-append".into(),
-            self.cmdline(),
-        ])
+            self.cmdline(spec.network),
+        ];
+        args.extend(net);
+        Ok(args)
     }
+}
+
+/// A locally administered MAC address derived from the sandbox id.
+fn guest_mac(id: &str) -> String {
+    let hex: String = id
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .chain("0000000000".chars())
+        .take(10)
+        .collect();
+    let mut mac = String::from("02");
+    for i in (0..10).step_by(2) {
+        mac.push(':');
+        mac.push_str(&hex[i..i + 2]);
+    }
+    mac
 }
 
 #[async_trait::async_trait]
@@ -180,6 +215,10 @@ impl Backend for QemuBackend {
 
     fn wants_ext4_image(&self) -> bool {
         true
+    }
+
+    fn network_link(&self) -> Option<crate::network::LinkKind> {
+        Some(crate::network::LinkKind::Tap)
     }
 
     async fn start(&self, spec: &SandboxSpec<'_>) -> Result<Started> {
@@ -232,6 +271,9 @@ impl Backend for QemuBackend {
         }
 
         let args = self.args(spec, &initrd, &rw_disk, &vhost_sock, &console)?;
+        if let Some(plan) = spec.network {
+            crate::network::link::create_tap(plan).await?;
+        }
         let qlog = log("qemu.log")?;
         let child = tokio::process::Command::new(&self.qemu)
             .args(&args)
@@ -296,6 +338,7 @@ pub(crate) async fn destroy_vm(
     keep_state: bool,
 ) -> CleanupReport {
     let mut errors = Vec::new();
+    let had_network = crate::network::marker(&record.state_dir).exists();
     if let Some(vmm) = record.runtime.filter(|p| p.is_alive()) {
         let client = AgentClient::at(Endpoint::HybridVsock {
             uds: vsock.to_path_buf(),
@@ -320,6 +363,14 @@ pub(crate) async fn destroy_vm(
     {
         Ok(e) => errors.extend(e),
         Err(e) => errors.push(format!("cleanup task failed: {e}")),
+    }
+    // The tap goes once the VMM holding it is gone.
+    if had_network {
+        let net_errors = crate::network::link::remove_all(&record.id).await;
+        if net_errors.is_empty() && keep_state {
+            let _ = std::fs::remove_file(crate::network::marker(&record.state_dir));
+        }
+        errors.extend(net_errors);
     }
     CleanupReport {
         deleted: errors.is_empty(),

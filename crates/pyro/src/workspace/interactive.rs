@@ -83,6 +83,9 @@ pub struct ServiceStartRequest {
     pub ready_timeout: Duration,
     /// `never` or `on-failure`.
     pub restart: String,
+    /// Ports to publish on the host once it is ready (needs network policy
+    /// `egress+published-ports`).
+    pub publish: Vec<crate::network::PublishRequest>,
 }
 
 /// A service, with its workspace.
@@ -93,6 +96,18 @@ pub struct ServiceResult {
     /// The service.
     #[serde(flatten)]
     pub service: ServiceInfo,
+    /// Host ports forwarded to it.
+    pub published_ports: Vec<crate::network::PublishedPort>,
+}
+
+/// A service in a listing.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceEntry {
+    /// The service.
+    #[serde(flatten)]
+    pub service: ServiceInfo,
+    /// Host ports forwarded to it.
+    pub published_ports: Vec<crate::network::PublishedPort>,
 }
 
 /// A service's logs.
@@ -418,6 +433,16 @@ impl Pyro {
         }
         let w = self.ws_row(id)?;
         let _lock = self.ws_lock(&w.id, false).await?;
+        if !req.publish.is_empty()
+            && crate::network::spec_of(&self.inner.store, &w.id)?.policy
+                != crate::network::NetworkPolicy::EgressPublishedPorts
+        {
+            return Err(Error::InvalidRequest(format!(
+                "published ports require workspace network_policy 'egress+published-ports'; workspace {} has '{}' (create it with --network-policy egress+published-ports)",
+                w.id,
+                crate::network::spec_of(&self.inner.store, &w.id)?.policy
+            )));
+        }
         let (w, sb) = self.ws_running(&w.id).await?;
         self.inner.store.touch_workspace(&w.id)?;
         let mut env = req.env.clone();
@@ -433,16 +458,90 @@ impl Pyro {
         };
         let redactor = self.redactor(&w.id)?;
         match sb.client().call(&Request::ServiceStart(start)).await {
-            Ok(Response::Service(service)) => Ok(ServiceResult {
-                workspace_id: w.id,
-                service,
-            }),
+            Ok(Response::Service(service)) => {
+                let published_ports = match self.publish_ports(&w.id, &req.name, &req.publish).await
+                {
+                    Ok(p) => p,
+                    Err(e) => {
+                        // A service whose ports could not be published is not left running
+                        // half-reachable.
+                        let _ = sb
+                            .client()
+                            .call(&Request::ServiceStop {
+                                name: req.name.clone(),
+                                grace_ms: 2000,
+                            })
+                            .await;
+                        return Err(e);
+                    }
+                };
+                Ok(ServiceResult {
+                    workspace_id: w.id,
+                    service,
+                    published_ports,
+                })
+            }
             Ok(other) => Err(Error::Agent(format!("unexpected reply: {other:?}"))),
             Err(Error::AgentRefused { kind, message }) => Err(Error::AgentRefused {
                 kind,
                 message: redactor.text(&message),
             }),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Records the ports of service `name` (replacing any left from an earlier run of that
+    /// name) and installs the workspace's rules with them; on failure none of them stays.
+    async fn publish_ports(
+        &self,
+        id: &str,
+        name: &str,
+        publish: &[crate::network::PublishRequest],
+    ) -> Result<Vec<crate::network::PublishedPort>> {
+        let store = &self.inner.store;
+        let had = store.remove_published_ports(id, Some(name))?;
+        if publish.is_empty() {
+            if had > 0 {
+                self.ws_apply_network(id).await?;
+            }
+            return Ok(Vec::new());
+        }
+        let result: Result<()> = async {
+            for p in publish {
+                let host_port = free_host_port(p.host_addr, p.host_port)?;
+                let port = crate::network::PublishedPort {
+                    service: name.to_string(),
+                    host_addr: p.host_addr,
+                    host_port,
+                    guest_port: p.guest_port,
+                };
+                if !store.add_published_port(id, &port)? {
+                    return Err(Error::InvalidRequest(format!(
+                        "host port {}:{host_port} is already published by a sandbox; choose another or omit it for any free port",
+                        p.host_addr
+                    )));
+                }
+            }
+            self.ws_apply_network(id).await
+        }
+        .await;
+        if let Err(e) = result {
+            let _ = store.remove_published_ports(id, Some(name));
+            let _ = self.ws_apply_network(id).await;
+            return Err(e);
+        }
+        store.published_ports(id, Some(name))
+    }
+
+    /// Re-installs a running workspace's network rules from its records.
+    pub(crate) async fn ws_apply_network(&self, id: &str) -> Result<()> {
+        let w = self.ws_row(id)?;
+        let Some(link) = self.ws_backend(&w)?.network_link() else {
+            return Ok(());
+        };
+        match crate::network::plan(&self.inner.store, id, link).await? {
+            Some(plan) => crate::network::link::apply_rules(&plan).await,
+            None => Ok(()),
         }
     }
 
@@ -462,6 +561,10 @@ impl Pyro {
             .await?
         {
             (wid, Response::Service(service), _) => Ok(ServiceResult {
+                published_ports: self
+                    .inner
+                    .store
+                    .published_ports(&wid, Some(&service.name))?,
                 workspace_id: wid,
                 service,
             }),
@@ -470,9 +573,20 @@ impl Pyro {
     }
 
     /// Every service of a workspace.
-    pub async fn workspace_service_list(&self, id: &str) -> Result<Vec<ServiceInfo>> {
+    pub async fn workspace_service_list(&self, id: &str) -> Result<Vec<ServiceEntry>> {
         match self.service_call(id, Request::ServiceList).await? {
-            (_, Response::Services { services }, _) => Ok(services),
+            (wid, Response::Services { services }, _) => services
+                .into_iter()
+                .map(|service| {
+                    Ok(ServiceEntry {
+                        published_ports: self
+                            .inner
+                            .store
+                            .published_ports(&wid, Some(&service.name))?,
+                        service,
+                    })
+                })
+                .collect(),
             (_, other, _) => Err(Error::Agent(format!("unexpected reply: {other:?}"))),
         }
     }
@@ -531,12 +645,31 @@ impl Pyro {
             )
             .await?
         {
-            (wid, Response::Service(service), _) => Ok(ServiceResult {
-                workspace_id: wid,
-                service,
-            }),
+            (wid, Response::Service(service), _) => {
+                // Its ports go with it (and only with it: no other call touches them).
+                if self.inner.store.remove_published_ports(&wid, Some(name))? > 0 {
+                    self.ws_apply_network(&wid).await?;
+                }
+                Ok(ServiceResult {
+                    workspace_id: wid,
+                    service,
+                    published_ports: Vec::new(),
+                })
+            }
             (_, other, _) => Err(Error::Agent(format!("unexpected reply: {other:?}"))),
         }
+    }
+}
+
+/// The host port to publish on: the one asked for if nothing on the host holds it, else (for 0)
+/// one the kernel picks as free. There is no listener of ours afterwards (the kernel forwards
+/// the port), so the check is a bind that is released at once.
+fn free_host_port(addr: std::net::Ipv4Addr, port: u16) -> Result<u16> {
+    match std::net::TcpListener::bind((addr, port)) {
+        Ok(l) => Ok(l.local_addr().map(|a| a.port()).unwrap_or(port)),
+        Err(e) => Err(Error::InvalidRequest(format!(
+            "cannot publish on host port {addr}:{port}: {e}; choose another port or omit it for any free one"
+        ))),
     }
 }
 

@@ -101,6 +101,8 @@ pub struct CreateWorkspace {
     pub build_missing: bool,
     /// Secrets, by name: stored on the host 0600, installed in the guest on tmpfs.
     pub secrets: BTreeMap<String, Secret>,
+    /// Its network (default: none but loopback).
+    pub network: crate::network::NetworkSpec,
 }
 
 impl CreateWorkspace {
@@ -118,6 +120,7 @@ impl CreateWorkspace {
             isolation: None,
             build_missing: false,
             secrets: BTreeMap::new(),
+            network: crate::network::NetworkSpec::off(),
         }
     }
 }
@@ -182,6 +185,8 @@ pub struct WorkspaceInfo {
     pub seed: Option<serde_json::Value>,
     /// Names of its secrets (values are never shown).
     pub secrets: Vec<String>,
+    /// Its network: policy, allow-list, addresses and published ports.
+    pub network: crate::network::NetworkInfo,
 }
 
 fn expires_at(w: &WorkspaceRow) -> Option<i64> {
@@ -217,6 +222,7 @@ impl From<&WorkspaceRow> for WorkspaceInfo {
             reset_count: w.reset_count,
             seed: w.seed.clone(),
             secrets: Vec::new(),
+            network: crate::network::NetworkInfo::default(),
         }
     }
 }
@@ -361,6 +367,9 @@ impl Pyro {
     pub(crate) fn ws_info(&self, w: &WorkspaceRow) -> WorkspaceInfo {
         let mut info = WorkspaceInfo::from(w);
         info.secrets = self.secret_names(&w.id);
+        let link = self.ws_backend(w).ok().and_then(|b| b.network_link());
+        info.network =
+            crate::network::network_info(&self.inner.store, &w.id, link).unwrap_or_default();
         info
     }
 
@@ -378,7 +387,7 @@ impl Pyro {
             .ok_or_else(|| Error::SandboxNotFound(id.to_string()))
     }
 
-    fn ws_backend(&self, w: &WorkspaceRow) -> Result<Arc<dyn Backend>> {
+    pub(crate) fn ws_backend(&self, w: &WorkspaceRow) -> Result<Arc<dyn Backend>> {
         let level: Isolation = w.isolation.parse()?;
         self.backend_for(level)
     }
@@ -479,6 +488,7 @@ impl Pyro {
                 return Err(Error::AlreadyExists(format!("a workspace named {n:?}")));
             }
         }
+        let network = req.network.clone().validated()?;
         let seed = match &req.seed {
             Some(s) => Some(files::SeedSource::prepare(s)?),
             None => None,
@@ -536,6 +546,7 @@ impl Pyro {
                 resources,
                 SandboxKind::Workspace,
                 id.clone(),
+                &network,
             )
             .await?;
             self.install_secrets(&id, &sb).await?;
@@ -780,6 +791,8 @@ impl Pyro {
                 message: report.errors.join("; "),
             });
         }
+        // Services do not survive a stop, so neither do their published ports.
+        self.inner.store.remove_published_ports(id, None)?;
         self.inner.store.set_stopped(id)?;
         if w.state == "running" {
             w.state = "stopped".into();
@@ -879,6 +892,7 @@ impl Pyro {
         self.inner.store.set_workspace_state(&w.id, "resetting")?;
         let rebuilt: Result<()> = async {
             let report = backend.destroy(&rec).await;
+            self.inner.store.remove_published_ports(&w.id, None)?;
             if !report.errors.is_empty() {
                 return Err(Error::Backend {
                     backend: backend.name(),
