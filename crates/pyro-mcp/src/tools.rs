@@ -535,7 +535,7 @@ impl PyroTools {
     }
 
     #[tool(
-        description = "The workspace's command history: every workspace_exec with its exit code and timing (output is not recorded).",
+        description = "The workspace's command history: every workspace_exec with its exit code and timing (output is not recorded), and network_refused: each connection its network rules refused (protocol, destination, port, time).",
         annotations(read_only_hint = true)
     )]
     async fn workspace_logs(&self, Parameters(p): Parameters<WorkspaceIdParams>) -> ToolResult {
@@ -543,10 +543,13 @@ impl PyroTools {
         let r = self
             .pyro
             .workspace_logs(&p.workspace_id)
-            .map(|l| {
+            .and_then(|l| {
                 let mut v = counted("entries", &l);
                 v["workspace_id"] = p.workspace_id.clone().into();
-                v
+                v["network_refused"] =
+                    serde_json::to_value(self.pyro.workspace_network_refused(&p.workspace_id)?)
+                        .unwrap_or_default();
+                Ok(v)
             })
             .map_err(ToolError::from);
         Ok(outcome(r, |v| format!("{} commands", v["count"])))

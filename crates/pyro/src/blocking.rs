@@ -180,6 +180,14 @@ impl Pyro {
         self.inner.workspace_logs(id)
     }
 
+    /// Connections the workspace's network rules refused (from the kernel log).
+    pub fn workspace_network_refused(
+        &self,
+        id: &str,
+    ) -> Result<Vec<crate::network::refused::Refusal>> {
+        self.inner.workspace_network_refused(id)
+    }
+
     /// Stops the sandbox; `/workspace` and snapshots are kept.
     pub fn workspace_stop(&self, id: &str) -> Result<WorkspaceInfo> {
         self.runtime.block_on(self.inner.workspace_stop(id))

@@ -454,25 +454,22 @@ impl Pyro {
         Ok(report)
     }
 
-    /// Removes links, tables and leases whose sandbox has no record any more (a pyro killed
-    /// between making them and recording... or after its record was removed).
+    /// Removes the links, tables and leases of this installation's sandboxes whose record is
+    /// gone. Only ids this state database leased are touched: another `$PYRO_HOME` on the same
+    /// host owns its own sandboxes' links.
     async fn sweep_networks(&self, report: &mut GcReport) -> Result<()> {
         let live: std::collections::HashSet<String> =
             self.inner.store.list()?.into_iter().map(|r| r.id).collect();
-        for id in crate::network::link::ids_on_host().await {
+        for id in self.inner.store.network_ids()? {
             if live.contains(&id) {
                 continue;
             }
             let errors = crate::network::link::remove_all(&id).await;
             if errors.is_empty() {
+                self.inner.store.forget_network(&id)?;
                 report.network_removed.push(id);
             } else {
                 report.errors.extend(errors);
-            }
-        }
-        for id in self.inner.store.network_ids()? {
-            if !live.contains(&id) {
-                self.inner.store.forget_network(&id)?;
             }
         }
         Ok(())

@@ -259,11 +259,24 @@ impl Sandbox {
     ) -> std::result::Result<Sandbox, (Error, bool)> {
         let agent = inner.agent_path().map_err(|e| (e, false))?;
         let t0 = Instant::now();
+        // The host lock spans choosing the address and making the link, so two pyro
+        // installations never give two sandboxes one subnet.
+        let mut host_lock = None;
         let network = match backend.network_link() {
-            Some(link) => crate::network::plan(&inner.store, &record.id, link)
-                .await
-                .map_err(|e| (e, false))?,
-            None => None,
+            Some(link)
+                if inner
+                    .store
+                    .network(&record.id)
+                    .map_err(|e| (e, false))?
+                    .is_some() =>
+            {
+                host_lock = Some(crate::network::host_lock().await.map_err(|e| (e, false))?);
+                crate::network::settle_lease(&inner.store, &record.id).map_err(|e| (e, false))?;
+                crate::network::plan(&inner.store, &record.id, link)
+                    .await
+                    .map_err(|e| (e, false))?
+            }
+            _ => None,
         };
         if let Some(plan) = &network {
             crate::network::write_marker(&record.state_dir, plan).map_err(|e| (e, false))?;
@@ -290,6 +303,7 @@ impl Sandbox {
                 return Err((e, false));
             }
         }
+        drop(host_lock);
         let create_ms = t0.elapsed().as_millis() as u64;
         record.runtime = started.runtime;
         record.state = "running".into();

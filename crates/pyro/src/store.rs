@@ -319,6 +319,31 @@ impl Store {
         Ok(Some(slot))
     }
 
+    /// Moves a sandbox's lease to another slot chosen by `pick` among the free ones (its own
+    /// slot counts as used); `None` when there is none.
+    pub fn move_network(
+        &self,
+        id: &str,
+        pick: impl FnOnce(&std::collections::HashSet<u32>) -> Option<u32>,
+    ) -> Result<Option<u32>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let used: std::collections::HashSet<u32> = {
+            let mut st = tx.prepare("SELECT slot FROM networks")?;
+            let rows = st.query_map([], |r| r.get::<_, u32>(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let Some(slot) = pick(&used) else {
+            return Ok(None);
+        };
+        tx.execute(
+            "UPDATE networks SET slot = ?2 WHERE sandbox_id = ?1",
+            params![id, slot],
+        )?;
+        tx.commit()?;
+        Ok(Some(slot))
+    }
+
     /// A sandbox's lease: its slot and network spec (JSON).
     pub fn network(&self, id: &str) -> Result<Option<(u32, String)>> {
         Ok(self

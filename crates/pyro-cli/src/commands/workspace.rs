@@ -200,11 +200,24 @@ pub async fn workspace(pyro: &Pyro, cmd: WorkspaceCommand) -> anyhow::Result<Exi
         }
         WorkspaceCommand::Logs(a) => {
             let logs = pyro.workspace_logs(&a.id)?;
+            let refused = pyro.workspace_network_refused(&a.id)?;
             if a.out.json {
-                print_json(&serde_json::json!({"count": logs.len(), "entries": logs}))?;
-            } else if logs.is_empty() {
+                print_json(
+                    &serde_json::json!({"count": logs.len(), "entries": logs, "network_refused": refused}),
+                )?;
+            } else if logs.is_empty() && refused.is_empty() {
                 println!("No workspace logs found.");
             } else {
+                for r in &refused {
+                    println!(
+                        "refused {} {} -> {}{} at={}",
+                        r.protocol,
+                        r.source,
+                        r.destination,
+                        r.port.map(|p| format!(":{p}")).unwrap_or_default(),
+                        r.at
+                    );
+                }
                 for l in &logs {
                     println!(
                         "#{} exit_code={} duration_ms={} cwd={} at={}",

@@ -65,16 +65,18 @@ pub fn free_slot(pool: Ipv4Net, used: &HashSet<u32>, routes: &[Ipv4Net]) -> Opti
     })
 }
 
-/// The host's IPv4 routes other than the default route and pyro's own sandbox links, from
-/// `/proc/net/route` (addresses there are little-endian hex).
-pub fn host_routes() -> Vec<Ipv4Net> {
+/// The host's IPv4 routes other than the default route, from `/proc/net/route` (addresses there
+/// are little-endian hex), leaving out those on `except` (a sandbox's own links). Other
+/// sandboxes' links are included: another pyro installation (another `$PYRO_HOME`) shares the
+/// host, and its subnets are only visible here.
+pub fn host_routes(except: &[String]) -> Vec<Ipv4Net> {
     let Ok(text) = std::fs::read_to_string("/proc/net/route") else {
         return Vec::new();
     };
-    parse_routes(&text)
+    parse_routes(&text, except)
 }
 
-fn parse_routes(text: &str) -> Vec<Ipv4Net> {
+fn parse_routes(text: &str, except: &[String]) -> Vec<Ipv4Net> {
     let hex = |s: &str| {
         u32::from_str_radix(s, 16)
             .ok()
@@ -85,7 +87,7 @@ fn parse_routes(text: &str) -> Vec<Ipv4Net> {
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             let (iface, dest, mask) = (f.first()?, hex(f.get(1)?)?, hex(f.get(7)?)?);
-            if iface.starts_with("pyv") || iface.starts_with("pyt") {
+            if except.iter().any(|e| e == iface) {
                 return None;
             }
             let prefix = u32::from(mask).count_ones() as u8;
@@ -222,7 +224,8 @@ mod tests {
 eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
 eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
 pyvabcdefabcdef\t0000D50A\t00000000\t0001\t0\t0\t0\tFCFFFFFF\t0\t0\t0\n";
-        let r = parse_routes(text);
+        let r = parse_routes(text, &["pyvabcdefabcdef".to_string()]);
         assert_eq!(r, vec!["192.0.2.0/24".parse::<Ipv4Net>().unwrap()]);
+        assert_eq!(parse_routes(text, &[]).len(), 2);
     }
 }

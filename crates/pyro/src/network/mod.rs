@@ -127,6 +127,9 @@ impl std::str::FromStr for AllowRule {
                 "bad --allow-host {s:?}: {why} (expected NAME|CIDR[:PORT], e.g. deb.debian.org:80 or 10.0.0.0/8)"
             ))
         };
+        if s.matches(':').count() > 1 {
+            return Err(bad("only IPv4 addresses and CIDRs are supported"));
+        }
         let (host, port) = match s.rsplit_once(':') {
             Some((h, p)) => {
                 let port: u16 = p.parse().map_err(|_| bad("the port is not a number"))?;
@@ -409,9 +412,65 @@ pub fn guest_files_command(
 /// Leases a subnet for a new sandbox and records what network it asked for.
 pub fn lease(store: &Store, id: &str, spec: &NetworkSpec) -> Result<()> {
     let pool = addr::pool()?;
-    let routes = addr::host_routes();
+    let routes = addr::host_routes(&[]);
     let json = serde_json::to_string(spec).map_err(|e| Error::Network(e.to_string()))?;
     match store.lease_network(id, &json, |used| addr::free_slot(pool, used, &routes))? {
+        Some(_) => Ok(()),
+        None => Err(Error::NetworkUnavailable(format!(
+            "the sandbox address pool {pool} has no free /{} left that does not overlap a host route (set PYRO_NET_POOL)",
+            addr::SLOT_PREFIX
+        ))),
+    }
+}
+
+/// Holds the host-wide network lock: links are made, and leases checked against the host's
+/// routes, by one pyro at a time, whatever `$PYRO_HOME` each uses.
+pub struct HostLock {
+    _file: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// Takes the host-wide network lock (`/run/pyro-net.lock`), waiting for it.
+pub async fn host_lock() -> Result<HostLock> {
+    tokio::task::spawn_blocking(|| {
+        let path = "/run/pyro-net.lock";
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io(format!("open {path}"), e))?;
+        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+            .map(|f| HostLock { _file: f })
+            .map_err(|(_, e)| Error::Network(format!("lock {path}: {e}")))
+    })
+    .await
+    .map_err(|e| Error::Network(format!("lock task: {e}")))?
+}
+
+/// Under the host lock, before a sandbox's link is made: if its leased subnet now overlaps a
+/// route of the host (another installation's sandbox, a network that appeared since), the lease
+/// moves to a free slot. Its address may change across a stop; nothing else depends on it.
+pub fn settle_lease(store: &Store, id: &str) -> Result<()> {
+    let Some((slot, _)) = store.network(id)? else {
+        return Ok(());
+    };
+    let pool = addr::pool()?;
+    let own = [
+        host_ifname(id, LinkKind::Veth),
+        host_ifname(id, LinkKind::Tap),
+    ];
+    let routes = addr::host_routes(&own);
+    let clash = |s: u32| {
+        addr::slot_subnet(pool, s).is_none_or(|n| {
+            routes
+                .iter()
+                .any(|r| r.contains(&n.network()) || n.contains(&r.network()))
+        })
+    };
+    if !clash(slot) {
+        return Ok(());
+    }
+    match store.move_network(id, |used| addr::free_slot(pool, used, &routes))? {
         Some(_) => Ok(()),
         None => Err(Error::NetworkUnavailable(format!(
             "the sandbox address pool {pool} has no free /{} left that does not overlap a host route (set PYRO_NET_POOL)",

@@ -45,16 +45,21 @@ pub fn ruleset(p: &NetPlan) -> String {
         "  chain input {{\n    type filter hook input priority filter - 5; policy accept;\n    iifname \"{i}\" ct state established,related accept\n    iifname \"{i}\" jump refuse\n  }}"
     );
 
+    // Into the sandbox: replies, and connections to published ports; nothing else.
     let _ = writeln!(
         s,
-        "  chain forward {{\n    type filter hook forward priority filter - 5; policy accept;"
+        "  chain forward_in {{\n    type filter hook forward priority filter - 5; policy accept;\n    oifname \"{i}\" ct state established,related accept"
     );
-    // Into the sandbox: replies, and connections to published ports; nothing else.
-    let _ = writeln!(s, "    oifname \"{i}\" ct state established,related accept");
     if !p.published_ports.is_empty() {
         let _ = writeln!(s, "    oifname \"{i}\" ct status dnat accept");
     }
-    let _ = writeln!(s, "    oifname \"{i}\" drop");
+    let _ = writeln!(s, "    oifname \"{i}\" drop\n  }}");
+    // Out of the sandbox, decided before any other sandbox's `forward_in` (a lower priority
+    // runs first), so a refusal is logged and answered by the sender's own table.
+    let _ = writeln!(
+        s,
+        "  chain forward_out {{\n    type filter hook forward priority filter - 10; policy accept;"
+    );
     // Out of the sandbox: never IPv6, never a spoofed source, never link-local (cloud metadata),
     // never another sandbox.
     let _ = writeln!(s, "    iifname \"{i}\" meta nfproto ipv6 jump refuse");
@@ -67,6 +72,11 @@ pub fn ruleset(p: &NetPlan) -> String {
         s,
         "    iifname \"{i}\" ip daddr {{ 169.254.0.0/16, 127.0.0.0/8, 224.0.0.0/4, {} }} jump refuse",
         p.pool
+    );
+    // Other installations' sandboxes may use other pools: their links are refused by name.
+    let _ = writeln!(
+        s,
+        "    iifname \"{i}\" oifname \"pyv*\" jump refuse\n    iifname \"{i}\" oifname \"pyt*\" jump refuse"
     );
     if p.policy != NetworkPolicy::Off {
         if p.allow.is_empty() {
@@ -111,7 +121,7 @@ pub fn ruleset(p: &NetPlan) -> String {
         for (chain, hook) in [("output", "output"), ("prerouting", "prerouting")] {
             let _ = writeln!(
                 s,
-                "  chain {chain} {{\n    type nat hook {hook} priority dstnat; policy accept;"
+                "  chain {chain} {{\n    type nat hook {hook} priority -100; policy accept;"
             );
             for pp in &p.published_ports {
                 let dst = if pp.host_addr.is_unspecified() {

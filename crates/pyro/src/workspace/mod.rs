@@ -767,6 +767,16 @@ impl Pyro {
         self.inner.store.logs(&w.id)
     }
 
+    /// Connections the workspace's network rules refused, oldest first, as long as the kernel
+    /// log still holds them (empty for a workspace without a network).
+    pub fn workspace_network_refused(
+        &self,
+        id: &str,
+    ) -> Result<Vec<crate::network::refused::Refusal>> {
+        let w = self.ws_row(id)?;
+        Ok(crate::network::refused::read(&w.id))
+    }
+
     /// Stops the sandbox; `/workspace` and snapshots are kept.
     pub async fn workspace_stop(&self, id: &str) -> Result<WorkspaceInfo> {
         let w = self.ws_row(id)?;
