@@ -131,6 +131,6 @@ mod tests {
         assert_eq!(Profile::VmRun.tools(), ["vm_run"]);
         assert!(core.iter().all(|t| full.contains(t)));
         assert_eq!(core.len(), 16);
-        assert_eq!(full.len(), 40);
+        assert_eq!(full.len(), 41);
     }
 }

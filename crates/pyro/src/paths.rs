@@ -25,6 +25,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("PYRO_REGISTRY_USERNAME", "registry user name for pull and push (with PYRO_REGISTRY_PASSWORD); default: ~/.docker/config.json, else anonymous"),
     ("PYRO_REGISTRY_PASSWORD", "registry password or token for PYRO_REGISTRY_USERNAME; never logged"),
     ("DOCKER_CONFIG", "directory of the Docker config.json whose `auths` give registry credentials (default ~/.docker)"),
+    ("PYRO_NET_POOL", "IPv4 CIDR that sandboxes' /30 subnets are leased from when they have a network (default 10.213.0.0/16); subnets overlapping a host route are skipped"),
     ("PYRO_MCP_TOKEN", "bearer token `pyro mcp serve --http` requires from clients (required on non-loopback addresses)"),
     ("PYRO_LOG", "log filter for pyro's own diagnostics on stderr, e.g. debug (default warn)"),
 ];

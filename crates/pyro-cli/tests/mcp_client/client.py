@@ -27,7 +27,7 @@ CORE = {
 }
 FULL = CORE | {
     "vm_list_environments", "vm_create", "vm_start", "vm_exec", "vm_stop", "vm_delete",
-    "vm_status", "vm_reap_expired", "workspace_stop", "workspace_start", "snapshot_create",
+    "vm_status", "vm_network_info", "vm_reap_expired", "workspace_stop", "workspace_start", "snapshot_create",
     "snapshot_list", "snapshot_delete",
     "shell_open", "shell_read", "shell_write", "shell_signal", "shell_close", "shell_list",
     "service_start", "service_list", "service_status", "service_logs", "service_stop",
