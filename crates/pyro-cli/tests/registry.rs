@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use util::registry::{
-    gzip, push_image, push_image_manifest, push_manifest, registry_tests_enabled, sha256, tar_of,
-    zstd, Layer, Proxy, Registry, INDEX, LAYER_GZIP, LAYER_TAR, LAYER_ZSTD, MANIFEST,
-    TEST_PASSWORD, TEST_USER,
+    gzip, push_image, push_image_manifest, push_image_with_config, push_manifest,
+    registry_tests_enabled, sha256, tar_of, tar_with_modes, zstd, Layer, Proxy, Registry, INDEX,
+    LAYER_GZIP, LAYER_TAR, LAYER_ZSTD, MANIFEST, TEST_PASSWORD, TEST_USER,
 };
-use util::{container_tests_enabled, stderr, stdout, TestPyro};
+use util::{container_tests_enabled, stderr, stdout, vm_tests_enabled, TestPyro};
 
 macro_rules! require_registry {
     () => {
@@ -494,6 +494,158 @@ fn a_multi_layer_image_with_whiteouts_and_hard_links_gives_the_expected_tree() {
         ".\n./dir\n./dir/z\n./hl\n./hl-src\n./keep\nv2\n2\nsame-inode\nsame\nwhiteout-ok\n",
         "{v}"
     );
+}
+
+#[test]
+fn the_image_config_env_working_dir_and_user_apply_to_runs_and_workspaces() {
+    require_registry!();
+    require_containers!();
+    let reg = Registry::start();
+    let mut layers: Vec<Layer> = debian_layers()
+        .into_iter()
+        .map(|blob| Layer {
+            media_type: LAYER_TAR,
+            blob,
+        })
+        .collect();
+    layers.push(Layer {
+        media_type: LAYER_GZIP,
+        blob: gzip(&tar_with_modes(&[
+            ("opt/", "", 0),
+            ("opt/tools/", "", 0),
+            ("opt/tools/bin/", "", 0),
+            (
+                "opt/tools/bin/image-tool",
+                "#!/bin/sh\necho \"image-tool ran as $(id -un)\"\n",
+                0o755,
+            ),
+            ("srv/", "", 0),
+            ("srv/app/", "", 0),
+            ("srv/app/marker", "in the working dir\n", 0o644),
+        ])),
+    });
+    let path = "/opt/tools/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    let (digest, _) = push_image_with_config(
+        reg.port,
+        "configured/app",
+        "1",
+        host_arch(),
+        &layers,
+        serde_json::json!({
+            "Env": [format!("PATH={path}"), "FOO=bar", "SHARED=from-image"],
+            "WorkingDir": "/srv/app",
+            "User": "nobody",
+            "Entrypoint": ["/bin/false"],
+            "Cmd": ["not", "run"],
+        }),
+    );
+    let reference = format!("{}/configured/app:1", reg.host());
+    let p = TestPyro::with_private_cache();
+    let script = "echo \"$FOO $SHARED\"; echo \"$PATH\"; pwd; cat marker; image-tool; \
+                  id -un; echo \"$HOME\"";
+    let (out, v) = p.json(&[
+        "run",
+        &reference,
+        "--isolation",
+        "container",
+        "--env",
+        "SHARED=from-caller",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{v}\n{}", stderr(&out));
+    assert_eq!(v["environment_digest"], digest.as_str());
+    assert_eq!(
+        v["stdout"],
+        format!(
+            "bar from-caller\n{path}\n/srv/app\nin the working dir\nimage-tool ran as nobody\n\
+             nobody\n/nonexistent\n"
+        ),
+        "{v}"
+    );
+
+    // The same on the vm-emulated level, where the agent is the VM's init.
+    if vm_tests_enabled(module_path!()) {
+        let (out, v) = p.json(&[
+            "run",
+            &reference,
+            "--isolation",
+            "vm-emulated",
+            "--env",
+            "SHARED=from-caller",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{v}\n{}", stderr(&out));
+        assert_eq!(
+            v["stdout"],
+            format!(
+                "bar from-caller\n{path}\n/srv/app\nin the working dir\n\
+                 image-tool ran as nobody\nnobody\n/nonexistent\n"
+            ),
+            "{v}"
+        );
+    }
+
+    // A workspace keeps /workspace (where its files are), with the image's Env and User, in
+    // exec, services and later calls alike.
+    let (out, ws) = p.json(&[
+        "workspace",
+        "create",
+        &reference,
+        "--isolation",
+        "container",
+    ]);
+    assert!(out.status.success(), "{ws}\n{}", stderr(&out));
+    let id = ws["workspace_id"].as_str().unwrap().to_owned();
+    let (out, v) = p.json(&[
+        "workspace",
+        "exec",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "echo \"$FOO $SHARED\"; pwd; image-tool",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{v}\n{}", stderr(&out));
+    assert_eq!(
+        v["stdout"], "bar from-image\n/workspace\nimage-tool ran as nobody\n",
+        "{v}"
+    );
+    let (out, v) = p.json(&[
+        "workspace",
+        "service",
+        "start",
+        &id,
+        "svc",
+        "--ready-command",
+        "test -n \"$FOO\"",
+        "--",
+        "sh",
+        "-c",
+        "image-tool; echo \"FOO=$FOO\"; exec sleep 600",
+    ]);
+    assert!(out.status.success(), "{v}\n{}", stderr(&out));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let logs = loop {
+        let (_, v) = p.json(&["workspace", "service", "logs", &id, "svc"]);
+        let text = v.to_string();
+        if text.contains("FOO=bar") || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        logs.contains("image-tool ran as nobody") && logs.contains("FOO=bar"),
+        "{logs}"
+    );
+    let (out, v) = p.json(&["workspace", "delete", &id]);
+    assert!(out.status.success(), "{v}\n{}", stderr(&out));
+    assert_eq!(p.leftovers(), Vec::<String>::new());
 }
 
 #[test]

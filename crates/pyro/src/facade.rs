@@ -123,6 +123,8 @@ pub(crate) struct Prepared {
     pub backend: Arc<dyn Backend>,
     pub env: ResolvedEnv,
     pub rootfs: PathBuf,
+    /// How commands run in the environment (its image config).
+    pub defaults: crate::env::ImageDefaults,
 }
 
 /// What `gc` removed.
@@ -644,12 +646,14 @@ impl Pyro {
                 crate::run::transfer_progress(observer, environment),
             )
             .await?;
+        let defaults = self.inner.envs.defaults(&env)?;
         let rootfs = self.rootfs(&env, backend.as_ref()).await?;
         Ok(Prepared {
             level,
             backend,
             env,
             rootfs,
+            defaults,
         })
     }
 

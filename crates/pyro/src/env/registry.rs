@@ -48,7 +48,7 @@ const ACCEPTED_MANIFESTS: [&str; 4] = [
     MEDIA_DOCKER_LIST,
 ];
 /// Image configs are small JSON; anything bigger is refused before parsing.
-const MAX_CONFIG_BYTES: u64 = 8 << 20;
+pub(crate) const MAX_CONFIG_BYTES: u64 = 8 << 20;
 /// Manifests and indexes: refused above this before parsing.
 const MAX_MANIFEST_BYTES: usize = 4 << 20;
 /// References longer than this are refused before parsing.
@@ -530,7 +530,7 @@ async fn run_blocking<T: Send + 'static>(
 }
 
 /// Checks the image config (in `blobs` under `digest`, already verified): it must be for
-/// this host's OS and architecture.
+/// this host's OS and architecture, and its `Env`, `WorkingDir` and `User` must be usable.
 fn check_config(reference: &Reference, blobs: &[(PathBuf, String)], digest: &str) -> Result<()> {
     let path = blobs
         .iter()
@@ -548,6 +548,9 @@ fn check_config(reference: &Reference, blobs: &[(PathBuf, String)], digest: &str
             found: format!("{}/{}", config.os, config.architecture),
         });
     }
+    // `Env`, `WorkingDir` and `User` are applied to every command: refuse values pyro cannot
+    // use now, before any layer is downloaded.
+    super::ImageDefaults::from_config(&bytes).map_err(|m| unsupported(reference, m))?;
     Ok(())
 }
 
