@@ -23,6 +23,7 @@ mod build;
 
 pub use build::rfc3339;
 mod defaults;
+pub mod kernel;
 mod oci;
 mod recipe;
 mod registry;
