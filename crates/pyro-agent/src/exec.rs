@@ -1,6 +1,7 @@
 //! Runs one command: `sh -lc` over the POSIX-quoted argv, in its own session and process group,
 //! with output streamed to the host up to a cap and a timeout that kills the whole group.
 
+use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use pyro_protocol::{join_argv, ExecOutcome, ExecRequest, FrameKind};
+use pyro_protocol::{join_argv, quote, ExecOutcome, ExecRequest, FrameKind};
 
 use crate::reaper::{self, Exit};
 
@@ -24,6 +25,16 @@ pub const BASE_ENV: &[(&str, &str)] = &[
     ("USER", "root"),
     ("LANG", "C.UTF-8"),
 ];
+
+/// The command line a login shell (`sh -lc`) runs for `line`. A login shell's profile resets
+/// `PATH` (Debian's and Alpine's `/etc/profile` do), so a `PATH` the request sets (an image's
+/// own, or the caller's) is set again after it, before the command.
+pub fn login_line(env: &BTreeMap<String, String>, line: &str) -> String {
+    match env.get("PATH") {
+        Some(path) => format!("PATH={}; export PATH; {line}", quote(path)),
+        None => line.to_owned(),
+    }
+}
 
 /// After the command's main process ends, how long to wait for its pipes to close. Background
 /// jobs that keep the pipes open past this are left running, but their output is no longer read.
@@ -96,16 +107,23 @@ pub fn run(
         }
     }
 
+    let creds =
+        crate::user::resolve(req.user.as_deref(), Path::new("/")).map_err(ExecError::BadRequest)?;
+
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-lc")
-        .arg(&line)
+        .arg(login_line(&req.env, &line))
         .current_dir(cwd)
         .env_clear()
         .envs(BASE_ENV.iter().copied())
+        .envs(creds.iter().flat_map(|c| c.env()))
         .envs(&req.env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    if let Some(c) = &creds {
+        c.apply(&mut cmd);
+    }
     // A new process group, so a timeout can kill the command and everything it started. Not
     // `setsid` in a pre_exec hook: that forces fork+exec, while a process group lets std use
     // posix_spawn (vfork-like), which is markedly cheaper under nested virtualization.

@@ -14,4 +14,5 @@ pub mod reaper;
 pub mod server;
 pub mod services;
 pub mod shells;
+pub mod user;
 pub mod vm;

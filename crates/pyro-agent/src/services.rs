@@ -15,9 +15,10 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use pyro_protocol::{join_argv, Readiness, ServiceInfo, ServiceStart};
 
-use crate::exec::BASE_ENV;
+use crate::exec::{login_line, BASE_ENV};
 use crate::files::{err, FileError, Root};
 use crate::reaper::{self, Exit};
+use crate::user::Credentials;
 
 /// Where service logs live.
 pub const LOG_DIR: &str = "/run/pyro-services";
@@ -32,6 +33,8 @@ struct Service {
     info: Mutex<ServiceInfo>,
     spec: ServiceStart,
     cwd: PathBuf,
+    /// Who it runs as (`None`: root).
+    creds: Option<Credentials>,
     /// Set by `stop`, so the supervisor does not restart it.
     stopping: Mutex<bool>,
 }
@@ -112,15 +115,19 @@ fn spawn(svc: &Arc<Service>) -> Result<i32, FileError> {
         .ok_or_else(|| err("bad_request", "command arguments may not contain NUL bytes"))?;
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-lc")
-        .arg(&line)
+        .arg(login_line(&svc.spec.env, &line))
         .current_dir(&svc.cwd)
         .env_clear()
         .envs(BASE_ENV.iter().copied())
+        .envs(svc.creds.iter().flat_map(Credentials::env))
         .envs(&svc.spec.env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    if let Some(c) = &svc.creds {
+        c.apply(&mut cmd);
+    }
     let mut child = cmd.spawn().map_err(|e| {
         err(
             "spawn",
@@ -210,15 +217,19 @@ fn probe(root: &Root, svc: &Service, r: &Readiness) -> bool {
         Readiness::Command { command } => {
             let mut c = Command::new("/bin/sh");
             c.arg("-lc")
-                .arg(command)
+                .arg(login_line(&svc.spec.env, command))
                 .current_dir(&svc.cwd)
                 .env_clear()
                 .envs(BASE_ENV.iter().copied())
+                .envs(svc.creds.iter().flat_map(Credentials::env))
                 .envs(&svc.spec.env)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .process_group(0);
+            if let Some(creds) = &svc.creds {
+                creds.apply(&mut c);
+            }
             let Ok(child) = c.spawn() else { return false };
             let pid = child.id() as i32;
             reaper::want(pid);
@@ -297,6 +308,8 @@ pub fn start(root: &Root, req: &ServiceStart) -> Result<ServiceInfo, FileError> 
             format!("{}: not a directory", cwd.display()),
         ));
     }
+    let creds = crate::user::resolve(req.user.as_deref(), Path::new("/"))
+        .map_err(|e| err("bad_request", e))?;
     std::fs::create_dir_all(LOG_DIR).map_err(|e| err("io", format!("create {LOG_DIR}: {e}")))?;
     let svc = {
         let mut t = lock(table());
@@ -334,6 +347,7 @@ pub fn start(root: &Root, req: &ServiceStart) -> Result<ServiceInfo, FileError> 
             info: Mutex::new(info),
             spec: req.clone(),
             cwd,
+            creds,
             stopping: Mutex::new(false),
         });
         t.insert(req.name.clone(), svc.clone());

@@ -103,6 +103,8 @@ pub fn open(root: &Root, req: &ShellOpen) -> Result<ShellInfo, FileError> {
         ws_xpixel: 0,
         ws_ypixel: 0,
     };
+    let creds = crate::user::resolve(req.user.as_deref(), Path::new("/"))
+        .map_err(|e| err("bad_request", e))?;
     let pty = nix::pty::openpty(Some(&ws), None).map_err(|e| err("io", format!("openpty: {e}")))?;
     let (program, args): (&str, &[&str]) = if Path::new("/bin/bash").exists() {
         ("/bin/bash", &["--noprofile", "--norc", "-i"])
@@ -123,6 +125,7 @@ pub fn open(root: &Root, req: &ShellOpen) -> Result<ShellInfo, FileError> {
         .env("TERM", "xterm-256color")
         .env("PS1", "pyro$ ")
         .env("PROMPT_COMMAND", "")
+        .envs(creds.iter().flat_map(|c| c.env()))
         .envs(&req.env)
         .stdin(dup(&slave)?)
         .stdout(dup(&slave)?)
@@ -143,6 +146,10 @@ pub fn open(root: &Root, req: &ShellOpen) -> Result<ShellInfo, FileError> {
             }
             Ok(())
         });
+    }
+    // After the session and terminal are set up, which needs root's privileges.
+    if let Some(c) = &creds {
+        c.apply(&mut cmd);
     }
     let child = cmd
         .spawn()

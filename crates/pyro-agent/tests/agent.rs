@@ -99,6 +99,7 @@ fn req(argv: &[&str]) -> ExecRequest {
         timeout_ms: Some(20_000),
         max_stdout: 1 << 20,
         max_stderr: 1 << 20,
+        user: None,
     }
 }
 
@@ -114,6 +115,68 @@ fn exec_runs_in_workdir_with_quoting_env_and_exit_code() {
     assert_eq!(err, b"its\n");
     assert_eq!(o.exit_code, Some(3));
     assert!(!o.timed_out);
+}
+
+#[test]
+fn a_requested_path_survives_the_login_profile() {
+    let a = Agent::start();
+    let tools = a.workdir().join("tools");
+    std::fs::create_dir_all(&tools).unwrap();
+    let tool = tools.join("pyro-test-tool");
+    std::fs::write(&tool, "#!/bin/sh\necho tool ran\n").unwrap();
+    std::fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!("{}:/usr/bin:/bin", tools.display());
+    let mut r = req(&["sh", "-c", "echo \"$PATH\"; pyro-test-tool"]);
+    r.env.insert("PATH".into(), path.clone());
+    let (out, err, o) = a.exec(r);
+    assert_eq!(
+        o.unwrap().exit_code,
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&err)
+    );
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        format!("{path}\ntool ran\n")
+    );
+}
+
+#[test]
+fn commands_run_as_the_requested_user() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping: switching users needs root");
+        return;
+    }
+    let a = Agent::start();
+    let script = "id -u; id -g; echo \"$HOME $USER\"";
+    let mut r = req(&["sh", "-c", script]);
+    r.cwd = Some("/".into());
+    r.user = Some("nobody".into());
+    let (out, err, o) = a.exec(r);
+    assert_eq!(
+        o.unwrap().exit_code,
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&err)
+    );
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "65534\n65534\n/nonexistent nobody\n"
+    );
+    let mut r = req(&["sh", "-c", "id -u; id -g; echo \"$HOME\""]);
+    r.cwd = Some("/".into());
+    r.user = Some("4242:4343".into());
+    let (out, _, o) = a.exec(r);
+    assert_eq!(o.unwrap().exit_code, Some(0));
+    assert_eq!(String::from_utf8(out).unwrap(), "4242\n4343\n/\n");
+    let mut r = req(&["true"]);
+    r.user = Some("no-such-user-xyz".into());
+    let e = a.exec(r).2.unwrap_err();
+    assert!(
+        e.starts_with("bad_request") && e.contains("/etc/passwd"),
+        "{e}"
+    );
 }
 
 #[test]

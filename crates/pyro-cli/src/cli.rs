@@ -44,6 +44,9 @@ pub enum Command {
     Mcp(McpCommand),
     /// VM runtime pieces: the pinned Firecracker and jailer.
     Runtime(RuntimeArgs),
+    /// The guest kernel of the VM levels as an OCI artifact: list, inspect, pull, push.
+    #[command(subcommand)]
+    Kernel(crate::cli_kernel::KernelCommand),
 }
 
 #[derive(Debug, Subcommand)]

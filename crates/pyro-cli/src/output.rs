@@ -102,12 +102,19 @@ impl BuildProgress {
 /// otherwise (no byte counts, so logs stay short).
 pub struct TransferProgress {
     tag: &'static str,
+    key: &'static str,
     bar: Option<indicatif::ProgressBar>,
 }
 
 impl TransferProgress {
     /// A progress display on stderr; `tag` is `env-pull` or `env-push`.
     pub fn new(tag: &'static str) -> TransferProgress {
+        TransferProgress::keyed(tag, "environment")
+    }
+
+    /// Like [`TransferProgress::new`], naming what moves with `key` in phase lines
+    /// (`[kernel-pull] reference=… step=…`).
+    pub fn keyed(tag: &'static str, key: &'static str) -> TransferProgress {
         let bar = std::io::stderr().is_terminal().then(|| {
             let b = indicatif::ProgressBar::new(0);
             if let Ok(style) = indicatif::ProgressStyle::with_template(
@@ -117,7 +124,7 @@ impl TransferProgress {
             }
             b
         });
-        TransferProgress { tag, bar }
+        TransferProgress { tag, key, bar }
     }
 
     /// One event.
@@ -126,7 +133,7 @@ impl TransferProgress {
             (pyro::env::Transfer::Phase(m), Some(b)) => b.set_message(m.clone()),
             (pyro::env::Transfer::Phase(m), None) => phase_line(
                 self.tag,
-                &[("environment", env.to_string()), ("step", m.clone())],
+                &[(self.key, env.to_string()), ("step", m.clone())],
             ),
             (pyro::env::Transfer::Bytes { done, total }, Some(b)) => {
                 b.set_length(*total);

@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use util::registry::{
-    gzip, push_image, push_image_manifest, push_manifest, registry_tests_enabled, sha256, tar_of,
-    zstd, Layer, Proxy, Registry, INDEX, LAYER_GZIP, LAYER_TAR, LAYER_ZSTD, MANIFEST,
-    TEST_PASSWORD, TEST_USER,
+    gzip, push_image, push_image_manifest, push_image_with_config, push_manifest,
+    registry_tests_enabled, sha256, tar_of, tar_with_modes, zstd, Layer, Proxy, Registry, INDEX,
+    LAYER_GZIP, LAYER_TAR, LAYER_ZSTD, MANIFEST, TEST_PASSWORD, TEST_USER,
 };
-use util::{container_tests_enabled, stderr, stdout, TestPyro};
+use util::{container_tests_enabled, stderr, stdout, vm_tests_enabled, TestPyro};
 
 macro_rules! require_registry {
     () => {
@@ -497,6 +497,158 @@ fn a_multi_layer_image_with_whiteouts_and_hard_links_gives_the_expected_tree() {
 }
 
 #[test]
+fn the_image_config_env_working_dir_and_user_apply_to_runs_and_workspaces() {
+    require_registry!();
+    require_containers!();
+    let reg = Registry::start();
+    let mut layers: Vec<Layer> = debian_layers()
+        .into_iter()
+        .map(|blob| Layer {
+            media_type: LAYER_TAR,
+            blob,
+        })
+        .collect();
+    layers.push(Layer {
+        media_type: LAYER_GZIP,
+        blob: gzip(&tar_with_modes(&[
+            ("opt/", "", 0),
+            ("opt/tools/", "", 0),
+            ("opt/tools/bin/", "", 0),
+            (
+                "opt/tools/bin/image-tool",
+                "#!/bin/sh\necho \"image-tool ran as $(id -un)\"\n",
+                0o755,
+            ),
+            ("srv/", "", 0),
+            ("srv/app/", "", 0),
+            ("srv/app/marker", "in the working dir\n", 0o644),
+        ])),
+    });
+    let path = "/opt/tools/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    let (digest, _) = push_image_with_config(
+        reg.port,
+        "configured/app",
+        "1",
+        host_arch(),
+        &layers,
+        serde_json::json!({
+            "Env": [format!("PATH={path}"), "FOO=bar", "SHARED=from-image"],
+            "WorkingDir": "/srv/app",
+            "User": "nobody",
+            "Entrypoint": ["/bin/false"],
+            "Cmd": ["not", "run"],
+        }),
+    );
+    let reference = format!("{}/configured/app:1", reg.host());
+    let p = TestPyro::with_private_cache();
+    let script = "echo \"$FOO $SHARED\"; echo \"$PATH\"; pwd; cat marker; image-tool; \
+                  id -un; echo \"$HOME\"";
+    let (out, v) = p.json(&[
+        "run",
+        &reference,
+        "--isolation",
+        "container",
+        "--env",
+        "SHARED=from-caller",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{v}\n{}", stderr(&out));
+    assert_eq!(v["environment_digest"], digest.as_str());
+    assert_eq!(
+        v["stdout"],
+        format!(
+            "bar from-caller\n{path}\n/srv/app\nin the working dir\nimage-tool ran as nobody\n\
+             nobody\n/nonexistent\n"
+        ),
+        "{v}"
+    );
+
+    // The same on the vm-emulated level, where the agent is the VM's init.
+    if vm_tests_enabled(module_path!()) {
+        let (out, v) = p.json(&[
+            "run",
+            &reference,
+            "--isolation",
+            "vm-emulated",
+            "--env",
+            "SHARED=from-caller",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{v}\n{}", stderr(&out));
+        assert_eq!(
+            v["stdout"],
+            format!(
+                "bar from-caller\n{path}\n/srv/app\nin the working dir\n\
+                 image-tool ran as nobody\nnobody\n/nonexistent\n"
+            ),
+            "{v}"
+        );
+    }
+
+    // A workspace keeps /workspace (where its files are), with the image's Env and User, in
+    // exec, services and later calls alike.
+    let (out, ws) = p.json(&[
+        "workspace",
+        "create",
+        &reference,
+        "--isolation",
+        "container",
+    ]);
+    assert!(out.status.success(), "{ws}\n{}", stderr(&out));
+    let id = ws["workspace_id"].as_str().unwrap().to_owned();
+    let (out, v) = p.json(&[
+        "workspace",
+        "exec",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "echo \"$FOO $SHARED\"; pwd; image-tool",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{v}\n{}", stderr(&out));
+    assert_eq!(
+        v["stdout"], "bar from-image\n/workspace\nimage-tool ran as nobody\n",
+        "{v}"
+    );
+    let (out, v) = p.json(&[
+        "workspace",
+        "service",
+        "start",
+        &id,
+        "svc",
+        "--ready-command",
+        "test -n \"$FOO\"",
+        "--",
+        "sh",
+        "-c",
+        "image-tool; echo \"FOO=$FOO\"; exec sleep 600",
+    ]);
+    assert!(out.status.success(), "{v}\n{}", stderr(&out));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let logs = loop {
+        let (_, v) = p.json(&["workspace", "service", "logs", &id, "svc"]);
+        let text = v.to_string();
+        if text.contains("FOO=bar") || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        logs.contains("image-tool ran as nobody") && logs.contains("FOO=bar"),
+        "{logs}"
+    );
+    let (out, v) = p.json(&["workspace", "delete", &id]);
+    assert!(out.status.success(), "{v}\n{}", stderr(&out));
+    assert_eq!(p.leftovers(), Vec::<String>::new());
+}
+
+#[test]
 fn an_image_without_a_shell_gives_a_clear_error() {
     require_registry!();
     require_containers!();
@@ -584,4 +736,214 @@ fn credentials_come_from_the_environment_or_the_docker_config_and_are_never_logg
         !err.contains(TEST_PASSWORD) && !err.contains(&encoded),
         "a credential was logged"
     );
+}
+
+/// A kernel build directory in `dir`, as `scripts/build-kernel` leaves it: the machine's own
+/// guest kernel when one is built (the artifact layer is just bytes, so any will do), else a
+/// small stand-in; `fragment.sha256` says it was built from this pyro's config fragment.
+fn fake_kernel_build(dir: &Path, fragment: &str) -> Vec<u8> {
+    let real = TestPyro::new().json(&["kernel", "list"]).1["in_use"]
+        .as_str()
+        .and_then(|p| std::fs::read(p).ok());
+    let bytes = real.unwrap_or_else(|| {
+        (0..3u32 << 20)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect()
+    });
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("vmlinux"), &bytes).unwrap();
+    std::fs::write(dir.join("fragment.sha256"), format!("{fragment}\n")).unwrap();
+    std::fs::write(dir.join("source-version"), "linux-source-6.1 test\n").unwrap();
+    std::fs::write(dir.join("config"), "CONFIG_64BIT=y\n").unwrap();
+    bytes
+}
+
+/// Kernel directories (not dot-files) in a kernel cache.
+fn kernel_dirs(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// A kernel cache's pull scratch directories.
+fn kernel_scratch(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(".pull-") || n.starts_with(".trash-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A pyro whose kernel cache is `kernels` (and nothing else: no `PYRO_KERNEL`).
+fn kernel_pyro(kernels: &Path) -> TestPyro {
+    let mut p = TestPyro::with_private_cache();
+    p.env("PYRO_KERNEL_DIR", kernels.display().to_string());
+    p.env("PYRO_KERNEL", "");
+    p
+}
+
+#[test]
+fn the_guest_kernel_travels_as_a_pinned_oci_artifact() {
+    require_registry!();
+    let reg = Registry::start();
+    let scratch = tempfile::tempdir().unwrap();
+
+    // The publisher has a kernel build; nothing else is needed (no containers, no VMs).
+    let built = scratch.path().join("built");
+    let publisher = kernel_pyro(&built);
+    let (out, list) = publisher.json(&["kernel", "list"]);
+    assert!(out.status.success(), "{list}");
+    let fragment = list["wanted_fragment_sha256"].as_str().unwrap().to_owned();
+    let (out, v) = publisher.json(&["kernel", "push", &format!("{}/x/kernel:1", reg.host())]);
+    assert_error(&out, &v, "kernel_not_found");
+    let bytes = fake_kernel_build(&built.join("0123456789abcdef"), &fragment);
+    let (_, list) = publisher.json(&["kernel", "list"]);
+    assert_eq!(list["kernels"][0]["in_use"], true, "{list}");
+
+    let target = format!("{}/pyro/kernel:{}", reg.host(), &fragment[..16]);
+    let (out, pushed) = publisher.json(&["kernel", "push", &target]);
+    assert!(out.status.success(), "{pushed}\n{}", stderr(&out));
+    assert_eq!(
+        pushed["uploaded_blobs"], 3,
+        "config, vmlinux, .config: {pushed}"
+    );
+    assert_eq!(pushed["fragment_sha256"], fragment.as_str());
+    let digest = pushed["digest"].as_str().unwrap().to_owned();
+    let (_, again) = publisher.json(&["kernel", "push", &target]);
+    assert_eq!(again["digest"], digest.as_str(), "pushes are deterministic");
+    assert_eq!(again["uploaded_blobs"], 0, "{again}");
+    let (out, info) = publisher.json(&["kernel", "inspect", &target]);
+    assert!(out.status.success(), "{info}");
+    assert_eq!(info["digest"], digest.as_str());
+    assert_eq!(info["current"], true);
+    assert_eq!(info["source_version"], "linux-source-6.1 test");
+    assert_eq!(info["size_bytes"], bytes.len());
+    // An environment image is not a kernel.
+    push_image(
+        reg.port,
+        "not/kernel",
+        "1",
+        host_arch(),
+        &[Layer {
+            media_type: LAYER_TAR,
+            blob: tar_of(&[("hello.txt", "hi\n")]),
+        }],
+    );
+    let (out, v) = publisher.json(&["kernel", "inspect", &format!("{}/not/kernel:1", reg.host())]);
+    assert_error(&out, &v, "unsupported_image");
+
+    // A consumer pulls the catalog's kernel: refused without a pin, refused with a wrong one,
+    // installed with the right one.
+    let kernels = scratch.path().join("kernels");
+    let mut p = kernel_pyro(&kernels);
+    p.env("PYRO_REGISTRY", format!("{}/pyro", reg.host()));
+    let (out, v) = p.json(&["kernel", "pull"]);
+    assert_error(&out, &v, "not_pinned");
+    let pins = scratch.path().join("pins.toml");
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    std::fs::write(&pins, format!("[pins]\nkernel = \"{wrong}\"\n")).unwrap();
+    p.env("PYRO_PINS", pins.display().to_string());
+    let (out, v) = p.json(&["kernel", "pull"]);
+    assert_error(&out, &v, "digest_mismatch");
+    let (out, v) = p.json(&["kernel", "pull", &target, "--digest", &wrong]);
+    assert_error(&out, &v, "digest_mismatch");
+    assert_eq!(kernel_dirs(&kernels), Vec::<String>::new());
+
+    std::fs::write(&pins, format!("[pins]\nkernel = \"{digest}\"\n")).unwrap();
+    let (out, v) = p.json(&["kernel", "pull"]);
+    assert!(out.status.success(), "{v}\n{}", stderr(&out));
+    assert_eq!(v["digest"], digest.as_str());
+    assert_eq!(v["pinned_digest"], digest.as_str());
+    assert_eq!(v["already_installed"], false);
+    assert_eq!(v["in_use"], true, "{v}");
+    let hex = digest.trim_start_matches("sha256:");
+    let installed = kernels.join(format!("sha256-{hex}"));
+    assert_eq!(v["path"], installed.join("vmlinux").display().to_string());
+    assert!(std::fs::read(installed.join("vmlinux")).unwrap() == bytes);
+    assert_eq!(
+        std::fs::read_to_string(installed.join("fragment.sha256")).unwrap(),
+        format!("{fragment}\n")
+    );
+    assert_eq!(
+        std::fs::read_to_string(installed.join("config")).unwrap(),
+        "CONFIG_64BIT=y\n"
+    );
+    assert_eq!(kernel_scratch(&kernels), Vec::<String>::new());
+    let (_, list) = p.json(&["kernel", "list"]);
+    assert_eq!(list["pinned_digest"], digest.as_str());
+    assert_eq!(list["kernels"][0]["digest"], digest.as_str(), "{list}");
+    assert_eq!(list["kernels"][0]["source"], target.as_str());
+    assert_eq!(list["kernels"][0]["in_use"], true);
+    let (_, v) = p.json(&["kernel", "pull"]);
+    assert_eq!(v["already_installed"], true, "{v}");
+    // With VMs here, the machine's own kernel was pushed: the pulled copy boots one.
+    if vm_tests_enabled(module_path!()) {
+        let mut vm = TestPyro::new();
+        vm.env("PYRO_KERNEL_DIR", kernels.display().to_string());
+        vm.env("PYRO_KERNEL", "");
+        let (out, v) = vm.json(&[
+            "run",
+            "debian:12",
+            "--isolation",
+            "vm-emulated",
+            "--",
+            "cat",
+            "/proc/version",
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{v}\n{}", stderr(&out));
+        assert!(
+            v["stdout"].as_str().unwrap().starts_with("Linux version"),
+            "{v}"
+        );
+    }
+    // The pulled kernel is pushed again byte for byte: the same digest anywhere.
+    let (out, mirrored) = p.json(&["kernel", "push", &format!("{}/mirror/kernel:1", reg.host())]);
+    assert!(out.status.success(), "{mirrored}");
+    assert_eq!(mirrored["digest"], digest.as_str());
+
+    // A tampered blob in the registry: refused, and nothing installed or left behind.
+    let layer = info_layer_digest(&installed);
+    let file = reg.blob_file(&layer);
+    let mut blob = std::fs::read(&file).unwrap();
+    let mid = blob.len() / 2;
+    blob[mid] ^= 0x55;
+    std::fs::write(&file, &blob).unwrap();
+    let fresh = scratch.path().join("fresh");
+    let mut q = kernel_pyro(&fresh);
+    q.env("PYRO_REGISTRY", format!("{}/pyro", reg.host()));
+    q.env("PYRO_PINS", pins.display().to_string());
+    let (out, v) = q.json(&["kernel", "pull"]);
+    assert_error(&out, &v, "digest_mismatch");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains(&layer),
+        "{v}"
+    );
+    assert_eq!(kernel_dirs(&fresh), Vec::<String>::new());
+    assert_eq!(kernel_scratch(&fresh), Vec::<String>::new());
+    let (_, list) = q.json(&["kernel", "list"]);
+    assert!(list["in_use"].is_null(), "{list}");
+}
+
+/// The vmlinux layer's digest, from an installed kernel's manifest.
+fn info_layer_digest(installed: &Path) -> String {
+    let manifest = read_json(&installed.join("manifest.json"));
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["mediaType"] == "application/vnd.pyro.kernel.vmlinux.v1")
+        .unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }

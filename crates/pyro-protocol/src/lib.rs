@@ -290,6 +290,9 @@ pub struct ShellOpen {
     /// Extra environment variables (e.g. mapped secrets).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Run the shell as this user (see [`ExecRequest::user`]); `None` runs it as root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// A shell as the agent reports it.
@@ -361,6 +364,10 @@ pub struct ServiceStart {
     pub ready_timeout_ms: u64,
     /// `never` or `on-failure`.
     pub restart: String,
+    /// Run the service (and a command readiness probe) as this user (see
+    /// [`ExecRequest::user`]); `None` runs it as root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// A service as the agent reports it.
@@ -431,6 +438,11 @@ pub struct ExecRequest {
     /// Bytes of stderr to keep and forward; the rest is read and dropped.
     #[serde(default = "default_cap")]
     pub max_stderr: u64,
+    /// Run as this user: `user`, `uid`, `user:group` or `uid:gid`, as an OCI image config's
+    /// `User`; names are looked up in the sandbox's `/etc/passwd` and `/etc/group`. `None`
+    /// (or empty) runs as root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 fn default_cap() -> u64 {

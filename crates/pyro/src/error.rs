@@ -158,6 +158,12 @@ pub enum Error {
     /// An image reference used as an environment has not been pulled.
     #[error("image {0} is not pulled yet")]
     ImageNotPulled(String),
+    /// No guest kernel to push (or a kernel without the files that describe it).
+    #[error("guest kernel: {0}")]
+    KernelNotFound(String),
+    /// The catalog's guest kernel has no pinned digest to pull it by.
+    #[error("the guest kernel has no pinned digest: no published kernel is known to this pyro")]
+    KernelNotPinned,
     /// A catalog environment has no pinned digest to pull it by.
     #[error(
         "environment {0} has no pinned digest: no published image of it is known to this pyro"
@@ -207,7 +213,8 @@ impl Error {
             Error::PlatformMismatch { .. } => "platform_mismatch",
             Error::UnsupportedImage { .. } => "unsupported_image",
             Error::ImageNotPulled(_) => "image_not_pulled",
-            Error::NotPinned(_) => "not_pinned",
+            Error::NotPinned(_) | Error::KernelNotPinned => "not_pinned",
+            Error::KernelNotFound(_) => "kernel_not_found",
             Error::NetworkUnavailable(_) => "network_unavailable",
             Error::Network(_) => "network_error",
         }
@@ -245,6 +252,8 @@ impl Error {
             Error::PlatformMismatch { .. } => Some("use an image (or an index entry) built for this host's architecture".into()),
             Error::ImageNotPulled(r) => Some(format!("run `pyro env pull {r}`")),
             Error::NotPinned(n) => Some(format!("pass `--digest sha256:…` to `pyro env pull {n}`, point PYRO_PINS at a pins file, or build it locally with `pyro env build {n}`")),
+            Error::KernelNotFound(_) => Some("build one with `scripts/build-kernel` (or `scripts/setup --vm`), or pull one with `pyro kernel pull`".into()),
+            Error::KernelNotPinned => Some("pass `--digest sha256:…` or a reference to `pyro kernel pull`, point PYRO_PINS at a pins file with a \"kernel\" pin, or build it locally with `scripts/build-kernel`".into()),
             Error::VmNotFound(_) => Some("VMs are one-shot: vm_exec and vm_reap_expired delete them; create another".into()),
             Error::VmNotStarted { id, .. } => Some(format!("start it first (vm_start {id})")),
             Error::NetworkUnavailable(_) => Some("`pyro doctor` lists what networking this host has; install iproute2 and nftables, run as root, and enable forwarding with `sysctl -w net.ipv4.ip_forward=1` (scripts/setup does all of this); or run without --network".into()),

@@ -123,6 +123,8 @@ pub(crate) struct Prepared {
     pub backend: Arc<dyn Backend>,
     pub env: ResolvedEnv,
     pub rootfs: PathBuf,
+    /// How commands run in the environment (its image config).
+    pub defaults: crate::env::ImageDefaults,
 }
 
 /// What `gc` removed.
@@ -298,7 +300,7 @@ impl Pyro {
     fn vm_problem(&self) -> Option<String> {
         if find_kernel().is_none() {
             return Some(
-                "no guest kernel built for this version of pyro (run scripts/build-kernel, or set PYRO_KERNEL)"
+                "no guest kernel built for this version of pyro (run scripts/build-kernel, pull one with `pyro kernel pull`, or set PYRO_KERNEL)"
                     .into(),
             );
         }
@@ -616,6 +618,47 @@ impl Pyro {
             .await
     }
 
+    /// The guest kernels in the kernel cache, and which one VMs boot.
+    pub fn kernel_list(&self) -> Result<crate::env::kernel::KernelList> {
+        crate::env::kernel::list(&self.inner.config.registry)
+    }
+
+    /// A guest kernel artifact in a registry, from its manifest (nothing is downloaded).
+    pub async fn kernel_inspect(
+        &self,
+        reference: &str,
+    ) -> Result<crate::env::kernel::KernelArtifact> {
+        crate::env::kernel::inspect(&self.inner.config.registry, reference).await
+    }
+
+    /// Pulls a guest kernel artifact into the kernel cache: `reference`, or without one the
+    /// catalog's kernel (`$PYRO_REGISTRY/kernel:<fragment hash>`, checked against `digest` or
+    /// its pin). Every blob is sha256-checked; the kernel is installed whole or not at all.
+    pub async fn kernel_pull(
+        &self,
+        reference: Option<&str>,
+        digest: Option<&str>,
+        mut progress: Box<dyn FnMut(Transfer) + Send>,
+    ) -> Result<crate::env::kernel::KernelPullResult> {
+        crate::env::kernel::pull(
+            &self.inner.config.registry,
+            reference,
+            digest,
+            &mut *progress,
+        )
+        .await
+    }
+
+    /// Pushes the guest kernel VMs boot (a `scripts/build-kernel` build or a pulled one) to a
+    /// registry as an OCI artifact.
+    pub async fn kernel_push(
+        &self,
+        reference: &str,
+        mut progress: Box<dyn FnMut(Transfer) + Send>,
+    ) -> Result<crate::env::kernel::KernelPushResult> {
+        crate::env::kernel::push(&self.inner.config.registry, reference, &mut *progress).await
+    }
+
     /// Resolves an environment, building it (catalog names) or pulling it (image references)
     /// first if asked to.
     pub(crate) async fn resolve_env(
@@ -668,12 +711,14 @@ impl Pyro {
                 crate::run::transfer_progress(observer, environment),
             )
             .await?;
+        let defaults = self.inner.envs.defaults(&env)?;
         let rootfs = self.rootfs(&env, backend.as_ref()).await?;
         Ok(Prepared {
             level,
             backend,
             env,
             rootfs,
+            defaults,
         })
     }
 

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::agent_client::OutputSink;
 use crate::backend::{CleanupReport, Isolation, LimitsReport, Resources};
+use crate::env::ImageDefaults;
 use crate::error::{Error, Result};
 use crate::facade::Pyro;
 use crate::sandbox::{new_id, ExecOptions, Sandbox};
@@ -244,6 +245,27 @@ pub fn text_and_bytes(bytes: &[u8]) -> (String, Option<String>) {
     }
 }
 
+/// Exec options with an environment's image defaults beneath them: the image's `Env` under the
+/// caller's variables and, for one-shot commands (`working_dir`), its `WorkingDir` when the
+/// caller named no directory. Workspaces keep `/workspace`, where their files are.
+pub(crate) fn with_defaults(
+    opts: &ExecOptions,
+    defaults: &ImageDefaults,
+    working_dir: bool,
+) -> ExecOptions {
+    let mut env = defaults.env.clone();
+    env.extend(opts.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let cwd = opts
+        .cwd
+        .clone()
+        .or_else(|| defaults.working_dir.clone().filter(|_| working_dir));
+    ExecOptions {
+        env,
+        cwd,
+        ..opts.clone()
+    }
+}
+
 /// Forwards build progress to an observer.
 pub(crate) fn build_progress(
     observer: &Arc<dyn Observer>,
@@ -283,6 +305,7 @@ impl Pyro {
             backend,
             env,
             rootfs,
+            defaults,
         } = self
             .prepare(
                 &req.environment,
@@ -311,13 +334,19 @@ impl Pyro {
         .await?;
         let create_ms = t0.elapsed().as_millis() as u64 - sb.boot_ms;
         observer.phase("exec", &[("sandbox", sb.id().to_string())]);
-        let opts = ExecOptions {
-            timeout: req.timeout,
-            env: req.env.clone(),
-            cwd: None,
-            max_output_bytes: req.max_output_bytes,
-        };
-        let exec = sb.exec(&req.command, &opts, output).await;
+        let opts = with_defaults(
+            &ExecOptions {
+                timeout: req.timeout,
+                env: req.env.clone(),
+                cwd: None,
+                max_output_bytes: req.max_output_bytes,
+            },
+            &defaults,
+            true,
+        );
+        let exec = sb
+            .exec_as(&req.command, &opts, defaults.user.as_deref(), output)
+            .await;
         let run_network = RunNetwork::of(&sb);
         let t_cleanup = Instant::now();
         let cleanup = sb
@@ -385,6 +414,31 @@ mod tests {
             },
             "environment variable",
         );
+    }
+
+    #[test]
+    fn image_defaults_sit_beneath_the_callers_options() {
+        let defaults = ImageDefaults {
+            env: [("FOO", "image"), ("PATH", "/opt/bin:/usr/bin")]
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .into(),
+            working_dir: Some("/srv/app".into()),
+            user: Some("app".into()),
+        };
+        let mut opts = ExecOptions::default();
+        opts.env.insert("FOO".into(), "caller".into());
+        let one_shot = with_defaults(&opts, &defaults, true);
+        assert_eq!(one_shot.env["FOO"], "caller");
+        assert_eq!(one_shot.env["PATH"], "/opt/bin:/usr/bin");
+        assert_eq!(one_shot.cwd.as_deref(), Some("/srv/app"));
+        assert_eq!(with_defaults(&opts, &defaults, false).cwd, None);
+        opts.cwd = Some("/tmp".into());
+        assert_eq!(
+            with_defaults(&opts, &defaults, true).cwd.as_deref(),
+            Some("/tmp")
+        );
+        let plain = with_defaults(&opts, &ImageDefaults::default(), true);
+        assert_eq!((plain.env, plain.cwd), (opts.env.clone(), opts.cwd.clone()));
     }
 
     #[test]

@@ -417,7 +417,19 @@ impl Sandbox {
         opts: &ExecOptions,
         forward: Option<&mut dyn OutputSink>,
     ) -> Result<ExecResult> {
+        self.exec_as(argv, opts, None, forward).await
+    }
+
+    /// Like [`Sandbox::exec`], as `user` (an image config's `User`; `None` is root).
+    pub(crate) async fn exec_as(
+        &self,
+        argv: &[String],
+        opts: &ExecOptions,
+        user: Option<&str>,
+        forward: Option<&mut dyn OutputSink>,
+    ) -> Result<ExecResult> {
         let req = ExecRequest {
+            user: user.map(str::to_owned),
             argv: argv.to_vec(),
             env: opts.env.clone(),
             cwd: opts.cwd.clone(),

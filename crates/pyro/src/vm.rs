@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{Isolation, Resources};
+use crate::env::ImageDefaults;
 use crate::error::{Error, IoContext, Result};
 use crate::facade::Pyro;
 use crate::procinfo::ProcessId;
@@ -117,7 +118,13 @@ pub struct VmReapReport {
 
 /// The started VMs of this process, by id.
 #[derive(Default)]
-pub(crate) struct LiveVms(tokio::sync::Mutex<std::collections::HashMap<String, Sandbox>>);
+pub(crate) struct LiveVms(tokio::sync::Mutex<std::collections::HashMap<String, LiveVm>>);
+
+/// A started VM: its sandbox, and how commands run in its environment.
+pub(crate) struct LiveVm {
+    sb: Sandbox,
+    defaults: ImageDefaults,
+}
 
 impl VmInfo {
     fn owner(&self) -> ProcessId {
@@ -271,6 +278,7 @@ impl Pyro {
         let env = self
             .resolve_env(&vm.environment, false, Box::new(|_| {}), Box::new(|_| {}))
             .await?;
+        let defaults = self.inner.envs.defaults(&env)?;
         let rootfs = self.rootfs(&env, backend.as_ref()).await?;
         let resources = Resources {
             vcpus: vm.vcpus,
@@ -288,7 +296,12 @@ impl Pyro {
             &vm.network,
         )
         .await?;
-        self.inner.vms.0.lock().await.insert(vm.vm_id.clone(), sb);
+        self.inner
+            .vms
+            .0
+            .lock()
+            .await
+            .insert(vm.vm_id.clone(), LiveVm { sb, defaults });
         vm.state = "started".into();
         self.vm_save(&vm)?;
         Ok(vm)
@@ -312,14 +325,17 @@ impl Pyro {
             )));
         }
         let vm = self.vm_mine(id)?;
-        let Some(mut sb) = self.inner.vms.0.lock().await.remove(id) else {
+        let Some(LiveVm { mut sb, defaults }) = self.inner.vms.0.lock().await.remove(id) else {
             return Err(Error::VmNotStarted {
                 id: id.into(),
                 state: vm.state,
             });
         };
         let t0 = std::time::Instant::now();
-        let exec = sb.exec(argv, opts, None).await;
+        let opts = crate::run::with_defaults(opts, &defaults, true);
+        let exec = sb
+            .exec_as(argv, &opts, defaults.user.as_deref(), None)
+            .await;
         let network = crate::run::RunNetwork::of(&sb);
         let t_cleanup = std::time::Instant::now();
         let cleanup = sb
@@ -369,7 +385,7 @@ impl Pyro {
     /// fresh one.
     pub async fn vm_stop(&self, id: &str) -> Result<VmInfo> {
         let mut vm = self.vm_mine(id)?;
-        if let Some(mut sb) = self.inner.vms.0.lock().await.remove(id) {
+        if let Some(LiveVm { mut sb, .. }) = self.inner.vms.0.lock().await.remove(id) {
             let r = sb.destroy("stopped").await;
             if !r.deleted {
                 return Err(Error::Backend {
@@ -391,7 +407,7 @@ impl Pyro {
 
     async fn vm_remove(&self, id: &str, reason: &str) -> VmDeleteResult {
         let mut errors = Vec::new();
-        if let Some(mut sb) = self.inner.vms.0.lock().await.remove(id) {
+        if let Some(LiveVm { mut sb, .. }) = self.inner.vms.0.lock().await.remove(id) {
             errors.extend(sb.destroy(reason).await.errors);
         }
         if errors.is_empty() {

@@ -4,6 +4,7 @@ mod bench;
 mod doctor;
 mod env;
 mod gc;
+mod kernel;
 mod mcp;
 mod run;
 mod runtime;
@@ -25,6 +26,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Workspace(c) => workspace::workspace(&pyro, c).await,
         Command::Mcp(c) => mcp::mcp(pyro, c).await,
         Command::Runtime(a) => runtime::runtime(&pyro, a).await,
+        Command::Kernel(c) => kernel::kernel(&pyro, c).await,
     }
 }
 

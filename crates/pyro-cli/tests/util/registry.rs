@@ -271,10 +271,23 @@ pub fn push_image_manifest(
     arch: &str,
     layers: &[Layer],
 ) -> (String, Vec<u8>) {
+    push_image_with_config(port, repo, tag, arch, layers, serde_json::json!({}))
+}
+
+/// Like [`push_image_manifest`], with `run_config` as the image config's `config` object
+/// (`Env`, `WorkingDir`, `User`, …).
+pub fn push_image_with_config(
+    port: u16,
+    repo: &str,
+    tag: &str,
+    arch: &str,
+    layers: &[Layer],
+    run_config: serde_json::Value,
+) -> (String, Vec<u8>) {
     let config = serde_json::json!({
         "architecture": arch,
         "os": "linux",
-        "config": {},
+        "config": run_config,
         "rootfs": {"type": "layers", "diff_ids": []},
     });
     let config = serde_json::to_vec(&config).expect("config");
@@ -306,8 +319,14 @@ pub fn push_image_manifest(
 /// A tar archive from (path, contents) files, directories (path ending in '/'), and hard
 /// links (contents `@target`).
 pub fn tar_of(entries: &[(&str, &str)]) -> Vec<u8> {
+    let with_modes: Vec<(&str, &str, u32)> = entries.iter().map(|(p, c)| (*p, *c, 0o644)).collect();
+    tar_with_modes(&with_modes)
+}
+
+/// Like [`tar_of`], with each regular file's mode (directories are 0755, links 0644).
+pub fn tar_with_modes(entries: &[(&str, &str, u32)]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
-    for (path, contents) in entries {
+    for (path, contents, mode) in entries {
         let mut h = tar::Header::new_ustar();
         h.set_mtime(1_700_000_000);
         h.set_uid(0);
@@ -324,7 +343,7 @@ pub fn tar_of(entries: &[(&str, &str)]) -> Vec<u8> {
             b.append_link(&mut h, path, target).expect("link");
         } else {
             h.set_entry_type(tar::EntryType::Regular);
-            h.set_mode(0o644);
+            h.set_mode(*mode);
             h.set_size(contents.len() as u64);
             b.append_data(&mut h, path, contents.as_bytes())
                 .expect("file");

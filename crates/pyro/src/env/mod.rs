@@ -22,6 +22,8 @@
 mod build;
 
 pub use build::rfc3339;
+mod defaults;
+pub mod kernel;
 mod oci;
 mod recipe;
 mod registry;
@@ -38,6 +40,7 @@ use std::time::{Duration, SystemTime};
 use nix::fcntl::{Flock, FlockArg};
 use serde::Serialize;
 
+pub use defaults::ImageDefaults;
 pub use recipe::{catalog, host_arch, Recipe, BUILDER_VERSION};
 pub use registry::{
     canonical_reference, is_image_reference, parse_reference, PullResult, PushResult,
@@ -360,6 +363,24 @@ impl EnvCache {
             name,
             manifest_digest: entry.digest.clone(),
             layers,
+        })
+    }
+
+    /// How commands run in a resolved environment: its image config's `Env`, `WorkingDir` and
+    /// `User` (validated; [`Error::UnsupportedImage`] for values pyro cannot use).
+    pub fn defaults(&self, env: &ResolvedEnv) -> Result<ImageDefaults> {
+        let layout = self.layout();
+        let index = layout.read_index()?;
+        let entry = index
+            .manifests
+            .iter()
+            .find(|d| d.digest == env.manifest_digest)
+            .ok_or_else(|| Error::EnvironmentNotBuilt(env.name.clone()))?;
+        let manifest = layout.read_manifest(entry)?;
+        let config = layout.read_small_blob(&manifest.config, registry::MAX_CONFIG_BYTES)?;
+        ImageDefaults::from_config(&config).map_err(|message| Error::UnsupportedImage {
+            reference: env.name.clone(),
+            message,
         })
     }
 

@@ -301,6 +301,40 @@ impl OciLayout {
         serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("unreadable manifest: {e}")))
     }
 
+    /// Reads a small blob (an image config), checking its size (at most `max` bytes) and
+    /// digest.
+    pub fn read_small_blob(&self, desc: &Descriptor, max: u64) -> Result<Vec<u8>> {
+        let path = self.blob_path(&desc.digest)?;
+        let corrupt = |message: String| Error::CorruptCache {
+            path: path.clone(),
+            message,
+        };
+        if desc.size > max {
+            return Err(corrupt(format!(
+                "blob size {} is more than the {max} bytes accepted",
+                desc.size
+            )));
+        }
+        let mut bytes = Vec::new();
+        match File::open(&path) {
+            Ok(file) => file
+                .take(max + 1)
+                .read_to_end(&mut bytes)
+                .ctx(|| format!("reading {}", path.display()))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(corrupt("blob is missing".into()))
+            }
+            Err(e) => return Err(Error::io(format!("opening {}", path.display()), e)),
+        };
+        if bytes.len() as u64 != desc.size || digest_of(&bytes) != desc.digest {
+            return Err(corrupt(format!(
+                "blob does not match its digest {}",
+                desc.digest
+            )));
+        }
+        Ok(bytes)
+    }
+
     /// Stores `bytes` as a blob and returns its digest. The caller holds [`OciLayout::lock`].
     pub fn write_blob(&self, bytes: &[u8]) -> Result<String> {
         let digest = digest_of(bytes);

@@ -48,7 +48,7 @@ const ACCEPTED_MANIFESTS: [&str; 4] = [
     MEDIA_DOCKER_LIST,
 ];
 /// Image configs are small JSON; anything bigger is refused before parsing.
-const MAX_CONFIG_BYTES: u64 = 8 << 20;
+pub(crate) const MAX_CONFIG_BYTES: u64 = 8 << 20;
 /// Manifests and indexes: refused above this before parsing.
 const MAX_MANIFEST_BYTES: usize = 4 << 20;
 /// References longer than this are refused before parsing.
@@ -124,7 +124,7 @@ impl RegistrySettings {
         }
     }
 
-    fn client(&self, reference: &Reference) -> Client {
+    pub(crate) fn client(&self, reference: &Reference) -> Client {
         ensure_crypto_provider();
         Client::new(ClientConfig {
             protocol: self.protocol_for(reference),
@@ -217,7 +217,7 @@ pub fn canonical_reference(text: &str) -> Result<String> {
 /// Credentials for a registry: `PYRO_REGISTRY_USERNAME`/`PYRO_REGISTRY_PASSWORD`, else the
 /// entry for the registry in `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`, else
 /// anonymous. Credentials are never logged.
-fn auth_for(registry: &str) -> RegistryAuth {
+pub(crate) fn auth_for(registry: &str) -> RegistryAuth {
     let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
     if let (Some(user), Some(pass)) = (var("PYRO_REGISTRY_USERNAME"), var("PYRO_REGISTRY_PASSWORD"))
     {
@@ -335,14 +335,14 @@ pub(crate) struct PullPlan {
     pub recipe_hash: Option<String>,
 }
 
-fn registry_error(reference: &Reference, e: impl std::fmt::Display) -> Error {
+pub(crate) fn registry_error(reference: &Reference, e: impl std::fmt::Display) -> Error {
     Error::Registry {
         reference: reference.whole(),
         message: e.to_string(),
     }
 }
 
-fn unsupported(reference: &Reference, message: String) -> Error {
+pub(crate) fn unsupported(reference: &Reference, message: String) -> Error {
     Error::UnsupportedImage {
         reference: reference.whole(),
         message,
@@ -397,7 +397,7 @@ pub(crate) fn is_supported_layer(media_type: &str) -> bool {
 
 /// Fetches a manifest or index by reference, capped in size, checked against the digest the
 /// reference names (if any) and returned with the sha256 of its bytes.
-async fn fetch_manifest(
+pub(crate) async fn fetch_manifest(
     client: &Client,
     reference: &Reference,
     auth: &RegistryAuth,
@@ -442,7 +442,7 @@ fn declared_media_type(bytes: &[u8]) -> Option<String> {
 }
 
 /// Downloads one blob into `dest`, hashing as it goes; the digest and size must match.
-async fn download_blob(
+pub(crate) async fn download_blob(
     client: &Client,
     reference: &Reference,
     desc: &Descriptor,
@@ -501,7 +501,7 @@ async fn download_blob(
 }
 
 /// Waits for a lock without blocking the async runtime.
-async fn lock_async(
+pub(crate) async fn lock_async(
     path: PathBuf,
     progress: &mut (dyn FnMut(Transfer) + Send),
     what: &str,
@@ -521,7 +521,7 @@ async fn lock_async(
     }
 }
 
-async fn run_blocking<T: Send + 'static>(
+pub(crate) async fn run_blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
     tokio::task::spawn_blocking(f)
@@ -530,7 +530,7 @@ async fn run_blocking<T: Send + 'static>(
 }
 
 /// Checks the image config (in `blobs` under `digest`, already verified): it must be for
-/// this host's OS and architecture.
+/// this host's OS and architecture, and its `Env`, `WorkingDir` and `User` must be usable.
 fn check_config(reference: &Reference, blobs: &[(PathBuf, String)], digest: &str) -> Result<()> {
     let path = blobs
         .iter()
@@ -548,6 +548,9 @@ fn check_config(reference: &Reference, blobs: &[(PathBuf, String)], digest: &str
             found: format!("{}/{}", config.os, config.architecture),
         });
     }
+    // `Env`, `WorkingDir` and `User` are applied to every command: refuse values pyro cannot
+    // use now, before any layer is downloaded.
+    super::ImageDefaults::from_config(&bytes).map_err(|m| unsupported(reference, m))?;
     Ok(())
 }
 
@@ -802,6 +805,70 @@ pub(crate) async fn pull(
     Ok(result)
 }
 
+/// Uploads the file at `path` as the blob `blob` to `target`'s repository, counting the bytes
+/// into `done` (of `total`) for progress. The file is hashed first and refused when it does not
+/// match the descriptor: corrupt local content is never published.
+pub(crate) async fn upload_file(
+    client: &Client,
+    target: &Reference,
+    path: &Path,
+    blob: &Descriptor,
+    done: &mut u64,
+    total: u64,
+    progress: &mut (dyn FnMut(Transfer) + Send),
+) -> Result<()> {
+    let hashed = path.to_path_buf();
+    let (digest, size) = run_blocking(move || oci::hash_file(&hashed)).await?;
+    if digest != blob.digest || size != blob.size {
+        return Err(Error::CorruptCache {
+            path: path.to_path_buf(),
+            message: format!(
+                "content is {digest} ({size} bytes), expected {} ({} bytes)",
+                blob.digest, blob.size
+            ),
+        });
+    }
+    let file = tokio::fs::File::open(path)
+        .await
+        .ctx(|| format!("opening {}", path.display()))?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    let stream = futures_util::stream::unfold(file, move |mut file| {
+        let tx = tx.clone();
+        async move {
+            use tokio::io::AsyncReadExt;
+            let mut buf = vec![0u8; 4 << 20];
+            match file.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    let _ = tx.send(n as u64);
+                    Some((Ok(bytes::Bytes::from(buf)), file))
+                }
+                Err(e) => Some((Err(oci_client::errors::OciDistributionError::from(e)), file)),
+            }
+        }
+    });
+    let upload = client.push_blob_stream(target, stream, &blob.digest, Some(blob.size));
+    tokio::pin!(upload);
+    loop {
+        tokio::select! {
+            r = &mut upload => {
+                r.map_err(|e| registry_error(target, e))?;
+                break;
+            }
+            Some(n) = rx.recv() => {
+                *done += n;
+                progress(Transfer::Bytes { done: *done, total });
+            }
+        }
+    }
+    while let Ok(n) = rx.try_recv() {
+        *done += n;
+    }
+    progress(Transfer::Bytes { done: *done, total });
+    Ok(())
+}
+
 /// Pushes the installed image `entry` of environment `name` to `target`.
 pub(crate) async fn push(
     cache: &EnvCache,
@@ -860,53 +927,12 @@ pub(crate) async fn push(
         "uploading {} blobs ({total} bytes)",
         to_upload.len()
     )));
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
     let mut done = 0u64;
     progress(Transfer::Bytes { done, total });
     for blob in to_upload {
         // Re-hashed before upload: a corrupt cache must not be published.
         let path = layout.blob_path(&blob.digest)?;
-        let verify = layout.clone();
-        let desc = blob.clone();
-        run_blocking(move || verify.verify_blob(&desc)).await?;
-        let file = tokio::fs::File::open(&path)
-            .await
-            .ctx(|| format!("opening {}", path.display()))?;
-        let tx = tx.clone();
-        let stream = futures_util::stream::unfold(file, move |mut file| {
-            let tx = tx.clone();
-            async move {
-                use tokio::io::AsyncReadExt;
-                let mut buf = vec![0u8; 4 << 20];
-                match file.read(&mut buf).await {
-                    Ok(0) => None,
-                    Ok(n) => {
-                        buf.truncate(n);
-                        let _ = tx.send(n as u64);
-                        Some((Ok(bytes::Bytes::from(buf)), file))
-                    }
-                    Err(e) => Some((Err(oci_client::errors::OciDistributionError::from(e)), file)),
-                }
-            }
-        });
-        let upload = client.push_blob_stream(target, stream, &blob.digest, Some(blob.size));
-        tokio::pin!(upload);
-        loop {
-            tokio::select! {
-                r = &mut upload => {
-                    r.map_err(|e| registry_error(target, e))?;
-                    break;
-                }
-                Some(n) = rx.recv() => {
-                    done += n;
-                    progress(Transfer::Bytes { done, total });
-                }
-            }
-        }
-        while let Ok(n) = rx.try_recv() {
-            done += n;
-        }
-        progress(Transfer::Bytes { done, total });
+        upload_file(&client, target, &path, blob, &mut done, total, progress).await?;
         result.uploaded_blobs += 1;
     }
     result.uploaded_bytes = done;

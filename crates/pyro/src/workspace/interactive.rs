@@ -227,12 +227,15 @@ impl Pyro {
         let _lock = self.ws_lock(&w.id, false).await?;
         let (w, sb) = self.ws_running(&w.id).await?;
         self.inner.store.touch_workspace(&w.id)?;
-        let env = self.secret_env(&w.id, &req.secret_env)?;
+        let defaults = self.ws_defaults(&w)?;
+        let mut env = defaults.env;
+        env.extend(self.secret_env(&w.id, &req.secret_env)?);
         let open = pyro_protocol::ShellOpen {
             cwd: req.cwd.clone(),
             cols: req.cols,
             rows: req.rows,
             env,
+            user: defaults.user,
         };
         match sb.client().call(&Request::ShellOpen(open)).await? {
             Response::Shell(shell) => Ok(ShellResult {
@@ -445,7 +448,9 @@ impl Pyro {
         }
         let (w, sb) = self.ws_running(&w.id).await?;
         self.inner.store.touch_workspace(&w.id)?;
-        let mut env = req.env.clone();
+        let defaults = self.ws_defaults(&w)?;
+        let mut env = defaults.env;
+        env.extend(req.env.clone());
         env.extend(self.secret_env(&w.id, &req.secret_env)?);
         let start = pyro_protocol::ServiceStart {
             name: req.name.clone(),
@@ -455,6 +460,7 @@ impl Pyro {
             readiness: req.readiness.clone(),
             ready_timeout_ms: req.ready_timeout.as_millis() as u64,
             restart: req.restart.clone(),
+            user: defaults.user,
         };
         let redactor = self.redactor(&w.id)?;
         match sb.client().call(&Request::ServiceStart(start)).await {

@@ -26,6 +26,7 @@ use serde::Serialize;
 
 use crate::agent_client::OutputSink;
 use crate::backend::{Backend, Isolation, Resources};
+use crate::env::ImageDefaults;
 use crate::error::{Error, IoContext, Result};
 use crate::facade::Pyro;
 use crate::run::{limits, text_and_bytes, Observer};
@@ -40,6 +41,9 @@ pub use interactive::{
 pub use pyro_protocol::{Readiness, ServiceInfo, ShellInfo};
 pub use secrets::{secret_from_file, Redactor, Secret, StreamRedactor};
 pub use snapshot::{DiffEntry, DiffResult, DiffSummary, PatchResult, SnapshotResult};
+
+/// The file in a workspace's directory recording its environment's image defaults.
+const DEFAULTS_FILE: &str = "image-defaults.json";
 
 /// The guest path every workspace starts in.
 pub const WORKSPACE_PATH: &str = "/workspace";
@@ -332,6 +336,42 @@ impl Pyro {
         self.inner.config.paths.home.join("workspaces").join(id)
     }
 
+    /// Records how commands run in a new workspace (its environment's image defaults), so that
+    /// later calls use them even after the environment was pulled again under a new digest.
+    fn ws_save_defaults(&self, id: &str, defaults: &ImageDefaults) -> Result<()> {
+        let path = self.ws_dir(id).join(DEFAULTS_FILE);
+        let bytes = serde_json::to_vec_pretty(defaults).map_err(|e| {
+            Error::io(
+                format!("writing {}", path.display()),
+                std::io::Error::other(e),
+            )
+        })?;
+        std::fs::write(&path, bytes).ctx(|| format!("writing {}", path.display()))
+    }
+
+    /// How commands run in a workspace: the image defaults recorded at create. A workspace made
+    /// before they were recorded uses its environment's, if that is still the same image.
+    pub(crate) fn ws_defaults(&self, w: &WorkspaceRow) -> Result<ImageDefaults> {
+        let path = self.ws_dir(&w.id).join(DEFAULTS_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                Error::io(
+                    format!("reading {}", path.display()),
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                match self.inner.envs.resolve(&w.environment) {
+                    Ok(env) if env.manifest_digest == w.environment_digest => {
+                        self.inner.envs.defaults(&env)
+                    }
+                    _ => Ok(ImageDefaults::default()),
+                }
+            }
+            Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
+        }
+    }
+
     /// Takes the workspace's lock, shared or exclusive, waiting for it.
     pub(crate) async fn ws_lock(&self, id: &str, exclusive: bool) -> Result<WsLock> {
         let dir = self.ws_dir(id);
@@ -498,6 +538,7 @@ impl Pyro {
             backend,
             env,
             rootfs,
+            defaults,
         } = self
             .prepare(
                 &req.environment,
@@ -537,6 +578,7 @@ impl Pyro {
             pids: limits::DEFAULT_PIDS,
         };
         let result: Result<()> = async {
+            self.ws_save_defaults(&id, &defaults)?;
             self.store_secrets(&id, &req.secrets)?;
             let sb = Sandbox::create_kind(
                 self.inner.clone(),
@@ -707,15 +749,18 @@ impl Pyro {
         let (w, sb) = self.ws_running(&w.id).await?;
         self.inner.store.touch_workspace(&w.id)?;
         let redactor = self.redactor(&w.id)?;
+        let defaults = self.ws_defaults(&w)?;
         let mut opts = opts.clone();
         opts.env.extend(self.secret_env(&w.id, secret_env)?);
+        let opts = crate::run::with_defaults(&opts, &defaults, false);
         let started = now_ms();
         let t = Instant::now();
         let mut redacting = output.map(|o| RedactingSink::new(o, &redactor));
         let r = sb
-            .exec(
+            .exec_as(
                 argv,
                 &opts,
+                defaults.user.as_deref(),
                 redacting.as_mut().map(|s| s as &mut dyn OutputSink),
             )
             .await;
