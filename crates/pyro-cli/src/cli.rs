@@ -44,6 +44,9 @@ pub enum Command {
     Mcp(McpCommand),
     /// VM runtime pieces: the pinned Firecracker and jailer.
     Runtime(RuntimeArgs),
+    /// Prove the one-shot lifecycle on this host: `git --version` in a fresh debian:12 sandbox
+    /// (with --network: `apt-get update` through the sandbox's own network).
+    Demo(DemoArgs),
     /// The guest kernel of the VM levels as an OCI artifact: list, inspect, pull, push.
     #[command(subcommand)]
     Kernel(crate::cli_kernel::KernelCommand),
@@ -98,6 +101,19 @@ pub struct RuntimeInstallArgs {
     pub from: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub out: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Give the sandbox egress and fetch the Debian package lists through it.
+    #[arg(long)]
+    pub network: bool,
+    /// Isolation level [default: $PYRO_ISOLATION or microvm].
+    #[arg(long)]
+    pub isolation: Option<String>,
+    /// Print the result object as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -585,3 +585,93 @@ fn vm_emulated_sandboxes_get_egress_through_a_tap() {
     ]);
     assert_eq!(v["stdout"], "lo\n", "{v}");
 }
+
+#[test]
+fn vm_emulated_workspaces_publish_ports_and_cannot_reach_the_host() {
+    if !vm_tests_enabled(module_path!()) || !network_tests_enabled(module_path!()) {
+        return;
+    }
+    let p = TestPyro::new();
+    let (out, v) = p.json(&[
+        "workspace",
+        "create",
+        "debian:12",
+        "--isolation",
+        "vm-emulated",
+        "--network-policy",
+        "egress+published-ports",
+    ]);
+    assert!(v.get("error").is_none(), "{v} {}", stderr(&out));
+    let w = v["workspace_id"].as_str().unwrap().to_string();
+    assert!(
+        v["network"]["host_interface"]
+            .as_str()
+            .unwrap()
+            .starts_with("pyt"),
+        "{v}"
+    );
+    let gw: Ipv4Addr = v["network"]["gateway"].as_str().unwrap().parse().unwrap();
+    let listener = TcpListener::bind((gw, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let r = ws_exec(
+        &p,
+        &w,
+        &format!(
+            "timeout 10 bash -c 'echo hi > /dev/tcp/{gw}/{port}' && echo REACHED || echo REFUSED"
+        ),
+    );
+    assert_eq!(r["stdout"], "REFUSED\n", "{r}");
+    assert!(
+        listener.accept().is_err(),
+        "the host server saw a connection from the VM"
+    );
+
+    // perl is in every Debian image (perl-base): a one-line HTTP server in the guest.
+    let server = "perl -MIO::Socket::INET -e '$s=IO::Socket::INET->new(LocalPort=>8000,Listen=>5,ReuseAddr=>1) or die; while($c=$s->accept){<$c>; print $c \"HTTP/1.0 200 OK\\r\\n\\r\\nhello from the vm\\n\"; close $c}'";
+    let (_, s) = p.json(&[
+        "workspace",
+        "service",
+        "start",
+        &w,
+        "web",
+        "--publish",
+        "0:8000",
+        "--ready-tcp",
+        "127.0.0.1:8000",
+        "--ready-timeout",
+        "120",
+        "--",
+        "sh",
+        "-c",
+        server,
+    ]);
+    assert_eq!(s["state"], "ready", "{s}");
+    let port = s["published_ports"][0]["host_port"].as_u64().unwrap() as u16;
+    assert!(http_get(port).unwrap().contains("hello from the vm"));
+    delete_ws(&p, &w);
+    assert!(
+        http_get(port).is_err(),
+        "port {port} still forwarded after delete"
+    );
+}
+
+#[test]
+fn demo_proves_the_lifecycle_with_and_without_a_network() {
+    require_network!();
+    let p = TestPyro::new();
+    let (out, v) = p.json(&["demo", "--isolation", "container"]);
+    assert_eq!(out.status.code(), Some(0), "{v}");
+    assert!(
+        v["stdout"].as_str().unwrap().starts_with("git version"),
+        "{v}"
+    );
+    assert_eq!(v["network"]["policy"], "off");
+    let (out, v) = p.json(&["demo", "--isolation", "container", "--network"]);
+    assert_eq!(out.status.code(), Some(0), "{v}");
+    assert_eq!(v["network"]["policy"], "egress");
+    assert_eq!(
+        net_traces(v["sandbox_id"].as_str().unwrap()),
+        Vec::<String>::new()
+    );
+}

@@ -27,6 +27,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Mcp(c) => mcp::mcp(pyro, c).await,
         Command::Runtime(a) => runtime::runtime(&pyro, a).await,
         Command::Kernel(c) => kernel::kernel(&pyro, c).await,
+        Command::Demo(a) => run::demo(&pyro, a).await,
     }
 }
 

@@ -36,6 +36,40 @@ impl pyro::Observer for RunObserver {
     }
 }
 
+/// `pyro demo`: a fixed one-shot run, so a new user sees the whole lifecycle in one command.
+pub async fn demo(pyro: &Pyro, a: crate::cli::DemoArgs) -> anyhow::Result<ExitCode> {
+    let command: &[&str] = if a.network {
+        &[
+            "apt-get",
+            "-o",
+            "Acquire::Retries=0",
+            "update",
+            "--error-on=any",
+        ]
+    } else {
+        &["git", "--version"]
+    };
+    let command = command.iter().map(|s| s.to_string()).collect();
+    run(
+        pyro,
+        RunArgs {
+            environment: "debian:12".into(),
+            isolation: a.isolation,
+            vcpu: 1,
+            mem: 1024,
+            timeout: 120,
+            env: Vec::new(),
+            max_output_bytes: 1 << 20,
+            no_build: false,
+            network: a.network,
+            allow_hosts: Vec::new(),
+            json: a.json,
+            command,
+        },
+    )
+    .await
+}
+
 pub async fn run(pyro: &Pyro, a: RunArgs) -> anyhow::Result<ExitCode> {
     let mut req = RunRequest::new(a.environment.clone(), a.command.clone());
     req.isolation = a.isolation.as_deref().map(str::parse).transpose()?;
