@@ -46,6 +46,30 @@ fn nix_is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// A network plan on a free subnet of the default pool, as the facade would make one.
+fn test_plan(id: &str) -> pyro::network::NetPlan {
+    use pyro::network::{addr, host_ifname, LinkKind, NetPlan, NetworkPolicy};
+    let pool = addr::pool().unwrap();
+    let slot = addr::free_slot(pool, &Default::default(), &addr::host_routes(&[])).unwrap();
+    let subnet = addr::slot_subnet(pool, slot).unwrap();
+    let (gateway, guest_ip) = addr::ends(subnet);
+    NetPlan {
+        id: id.into(),
+        policy: NetworkPolicy::Egress,
+        allow: vec![],
+        link: LinkKind::Bridged,
+        host_interface: host_ifname(id, LinkKind::Bridged),
+        subnet,
+        gateway,
+        guest_ip,
+        mtu: addr::uplink_mtu(),
+        resolvers: addr::resolvers(),
+        allowed: vec![],
+        pool,
+        published_ports: vec![],
+    }
+}
+
 fn hardware_virtualization() -> bool {
     std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
@@ -81,12 +105,25 @@ async fn firecracker_is_driven_through_its_api_and_destroyed_without_traces() {
     }
     let image = dir.path().join("root.ext4");
     pyro::env::mkfs_ext4(Some(&tree), &image, 16 << 20, 16).unwrap();
-    let id = "fctest0000001";
+    // 12 characters, as pyro's ids: the host interface `pyv<id>` must fit in 15 bytes.
+    let id = "fc0000000001";
     let run_dir = dir.path().join("run/sandboxes").join(id);
     let state_dir = dir.path().join("home/sandboxes").join(id);
     let jailer = find_jailer(&fc);
     let backend = FirecrackerBackend::new(fc, jailer, kernel, cache);
     let root = nix_is_root();
+    // As root (jailed), the VM also gets a network: a veth from the host into the jail's own
+    // namespace, bridged there to the VM's tap. The host lock keeps the subnet unshared.
+    let lock = if root {
+        Some(pyro::network::host_lock().await.unwrap())
+    } else {
+        None
+    };
+    let plan = root.then(|| test_plan(id));
+    if let Some(plan) = &plan {
+        // As the facade does: recorded on disk before any link exists, so destroy removes them.
+        pyro::network::write_marker(&state_dir, plan).unwrap();
+    }
     let spec = SandboxSpec {
         id,
         rootfs: &image,
@@ -98,9 +135,10 @@ async fn firecracker_is_driven_through_its_api_and_destroyed_without_traces() {
             mem_mib: 128,
             pids: 64,
         },
-        network: None,
+        network: plan.as_ref(),
     };
     let started = backend.start(&spec).await;
+    drop(lock);
     let mut record = SandboxRecord::creating(
         id.into(),
         SandboxKind::Run,
@@ -173,6 +211,27 @@ async fn firecracker_is_driven_through_its_api_and_destroyed_without_traces() {
         "{cfg}"
     );
     assert_eq!(cfg["vsock"]["guest_cid"], 3, "{cfg}");
+    if let Some(plan) = &plan {
+        let nic = &cfg["network-interfaces"][0];
+        assert_eq!(nic["host_dev_name"], "tap0", "{cfg}");
+        assert_eq!(nic["guest_mac"], pyro::network::guest_mac(id), "{cfg}");
+        let args = cfg["boot-source"]["boot_args"].as_str().unwrap();
+        assert!(args.contains(&plan.kernel_arg()), "{args}");
+        let host_end = format!("/sys/class/net/{}", plan.host_interface);
+        assert!(
+            std::path::Path::new(&host_end).exists(),
+            "no host end {host_end}"
+        );
+        let addrs = std::process::Command::new("ip")
+            .args(["-4", "-o", "addr", "show", "dev", &plan.host_interface])
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&addrs.stdout).contains(&format!("{}/30", plan.gateway)),
+            "{}",
+            String::from_utf8_lossy(&addrs.stdout)
+        );
+    }
 
     if hardware_virtualization() {
         // A real KVM host: the guest must boot to the agent.
@@ -187,6 +246,10 @@ async fn firecracker_is_driven_through_its_api_and_destroyed_without_traces() {
 
     let report = backend.destroy(&record).await;
     assert!(report.deleted, "{:?}", report.errors);
+    if let Some(plan) = &plan {
+        let host_end = format!("/sys/class/net/{}", plan.host_interface);
+        assert!(!std::path::Path::new(&host_end).exists(), "{host_end} left");
+    }
     assert!(!started.runtime.unwrap().is_alive());
     assert_eq!(processes_mentioning(&run_dir), Vec::new());
     assert!(!run_dir.exists() && !state_dir.exists());

@@ -277,6 +277,9 @@ impl FirecrackerBackend {
         }
         let netns = spec.run_dir.join("netns");
         new_netns(&netns)?;
+        if let Some(plan) = spec.network {
+            crate::network::link::create_bridged(plan, &netns, JAIL_UID).await?;
+        }
         let limit = (spec.resources.mem_mib << 20) + VMM_OVERHEAD;
         let (version, cgroup) = if crate::backend::container::cgroup_version() == "v2" {
             ("2", format!("memory.max={limit}"))
@@ -338,16 +341,35 @@ impl FirecrackerBackend {
         let env = lay.guest_path(spec.rootfs, "env.ext4");
         let rw_disk = lay.guest_path(rw_disk, "rw.ext4");
         let vsock = lay.guest_path(&lay.vsock_host, VSOCK_SOCKET);
+        let mut boot_args = format!("{BOOT_ARGS} pyro.port={AGENT_PORT}");
+        if let Some(plan) = spec.network {
+            boot_args.push(' ');
+            boot_args.push_str(&plan.kernel_arg());
+        }
         put(
             api_sock,
             "/boot-source",
             json!({
                 "kernel_image_path": kernel,
                 "initrd_path": initrd,
-                "boot_args": format!("{BOOT_ARGS} pyro.port={AGENT_PORT}"),
+                "boot_args": boot_args,
             }),
         )
         .await?;
+        if let Some(plan) = spec.network {
+            // Jailed, the tap is the one in the VMM's own namespace; unjailed, the host's.
+            let tap = if lay.chroot.is_some() {
+                crate::network::link::JAIL_TAP.to_string()
+            } else {
+                plan.host_interface.clone()
+            };
+            put(
+                api_sock,
+                "/network-interfaces/eth0",
+                json!({"iface_id": "eth0", "host_dev_name": tap, "guest_mac": crate::network::guest_mac(spec.id)}),
+            )
+            .await?;
+        }
         put(
             api_sock,
             "/machine-config",
@@ -399,6 +421,14 @@ impl Backend for FirecrackerBackend {
         true
     }
 
+    fn network_link(&self) -> Option<crate::network::LinkKind> {
+        Some(if self.jailed() {
+            crate::network::LinkKind::Bridged
+        } else {
+            crate::network::LinkKind::Tap
+        })
+    }
+
     async fn start(&self, spec: &SandboxSpec<'_>) -> Result<Started> {
         vm::make_private_dirs(&[spec.run_dir, spec.state_dir])?;
         let initrd = vm::initramfs(&self.cache, spec.agent)?;
@@ -427,6 +457,9 @@ impl Backend for FirecrackerBackend {
                     .await?
             }
             _ => {
+                if let Some(plan) = spec.network {
+                    crate::network::link::create_tap(plan).await?;
+                }
                 tracing::warn!(
                     "firecracker runs without the jailer (not root, or no jailer): no chroot, uid, cgroup or namespace confinement of the VMM"
                 );

@@ -125,7 +125,10 @@ impl QemuBackend {
                     plan.host_interface
                 ),
                 "-device".into(),
-                format!("virtio-net-device,netdev=net0,mac={}", guest_mac(spec.id)),
+                format!(
+                    "virtio-net-device,netdev=net0,mac={}",
+                    crate::network::guest_mac(spec.id)
+                ),
             ];
         }
         let mut args: Vec<String> = vec![
@@ -177,22 +180,6 @@ impl QemuBackend {
         args.extend(net);
         Ok(args)
     }
-}
-
-/// A locally administered MAC address derived from the sandbox id.
-fn guest_mac(id: &str) -> String {
-    let hex: String = id
-        .chars()
-        .filter(char::is_ascii_hexdigit)
-        .chain("0000000000".chars())
-        .take(10)
-        .collect();
-    let mut mac = String::from("02");
-    for i in (0..10).step_by(2) {
-        mac.push(':');
-        mac.push_str(&hex[i..i + 2]);
-    }
-    mac
 }
 
 #[async_trait::async_trait]

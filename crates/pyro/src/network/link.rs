@@ -120,6 +120,62 @@ pub async fn create_tap(plan: &NetPlan) -> Result<()> {
     ip_batch(None, &format!("link set {i} up\n")).await
 }
 
+/// The VM's tap inside a jailed VMM's network namespace.
+pub const JAIL_TAP: &str = "tap0";
+
+/// Connects a VM whose VMM lives in its own network namespace (pinned at `netns`): inside it, a
+/// bridge joins the VM's tap (owned by `tap_owner`, the VMM's uid, so it can open it) to one end
+/// of a veth whose other end is the sandbox's host interface. The namespace is a plain layer-2
+/// passage: addresses, routes and rules are all on the host end, as for the other link kinds,
+/// and the veth dies with the namespace.
+pub async fn create_bridged(plan: &NetPlan, netns: &Path, tap_owner: u32) -> Result<()> {
+    let i = &plan.host_interface;
+    let m = plan.mtu;
+    let ns = format!("--net={}", netns.display());
+    let ip = find_program("ip")
+        .ok_or_else(|| Error::NetworkUnavailable("`ip` is not installed".into()))?;
+    let ip = ip.to_string_lossy().into_owned();
+    // `netns 1`: the namespace of the host's init, which nsenter (entering the network namespace
+    // only) still sees as pid 1.
+    run(
+        "nsenter",
+        &[&ns, "--", &ip, "-batch", "-"],
+        &format!(
+            "link add veth0 mtu {m} type veth peer name {i} mtu {m} netns 1
+             link add br0 mtu {m} type bridge
+             tuntap add dev {JAIL_TAP} mode tap user {tap_owner} group {tap_owner}
+             link set {JAIL_TAP} mtu {m}
+             link set veth0 master br0
+link set {JAIL_TAP} master br0
+             link set veth0 up
+link set {JAIL_TAP} up
+link set br0 up
+link set lo up
+"
+        ),
+    )
+    .await?;
+    ip_batch(
+        None,
+        &format!(
+            "addr add {}/{} dev {i}
+",
+            plan.gateway,
+            plan.subnet.prefix_len()
+        ),
+    )
+    .await?;
+    tune_host_end(i)?;
+    ip_batch(
+        None,
+        &format!(
+            "link set {i} up
+"
+        ),
+    )
+    .await
+}
+
 /// Installs (or replaces) the sandbox's nftables table.
 pub async fn apply_rules(plan: &NetPlan) -> Result<()> {
     run("nft", &["-f", "-"], &rules::ruleset(plan)).await

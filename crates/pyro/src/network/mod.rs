@@ -224,14 +224,33 @@ pub enum LinkKind {
     Veth,
     /// A tap device a VMM attaches to.
     Tap,
+    /// A veth into the VMM's own network namespace, bridged there to the VM's tap (Firecracker
+    /// under its jailer, whose namespace holds nothing else).
+    Bridged,
 }
 
 /// The host-side interface name of a sandbox: `pyv<id>` (veth) or `pyt<id>` (tap); 15 bytes.
 pub fn host_ifname(id: &str, kind: LinkKind) -> String {
     match kind {
-        LinkKind::Veth => format!("pyv{id}"),
+        LinkKind::Veth | LinkKind::Bridged => format!("pyv{id}"),
         LinkKind::Tap => format!("pyt{id}"),
     }
+}
+
+/// A locally administered MAC address for the guest, derived from the sandbox id.
+pub fn guest_mac(id: &str) -> String {
+    let hex: String = id
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .chain(std::iter::repeat('0'))
+        .take(10)
+        .collect();
+    let mut mac = String::from("02");
+    for i in (0..10).step_by(2) {
+        mac.push(':');
+        mac.push_str(&hex[i..i + 2]);
+    }
+    mac
 }
 
 /// One allow-list entry resolved to addresses at boot.
@@ -636,7 +655,7 @@ pub fn check_host(link: LinkKind) -> Result<()> {
     if !facts.ip_forward {
         missing.push("IPv4 forwarding is off (net.ipv4.ip_forward = 0)".to_string());
     }
-    if link == LinkKind::Tap && !facts.tun {
+    if link != LinkKind::Veth && !facts.tun {
         missing.push("/dev/net/tun is missing".to_string());
     }
     if !facts.root {
@@ -743,5 +762,7 @@ mod tests {
         assert!(plan.resolv_conf().contains("nameserver 10.213.0.5"));
         assert!(plan.hosts().contains("203.0.113.80 deb.debian.org\n"));
         assert_eq!(plan.kernel_arg(), "pyro.net=10.213.0.6/30,10.213.0.5,1400");
+        assert_eq!(guest_mac("abcdefabcdef"), "02:ab:cd:ef:ab:cd");
+        assert_eq!(guest_mac("x"), "02:00:00:00:00:00");
     }
 }
