@@ -84,6 +84,39 @@ fn a_killed_pyro_leaves_a_vm_that_gc_removes_and_sigterm_removes_it_at_once() {
         "echo READY; sleep 600",
         Duration::from_secs(300),
     );
+    // As root, QEMU drops to a uid of its own with no capabilities once the VM is set up.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let qemu = util::processes_mentioning(&format!("/sandboxes/{id}/"))
+            .into_iter()
+            .find(|l| l.contains("qemu-system"))
+            .expect("qemu process");
+        let pid: u32 = qemu
+            .trim_start_matches("pid ")
+            .split(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let field = |k: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(k))
+                .unwrap()
+                .split_whitespace()
+                .skip(1)
+                .map(String::from)
+                .collect::<Vec<_>>()
+        };
+        let uids = field("Uid:");
+        assert!(uids.iter().all(|u| u != "0"), "qemu runs as root: {uids:?}");
+        assert_eq!(
+            field("CapEff:"),
+            ["0000000000000000"],
+            "qemu keeps capabilities"
+        );
+    }
     signal(&child, libc::SIGKILL);
     child.wait().unwrap();
     let traces = vm_traces(&p, &id);
