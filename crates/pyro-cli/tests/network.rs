@@ -105,6 +105,27 @@ fn ws_exec(p: &TestPyro, id: &str, script: &str) -> Value {
     v
 }
 
+/// Binds a server on the workspace's gateway address (the host end of its link), has the guest
+/// try to connect, and checks it was refused and the server saw nothing; returns the port.
+fn assert_gateway_unreachable(p: &TestPyro, w: &str, gw: Ipv4Addr) -> u16 {
+    let listener = TcpListener::bind((gw, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let v = ws_exec(
+        p,
+        w,
+        &format!(
+            "timeout 10 bash -c 'echo hi > /dev/tcp/{gw}/{port}' && echo REACHED || echo REFUSED"
+        ),
+    );
+    assert_eq!(v["stdout"], "REFUSED\n", "{v}");
+    assert!(
+        listener.accept().is_err(),
+        "the host server saw a connection"
+    );
+    port
+}
+
 fn delete_ws(p: &TestPyro, id: &str) {
     let (_, v) = p.json(&["workspace", "delete", id]);
     assert_eq!(v["deleted"], true, "{v}");
@@ -271,21 +292,7 @@ fn a_guest_cannot_reach_its_gateway_or_another_sandbox() {
     let b_ip = info_b["network"]["guest_ip"].as_str().unwrap().to_string();
 
     // A server on the host end of a's veth.
-    let listener = TcpListener::bind((gw, 0)).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    listener.set_nonblocking(true).unwrap();
-    let v = ws_exec(
-        &p,
-        &a,
-        &format!(
-            "timeout 5 bash -c 'echo hi > /dev/tcp/{gw}/{port}' && echo REACHED || echo REFUSED"
-        ),
-    );
-    assert_eq!(v["stdout"], "REFUSED\n", "{v}");
-    assert!(
-        listener.accept().is_err(),
-        "the host server saw a connection"
-    );
+    let port = assert_gateway_unreachable(&p, &a, gw);
 
     // A server in b, reachable inside b itself, not from a.
     let (_, s) = p.json(&[
@@ -611,21 +618,7 @@ fn vm_emulated_workspaces_publish_ports_and_cannot_reach_the_host() {
         "{v}"
     );
     let gw: Ipv4Addr = v["network"]["gateway"].as_str().unwrap().parse().unwrap();
-    let listener = TcpListener::bind((gw, 0)).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    listener.set_nonblocking(true).unwrap();
-    let r = ws_exec(
-        &p,
-        &w,
-        &format!(
-            "timeout 10 bash -c 'echo hi > /dev/tcp/{gw}/{port}' && echo REACHED || echo REFUSED"
-        ),
-    );
-    assert_eq!(r["stdout"], "REFUSED\n", "{r}");
-    assert!(
-        listener.accept().is_err(),
-        "the host server saw a connection from the VM"
-    );
+    assert_gateway_unreachable(&p, &w, gw);
 
     // perl is in every Debian image (perl-base): a one-line HTTP server in the guest.
     let server = "perl -MIO::Socket::INET -e '$s=IO::Socket::INET->new(LocalPort=>8000,Listen=>5,ReuseAddr=>1) or die; while($c=$s->accept){<$c>; print $c \"HTTP/1.0 200 OK\\r\\n\\r\\nhello from the vm\\n\"; close $c}'";

@@ -171,16 +171,8 @@ impl Sandbox {
         id: String,
         network: &NetworkSpec,
     ) -> Result<Sandbox> {
-        // Whether a network can be given is known before anything is made: a sandbox that
-        // asked for one never silently runs without.
         if !network.is_off() {
-            let link = backend.network_link().ok_or_else(|| {
-                Error::NetworkUnavailable(format!(
-                    "the {} backend cannot connect sandboxes to a network yet; use --isolation vm-emulated or container",
-                    backend.name()
-                ))
-            })?;
-            crate::network::check_host(link)?;
+            crate::network::check_backend(backend.as_ref())?;
         }
         let paths = &inner.config.paths;
         let record = SandboxRecord::creating(

@@ -303,11 +303,7 @@ impl Store {
     ) -> Result<Option<u32>> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let used: std::collections::HashSet<u32> = {
-            let mut st = tx.prepare("SELECT slot FROM networks")?;
-            let rows = st.query_map([], |r| r.get::<_, u32>(0))?;
-            rows.collect::<rusqlite::Result<_>>()?
-        };
+        let used = used_slots(&tx)?;
         let Some(slot) = pick(&used) else {
             return Ok(None);
         };
@@ -328,11 +324,7 @@ impl Store {
     ) -> Result<Option<u32>> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let used: std::collections::HashSet<u32> = {
-            let mut st = tx.prepare("SELECT slot FROM networks")?;
-            let rows = st.query_map([], |r| r.get::<_, u32>(0))?;
-            rows.collect::<rusqlite::Result<_>>()?
-        };
+        let used = used_slots(&tx)?;
         let Some(slot) = pick(&used) else {
             return Ok(None);
         };
@@ -789,6 +781,13 @@ impl Store {
 }
 
 const COLUMNS: &str = "id, kind, isolation, backend, environment, environment_digest, state, owner_pid, owner_start, runtime_pid, runtime_start, state_dir, run_dir, created_at_ms";
+
+/// The subnet slots leased now, read inside the caller's transaction.
+fn used_slots(tx: &rusqlite::Transaction<'_>) -> Result<std::collections::HashSet<u32>> {
+    let mut st = tx.prepare("SELECT slot FROM networks")?;
+    let rows = st.query_map([], |r| r.get::<_, u32>(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
 
 fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<SandboxRecord> {
     Ok(SandboxRecord {

@@ -237,13 +237,7 @@ impl Pyro {
         let network = req.network.clone().validated()?;
         let backend = self.backend_for(level)?;
         if !network.is_off() {
-            let link = backend.network_link().ok_or_else(|| {
-                Error::NetworkUnavailable(format!(
-                    "the {} backend cannot connect sandboxes to a network yet",
-                    backend.name()
-                ))
-            })?;
-            crate::network::check_host(link)?;
+            crate::network::check_backend(backend.as_ref())?;
         }
         self.inner.envs.resolve(&req.environment)?;
         let now = now_ms();

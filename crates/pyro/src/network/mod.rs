@@ -636,10 +636,43 @@ pub fn write_marker(state_dir: &Path, plan: &NetPlan) -> Result<()> {
     std::fs::write(&m, json).map_err(|e| Error::io(format!("write {}", m.display()), e))
 }
 
+/// A plan for unit tests: sandbox `abcdefabcdef` on `10.213.0.4/30` of the default pool.
+#[cfg(test)]
+pub(crate) fn sample_plan(policy: NetworkPolicy) -> NetPlan {
+    NetPlan {
+        id: "abcdefabcdef".into(),
+        policy,
+        allow: vec![],
+        link: LinkKind::Veth,
+        host_interface: host_ifname("abcdefabcdef", LinkKind::Veth),
+        subnet: "10.213.0.4/30".parse().expect("subnet"),
+        gateway: "10.213.0.5".parse().expect("gateway"),
+        guest_ip: "10.213.0.6".parse().expect("guest"),
+        mtu: 1500,
+        resolvers: vec!["10.255.255.53".parse().expect("resolver")],
+        allowed: vec![],
+        pool: "10.213.0.0/16".parse().expect("pool"),
+        published_ports: vec![],
+    }
+}
+
 /// Where a sandbox's network is recorded on disk before anything of it exists; teardown runs
 /// only where this file is present, so sandboxes without a network pay nothing.
 pub fn marker(state_dir: &Path) -> std::path::PathBuf {
     state_dir.join("network.json")
+}
+
+/// Checks that `backend` can connect a sandbox on this host, before anything is made: a
+/// sandbox that asked for a network never silently runs without.
+pub fn check_backend(backend: &dyn crate::backend::Backend) -> Result<LinkKind> {
+    let link = backend.network_link().ok_or_else(|| {
+        Error::NetworkUnavailable(format!(
+            "the {} backend cannot connect sandboxes to a network; use --isolation vm-emulated or container",
+            backend.name()
+        ))
+    })?;
+    check_host(link)?;
+    Ok(link)
 }
 
 /// Checks that this host can give a sandbox a network over `link`, with a hint for each miss.
@@ -739,25 +772,14 @@ mod tests {
 
     #[test]
     fn guest_files_follow_the_plan() {
-        let plan = NetPlan {
-            id: "abcdefabcdef".into(),
-            policy: NetworkPolicy::Egress,
-            allow: vec![],
-            link: LinkKind::Veth,
-            host_interface: host_ifname("abcdefabcdef", LinkKind::Veth),
-            subnet: "10.213.0.4/30".parse().unwrap(),
-            gateway: "10.213.0.5".parse().unwrap(),
-            guest_ip: "10.213.0.6".parse().unwrap(),
-            mtu: 1400,
-            resolvers: vec![],
-            allowed: vec![ResolvedAllow {
-                name: Some("deb.debian.org".into()),
-                nets: vec!["203.0.113.80/32".parse().unwrap()],
-                port: Some(80),
-            }],
-            pool: "10.213.0.0/16".parse().unwrap(),
-            published_ports: vec![],
-        };
+        let mut plan = sample_plan(NetworkPolicy::Egress);
+        plan.mtu = 1400;
+        plan.resolvers = vec![];
+        plan.allowed = vec![ResolvedAllow {
+            name: Some("deb.debian.org".into()),
+            nets: vec!["203.0.113.80/32".parse().unwrap()],
+            port: Some(80),
+        }];
         assert_eq!(plan.host_interface.len(), 15);
         assert!(plan.resolv_conf().contains("nameserver 10.213.0.5"));
         assert!(plan.hosts().contains("203.0.113.80 deb.debian.org\n"));

@@ -147,25 +147,11 @@ pub fn ruleset(p: &NetPlan) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{host_ifname, LinkKind, PublishedPort, ResolvedAllow};
+    use super::super::{PublishedPort, ResolvedAllow};
     use super::*;
 
     fn plan(policy: NetworkPolicy) -> NetPlan {
-        NetPlan {
-            id: "abcdefabcdef".into(),
-            policy,
-            allow: vec![],
-            link: LinkKind::Veth,
-            host_interface: host_ifname("abcdefabcdef", LinkKind::Veth),
-            subnet: "10.213.0.4/30".parse().unwrap(),
-            gateway: "10.213.0.5".parse().unwrap(),
-            guest_ip: "10.213.0.6".parse().unwrap(),
-            mtu: 1500,
-            resolvers: vec!["10.255.255.53".parse().unwrap()],
-            allowed: vec![],
-            pool: "10.213.0.0/16".parse().unwrap(),
-            published_ports: vec![],
-        }
+        super::super::sample_plan(policy)
     }
 
     #[test]
