@@ -97,6 +97,8 @@ pub struct VmCheck {
 pub struct TestBoot {
     /// The level booted.
     pub level: Isolation,
+    /// The VMM that served it.
+    pub backend: Option<&'static str>,
     /// Whether the agent answered.
     pub ok: bool,
     /// From start to the agent's handshake, in milliseconds.
@@ -314,20 +316,21 @@ impl Pyro {
             .map(|l| l.level)
             .collect();
         for level in usable {
-            let boot = match self.test_boot(level).await {
-                Ok(ms) => TestBoot {
-                    level,
-                    ok: true,
-                    boot_ms: Some(ms),
-                    error: None,
-                },
-                Err(e) => TestBoot {
-                    level,
-                    ok: false,
-                    boot_ms: None,
-                    error: Some(e.to_string()),
-                },
-            };
+            let firecracker = level == Isolation::Microvm && self.microvm_prefers_firecracker();
+            let mut boot = self.test_boot_report(level).await;
+            if firecracker {
+                // The verdict decides which VMM serves `microvm` from now on (per host and
+                // kernel); after a failure, QEMU with KVM gets its own test boot.
+                self.record_firecracker_boot(boot.ok, boot.error.clone());
+                if !boot.ok && !self.microvm_prefers_firecracker() {
+                    let error = boot.error.clone().unwrap_or_default();
+                    r.issues.push(format!(
+                        "microvm: Firecracker failed its test boot ({error}); microvm uses QEMU with KVM on this host from now on"
+                    ));
+                    r.vm.test_boots.push(boot);
+                    boot = self.test_boot_report(level).await;
+                }
+            }
             if !boot.ok {
                 r.issues.push(format!(
                     "{level}: the test boot failed: {}",
@@ -344,6 +347,26 @@ impl Pyro {
             r.kvm.boot_note = Some("microvm is not usable here, so no KVM test boot".into());
         }
         r
+    }
+
+    async fn test_boot_report(&self, level: Isolation) -> TestBoot {
+        let backend = self.backend_for(level).ok().map(|b| b.name());
+        match self.test_boot(level).await {
+            Ok(ms) => TestBoot {
+                level,
+                backend,
+                ok: true,
+                boot_ms: Some(ms),
+                error: None,
+            },
+            Err(e) => TestBoot {
+                level,
+                backend,
+                ok: false,
+                boot_ms: None,
+                error: Some(e.to_string()),
+            },
+        }
     }
 
     async fn test_boot(&self, level: Isolation) -> crate::error::Result<u64> {

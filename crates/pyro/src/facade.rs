@@ -239,18 +239,25 @@ impl Pyro {
         let qemu_problem = vm_common.clone().or_else(qemu_problem);
         // microvm prefers Firecracker and otherwise uses QEMU with KVM; either way the level is
         // the same (hardware virtualization) and the result names the backend.
-        let microvm_backend = if find_firecracker().is_some() {
+        let microvm_backend = if self.microvm_prefers_firecracker() {
             "firecracker"
         } else {
             "qemu"
         };
+        let failed_fc = self
+            .firecracker_verdict()
+            .filter(|c| !c.boots)
+            .map(|c| c.error.unwrap_or_default());
         let microvm_problem = vm_common.clone().or_else(hardware_kvm_problem).or_else(|| {
             if microvm_backend == "firecracker" {
                 None
             } else {
-                qemu_problem
-                    .clone()
-                    .map(|q| format!("neither Firecracker nor QEMU is usable: {q}"))
+                qemu_problem.clone().map(|q| match &failed_fc {
+                    Some(e) => format!(
+                        "Firecracker failed its test boot here ({e}) and QEMU is not usable: {q}"
+                    ),
+                    None => format!("neither Firecracker nor QEMU is usable: {q}"),
+                })
             }
         });
         let mut out = vec![
@@ -360,7 +367,7 @@ impl Pyro {
                     &self.inner.config.paths.run,
                 )))
             }
-            Isolation::Microvm if find_firecracker().is_some() => {
+            Isolation::Microvm if self.microvm_prefers_firecracker() => {
                 let (Some(fc), Some(kernel)) = (find_firecracker(), find_kernel()) else {
                     return Err(unavailable("a VM prerequisite disappeared"));
                 };
@@ -388,6 +395,37 @@ impl Pyro {
                     level == Isolation::Microvm,
                 )))
             }
+        }
+    }
+
+    /// What a test boot of Firecracker found on this host with this kernel, if one was made.
+    pub(crate) fn firecracker_verdict(&self) -> Option<crate::backend::bootcheck::BootCheck> {
+        let (fc, kernel) = (find_firecracker()?, find_kernel()?);
+        crate::backend::bootcheck::recorded(
+            &self.inner.config.paths.cache,
+            &crate::backend::bootcheck::key(&kernel, &fc),
+        )
+    }
+
+    /// Whether `microvm` goes to Firecracker: installed, and not seen failing a test boot here
+    /// (then QEMU with KVM serves the level).
+    pub(crate) fn microvm_prefers_firecracker(&self) -> bool {
+        find_firecracker().is_some() && self.firecracker_verdict().is_none_or(|c| c.boots)
+    }
+
+    /// Remembers a test boot of Firecracker for this host and kernel.
+    pub(crate) fn record_firecracker_boot(&self, boots: bool, error: Option<String>) {
+        if let (Some(fc), Some(kernel)) = (find_firecracker(), find_kernel()) {
+            crate::backend::bootcheck::record(
+                &self.inner.config.paths.cache,
+                &crate::backend::bootcheck::key(&kernel, &fc),
+                &crate::backend::bootcheck::BootCheck {
+                    backend: "firecracker".into(),
+                    boots,
+                    at_ms: crate::store::now_ms(),
+                    error,
+                },
+            );
         }
     }
 

@@ -2,6 +2,7 @@
 //! or one-shot runs: whatever isolates a sandbox, it runs the same agent as PID 1 and the host
 //! reaches it over a Unix socket.
 
+pub mod bootcheck;
 pub mod container;
 pub mod firecracker;
 pub mod qemu;
