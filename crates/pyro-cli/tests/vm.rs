@@ -84,13 +84,18 @@ fn a_killed_pyro_leaves_a_vm_that_gc_removes_and_sigterm_removes_it_at_once() {
         "echo READY; sleep 600",
         Duration::from_secs(300),
     );
-    // As root, QEMU drops to a uid of its own with no capabilities once the VM is set up.
+    // As root, QEMU drops to a uid of its own with no capabilities once the VM is set up, and
+    // vhost-device-vsock runs under that uid from the start.
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    let root = unsafe { libc::geteuid() } == 0;
+    for vmm in ["qemu-system", "vhost-device-vsock"]
+        .into_iter()
+        .filter(|_| root)
+    {
         let qemu = util::processes_mentioning(&format!("/sandboxes/{id}/"))
             .into_iter()
-            .find(|l| l.contains("qemu-system"))
-            .expect("qemu process");
+            .find(|l| l.contains(vmm))
+            .unwrap_or_else(|| panic!("{vmm} process"));
         let pid: u32 = qemu
             .trim_start_matches("pid ")
             .split(':')

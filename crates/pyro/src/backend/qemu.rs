@@ -11,6 +11,7 @@
 //! never return, or the kernel polls an absent CMOS clock for a second. The guest's power-off is
 //! a reset (`reboot=t`) that `-no-reboot` turns into QEMU exiting.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -196,6 +197,11 @@ impl QemuBackend {
     }
 }
 
+/// Where a QEMU sandbox's vhost-user and hybrid-vsock sockets live.
+fn socket_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("vsock")
+}
+
 /// The uid (and gid) QEMU runs a sandbox's guest under when pyro is root: one per sandbox, from
 /// its id, in a range of its own (above the container level's 100000 + 65536 and Firecracker's
 /// jail uid), so no two sandboxes' VMMs share an owner.
@@ -241,8 +247,21 @@ impl Backend for QemuBackend {
         let initrd = vm::initramfs(&self.cache, spec.agent)?;
         let rw_disk = spec.state_dir.join("rw.ext4");
         vm::ensure_scratch_disk(&rw_disk)?;
-        let vhost_sock = spec.run_dir.join("vhost.sock");
-        let vsock = spec.run_dir.join(VSOCK_SOCKET);
+        // vhost-device-vsock maps all guest memory and parses the guest's virtqueues, so as
+        // root it too runs under the sandbox's own uid; its sockets live in a directory of
+        // that uid, inside a run directory others may traverse but not list or write.
+        let as_root = nix::unistd::geteuid().is_root();
+        let sock_dir = socket_dir(spec.run_dir);
+        vm::make_private_dirs(&[&sock_dir])?;
+        if as_root {
+            let uid = vmm_uid(spec.id);
+            std::os::unix::fs::chown(&sock_dir, Some(uid), Some(uid))
+                .ctx(|| format!("chown {}", sock_dir.display()))?;
+            std::fs::set_permissions(spec.run_dir, std::fs::Permissions::from_mode(0o711))
+                .ctx(|| format!("chmod {}", spec.run_dir.display()))?;
+        }
+        let vhost_sock = sock_dir.join("vhost.sock");
+        let vsock = sock_dir.join(VSOCK_SOCKET);
         let console = spec.state_dir.join("console.log");
         let log = |name: &str| -> Result<std::fs::File> {
             let p = spec.state_dir.join(name);
@@ -250,7 +269,28 @@ impl Backend for QemuBackend {
         };
 
         let vlog = log("vhost-device-vsock.log")?;
-        let helper = tokio::process::Command::new(&self.vhost_vsock)
+        let mut helper = if as_root {
+            // The sandbox's uid must reach the binary and its socket directory: a copy in the
+            // run root (`cargo install` put the original under a 0700 home), and searchable
+            // directories down to the sandbox's run directory.
+            let sandboxes = spec.run_dir.parent().unwrap_or(spec.run_dir);
+            let run_root = sandboxes.parent().unwrap_or(sandboxes);
+            for d in [run_root, sandboxes] {
+                crate::backend::container::make_traversable_dir(d)?;
+            }
+            let bin = crate::backend::container::stage_executable(
+                &self.vhost_vsock,
+                &run_root.join("bin"),
+                "vhost-device-vsock",
+            )?;
+            let mut c = tokio::process::Command::new(bin);
+            // std clears supplementary groups when a root parent changes the uid.
+            c.uid(vmm_uid(spec.id)).gid(vmm_uid(spec.id));
+            c
+        } else {
+            tokio::process::Command::new(&self.vhost_vsock)
+        };
+        let helper = helper
             .arg("--vm")
             .arg(format!(
                 "guest-cid=3,socket={},uds-path={}",
@@ -330,17 +370,27 @@ impl Backend for QemuBackend {
 
     fn endpoint(&self, record: &SandboxRecord) -> Endpoint {
         Endpoint::HybridVsock {
-            uds: record.run_dir.join(VSOCK_SOCKET),
+            uds: socket_dir(&record.run_dir).join(VSOCK_SOCKET),
             port: AGENT_PORT,
         }
     }
 
     async fn stop(&self, record: &SandboxRecord) -> CleanupReport {
-        destroy_vm(record, &record.run_dir.join(VSOCK_SOCKET), true).await
+        destroy_vm(
+            record,
+            &socket_dir(&record.run_dir).join(VSOCK_SOCKET),
+            true,
+        )
+        .await
     }
 
     async fn destroy(&self, record: &SandboxRecord) -> CleanupReport {
-        destroy_vm(record, &record.run_dir.join(VSOCK_SOCKET), false).await
+        destroy_vm(
+            record,
+            &socket_dir(&record.run_dir).join(VSOCK_SOCKET),
+            false,
+        )
+        .await
     }
 }
 
