@@ -327,6 +327,15 @@ fn a_guest_cannot_reach_its_gateway_or_another_sandbox() {
     let refused = logs["network_refused"]
         .as_array()
         .expect("network_refused in logs");
+    // Kept in the workspace's own file after each exec, beyond the kernel log's memory.
+    let kept = std::fs::read_to_string(
+        p.home
+            .join("workspaces")
+            .join(&a)
+            .join("network-refused.jsonl"),
+    )
+    .unwrap_or_default();
+    assert!(kept.lines().count() >= 2, "refusals not kept: {kept}");
     for (dst, dport) in [(gw.to_string(), port), (b_ip.clone(), 8000)] {
         assert!(
             refused

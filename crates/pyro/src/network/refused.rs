@@ -24,12 +24,73 @@ pub struct Refusal {
     pub port: Option<u16>,
 }
 
-/// Most refusals returned (newest kept).
+/// Most refusals returned or kept (newest kept).
 pub const MAX_REFUSALS: usize = 200;
+
+/// A refusal with its kernel log sequence number, which orders records and tells new ones from
+/// those already kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+struct Kept {
+    seq: u64,
+    at: String,
+    protocol: String,
+    source: String,
+    destination: String,
+    port: Option<u16>,
+}
+
+impl From<Kept> for Refusal {
+    fn from(k: Kept) -> Refusal {
+        Refusal {
+            at: k.at,
+            protocol: k.protocol,
+            source: k.source,
+            destination: k.destination,
+            port: k.port,
+        }
+    }
+}
+
+/// Moves the refusals of sandbox `id` from the kernel log (a ring buffer that forgets) into
+/// `file` (JSON lines, the newest [`MAX_REFUSALS`] kept), and returns everything kept, oldest
+/// first. Called after each workspace exec and when the logs are read, so a refusal outlives
+/// the kernel's buffer.
+pub fn keep(id: &str, file: &std::path::Path) -> Vec<Refusal> {
+    let mut kept: Vec<Kept> = std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let last = kept.iter().map(|k| k.seq).max();
+    let fresh: Vec<Kept> = read_records(id)
+        .into_iter()
+        .filter(|k| last.is_none_or(|l| k.seq > l))
+        .collect();
+    if !fresh.is_empty() {
+        kept.extend(fresh);
+        if kept.len() > MAX_REFUSALS {
+            kept.drain(..kept.len() - MAX_REFUSALS);
+        }
+        let text: String = kept
+            .iter()
+            .filter_map(|k| serde_json::to_string(k).ok())
+            .map(|l| l + "\n")
+            .collect();
+        let tmp = file.with_extension("tmp");
+        if std::fs::write(&tmp, text).is_ok() {
+            let _ = std::fs::rename(&tmp, file);
+        }
+    }
+    kept.into_iter().map(Refusal::from).collect()
+}
 
 /// The refusals of sandbox `id` still in the kernel log, oldest first. Empty when the log cannot
 /// be read (not root, or `dmesg_restrict`).
 pub fn read(id: &str) -> Vec<Refusal> {
+    read_records(id).into_iter().map(Refusal::from).collect()
+}
+
+fn read_records(id: &str) -> Vec<Kept> {
     let Ok(mut f) = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
@@ -80,13 +141,15 @@ fn field<'a>(msg: &'a str, key: &str) -> Option<&'a str> {
 }
 
 /// Parses one `/dev/kmsg` record (`prio,seq,usec,flags;message`).
-fn parse_record(rec: &str, prefix: &str, boot_ms: i64) -> Option<Refusal> {
+fn parse_record(rec: &str, prefix: &str, boot_ms: i64) -> Option<Kept> {
     let (head, msg) = rec.split_once(';')?;
     let msg = msg.lines().next()?;
     let rest = msg.strip_prefix(prefix)?;
+    let seq: u64 = head.split(',').nth(1)?.parse().ok()?;
     let usec: i64 = head.split(',').nth(2)?.parse().ok()?;
     let at_ms = boot_ms + usec / 1000;
-    Some(Refusal {
+    Some(Kept {
+        seq,
         at: crate::env::rfc3339((at_ms.max(0) / 1000) as u64),
         protocol: field(rest, "PROTO")
             .unwrap_or(if rest.contains("SRC=") { "ip" } else { "ipv6" })
@@ -109,7 +172,26 @@ mod tests {
         assert_eq!(r.source, "10.213.0.6");
         assert_eq!(r.destination, "203.0.113.80");
         assert_eq!(r.port, Some(443));
+        assert_eq!(r.seq, 1234);
         assert!(r.at.starts_with("2001-09-09T01:46:45"), "{}", r.at);
         assert!(parse_record(rec, &log_prefix("000000000000"), 0).is_none());
+    }
+
+    #[test]
+    fn kept_refusals_are_read_back_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("network-refused.jsonl");
+        let line = |seq: u64, port: u16| {
+            format!(
+                "{{\"seq\":{seq},\"at\":\"2026-01-01T00:00:00Z\",\"protocol\":\"tcp\",\"source\":\"10.0.0.2\",\"destination\":\"10.0.0.1\",\"port\":{port}}}\n"
+            )
+        };
+        std::fs::write(&file, line(7, 22) + &line(9, 80) + "junk\n").unwrap();
+        // No kernel record carries this id's prefix: only what was kept comes back.
+        let r = keep("0000000000ff", &file);
+        assert_eq!(
+            r.iter().map(|r| r.port).collect::<Vec<_>>(),
+            [Some(22), Some(80)]
+        );
     }
 }

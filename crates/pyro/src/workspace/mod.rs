@@ -787,6 +787,8 @@ impl Pyro {
                 stderr_bytes: o.stderr_bytes,
             },
         )?;
+        // Whatever the command had refused is kept before the kernel log can forget it.
+        self.keep_refusals(&w.id);
         let (stdout, stdout_base64) = text_and_bytes(&redactor.bytes(&r.stdout));
         let (stderr, stderr_base64) = text_and_bytes(&redactor.bytes(&r.stderr));
         Ok(WorkspaceExecResult {
@@ -819,7 +821,20 @@ impl Pyro {
         id: &str,
     ) -> Result<Vec<crate::network::refused::Refusal>> {
         let w = self.ws_row(id)?;
-        Ok(crate::network::refused::read(&w.id))
+        Ok(self.keep_refusals(&w.id))
+    }
+
+    /// Moves the workspace's refusals from the kernel log into its own file, and returns all
+    /// kept; nothing for a workspace without a network.
+    pub(crate) fn keep_refusals(&self, id: &str) -> Vec<crate::network::refused::Refusal> {
+        let has_network = crate::network::spec_of(&self.inner.store, id)
+            .map(|s| !s.is_off())
+            .unwrap_or(false);
+        let dir = self.ws_dir(id);
+        if !has_network || !dir.is_dir() {
+            return Vec::new();
+        }
+        crate::network::refused::keep(id, &dir.join("network-refused.jsonl"))
     }
 
     /// Stops the sandbox; `/workspace` and snapshots are kept.
