@@ -84,6 +84,57 @@ pub struct BenchReport {
     pub host: HostInfo,
     /// The measurements.
     pub results: Vec<Stats>,
+    /// Host memory one idle sandbox costs, if it could be read.
+    pub host_memory: Option<HostMemory>,
+}
+
+/// Host memory of one idle sandbox (after a few execs).
+#[derive(Debug, Clone, Serialize)]
+pub struct HostMemory {
+    /// Bytes.
+    pub bytes: u64,
+    /// How it was counted: the sandbox cgroup's usage (container), or the proportional set size
+    /// of its VMM processes (VMs: guest memory the guest touched plus the VMM's own).
+    pub method: String,
+}
+
+/// Reads the host memory of a live sandbox.
+fn host_memory(record: &crate::store::SandboxRecord) -> Option<HostMemory> {
+    if record.backend == "container" {
+        let id = &record.id;
+        let v1 = format!("/sys/fs/cgroup/memory/pyro/{id}/memory.usage_in_bytes");
+        let v2 = format!("/sys/fs/cgroup/pyro/{id}/memory.current");
+        for (path, method) in [
+            (v1, "cgroup v1 memory.usage_in_bytes"),
+            (v2, "cgroup v2 memory.current"),
+        ] {
+            if let Some(bytes) = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                return Some(HostMemory {
+                    bytes,
+                    method: method.into(),
+                });
+            }
+        }
+        return None;
+    }
+    let mut total = 0u64;
+    let mut names = Vec::new();
+    for (name, p) in crate::backend::vm::recorded_processes(&record.run_dir) {
+        let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", p.pid)).ok()?;
+        let kb: u64 = rollup
+            .lines()
+            .find_map(|l| l.strip_prefix("Pss:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())?;
+        total += kb * 1024;
+        names.push(name);
+    }
+    (!names.is_empty()).then(|| HostMemory {
+        bytes: total,
+        method: format!("sum of Pss of {}", names.join(" + ")),
+    })
 }
 
 impl Pyro {
@@ -135,9 +186,24 @@ impl Pyro {
             }
             rt.push(t.elapsed());
         }
+        let memory = host_memory(&sb.record);
         sb.destroy("post_exec").await;
         if let Some(e) = failure {
             return Err(e);
+        }
+        // With a network (where the host can give one): what the veth or tap, the rules and the
+        // guest's resolver files add to a one-shot run.
+        let mut networked = Vec::new();
+        if let Ok(backend) = self.backend_for(req.isolation) {
+            if crate::network::check_backend(backend.as_ref()).is_ok() {
+                let mut net_req = run_req.clone();
+                net_req.network = crate::network::NetworkSpec::egress();
+                for _ in 0..runs.min(10) {
+                    let t = Instant::now();
+                    self.run(&net_req, Arc::new(Quiet), None).await?;
+                    networked.push(t.elapsed());
+                }
+            }
         }
         let mut results = vec![
             Stats::of("run_true_end_to_end", e2e),
@@ -146,6 +212,9 @@ impl Pyro {
             Stats::of("run_cleanup", cleanup),
             Stats::of("exec_round_trip", rt),
         ];
+        if !networked.is_empty() {
+            results.push(Stats::of("run_true_with_network", networked));
+        }
         results.extend(self.bench_workspaces(req, runs).await?);
         Ok(BenchReport {
             isolation: req.isolation,
@@ -158,6 +227,7 @@ impl Pyro {
                 cgroup: crate::backend::container::cgroup_version().into(),
             },
             results,
+            host_memory: memory,
         })
     }
 

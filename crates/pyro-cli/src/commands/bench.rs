@@ -33,6 +33,13 @@ pub async fn bench(pyro: &Pyro, a: BenchArgs) -> anyhow::Result<ExitCode> {
                 s.name, s.n, s.p50_ms, s.p95_ms, s.min_ms, s.max_ms
             );
         }
+        if let Some(m) = &r.host_memory {
+            println!(
+                "host memory per idle sandbox: {:.1} MiB ({})",
+                m.bytes as f64 / (1024.0 * 1024.0),
+                m.method
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
