@@ -74,6 +74,28 @@ impl Listener {
     }
 }
 
+/// Tells the host the agent is listening, by connecting out to the host (vsock CID 2) on `port`
+/// and closing again: the VMM bridges that to a Unix socket the host listens on. The host waits
+/// for this before its first connection, because a connection made while the guest's vsock
+/// driver is still starting can be lost by the vsock backend, and that stalls it. Best effort,
+/// on its own thread: an old host without the listener just refuses.
+pub fn announce_ready(port: u32) {
+    std::thread::spawn(move || {
+        use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, VsockAddr};
+        let Ok(fd) = socket(
+            AddressFamily::Vsock,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        ) else {
+            return;
+        };
+        if connect(fd.as_raw_fd(), &VsockAddr::new(libc::VMADDR_CID_HOST, port)).is_ok() {
+            let _ = nix::unistd::write(&fd, b"READY\n");
+        }
+    });
+}
+
 /// Accepts connections until a shutdown request; then stops everything and returns (or powers
 /// off when PID 1).
 pub fn serve(listener: impl Into<Listener>, config: ServerConfig) -> io::Result<()> {

@@ -316,7 +316,17 @@ impl Sandbox {
             destroyed: false,
         };
         let t1 = Instant::now();
-        if let Err(e) = sb.client.wait_ready(READY_TIMEOUT).await {
+        let announced = match &started.ready {
+            Some(ready) => {
+                crate::backend::vm::wait_announced(ready, sb.record.runtime, READY_TIMEOUT).await
+            }
+            None => Ok(()),
+        };
+        let ready = match announced {
+            Ok(()) => sb.client.wait_ready(READY_TIMEOUT).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = ready {
             let console = std::fs::read_to_string(sb.record.state_dir.join("console.log"))
                 .unwrap_or_default();
             sb.backend.stop(&sb.record).await;

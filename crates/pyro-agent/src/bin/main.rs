@@ -74,7 +74,10 @@ fn run() -> Result<(), String> {
         let port: u32 = port
             .parse()
             .map_err(|_| format!("bad vsock port {port:?}\n{USAGE}"))?;
-        server::Listener::vsock(port).map_err(|e| format!("listen: vsock port {port}: {e}"))?
+        let l =
+            server::Listener::vsock(port).map_err(|e| format!("listen: vsock port {port}: {e}"))?;
+        server::announce_ready(port.saturating_add(1));
+        l
     } else {
         return Err(format!("unsupported listen address {listen:?}\n{USAGE}"));
     };

@@ -397,6 +397,7 @@ impl Backend for ContainerBackend {
             runtime,
             endpoint: crate::backend::Endpoint::Unix(socket_path(spec.run_dir)),
             limits: read_limits(spec.id, &spec.resources),
+            ready: None,
         })
     }
 

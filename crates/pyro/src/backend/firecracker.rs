@@ -443,6 +443,10 @@ impl Backend for FirecrackerBackend {
         let log_path = spec.state_dir.join("firecracker.log");
         let log =
             std::fs::File::create(&log_path).ctx(|| format!("create {}", log_path.display()))?;
+        if let Some(chroot) = &lay.chroot {
+            std::fs::create_dir_all(chroot).ctx(|| format!("create {}", chroot.display()))?;
+        }
+        let ready = vm::ready_listener(&lay.vsock_host)?;
         let runtime = match (&self.jailer, jailed) {
             (Some(jailer), true) => {
                 std::os::unix::fs::chown(&rw_disk, Some(JAIL_UID), Some(JAIL_UID))
@@ -514,6 +518,7 @@ impl Backend for FirecrackerBackend {
                 cpus: Some(f64::from(spec.resources.vcpus)),
                 not_applied,
             },
+            ready: Some(ready),
         })
     }
 

@@ -131,6 +131,9 @@ pub struct Started {
     pub endpoint: Endpoint,
     /// Limits actually enforced.
     pub limits: LimitsReport,
+    /// Where a VM's agent announces that it listens (see [`vm::ready_listener`]); the host waits
+    /// for that before its first connection.
+    pub ready: Option<std::sync::Arc<std::os::unix::net::UnixListener>>,
 }
 
 /// What deleting a sandbox did.

@@ -315,6 +315,7 @@ impl Backend for QemuBackend {
         }
 
         let args = self.args(spec, &initrd, &rw_disk, &vhost_sock, &console)?;
+        let ready = vm::ready_listener(&vsock)?;
         if let Some(plan) = spec.network {
             crate::network::link::create_tap(plan).await?;
         }
@@ -354,6 +355,7 @@ impl Backend for QemuBackend {
                         .into(),
                 ],
             },
+            ready: Some(ready),
         })
     }
 

@@ -26,6 +26,55 @@ pub const KERNEL_FRAGMENT: &str = include_str!("../../../../resources/kernel/mic
 /// The guest vsock port the agent listens on (passed as `pyro.port=` on the kernel command line).
 pub const AGENT_PORT: u32 = 1024;
 
+/// The host port the agent announces readiness on: a guest-initiated connection, which the VMM
+/// delivers to the Unix socket `<vsock socket>_<port>`.
+pub const READY_PORT: u32 = AGENT_PORT + 1;
+
+/// Listens where the VMM delivers the agent's readiness announcement, before the VMM starts.
+/// Mode 0666: the VMM or vsock backend may run under an unprivileged uid; the directory it
+/// lives in is what keeps others out.
+pub fn ready_listener(
+    vsock_uds: &Path,
+) -> Result<std::sync::Arc<std::os::unix::net::UnixListener>> {
+    let path = PathBuf::from(format!("{}_{READY_PORT}", vsock_uds.display()));
+    let _ = std::fs::remove_file(&path);
+    let l = std::os::unix::net::UnixListener::bind(&path)
+        .ctx(|| format!("listen on {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))
+        .ctx(|| format!("chmod {}", path.display()))?;
+    l.set_nonblocking(true)
+        .ctx(|| format!("set {} non-blocking", path.display()))?;
+    Ok(std::sync::Arc::new(l))
+}
+
+/// Waits until the agent announced itself on `ready` (or `timeout` passes, or the VMM exits).
+pub async fn wait_announced(
+    ready: &std::os::unix::net::UnixListener,
+    vmm: Option<ProcessId>,
+    timeout: Duration,
+) -> Result<()> {
+    let until = Instant::now() + timeout;
+    loop {
+        match ready.accept() {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(Error::Agent(format!("readiness socket: {e}"))),
+        }
+        if vmm.is_some_and(|p| !p.is_alive()) {
+            return Err(Error::Agent(
+                "the VMM exited before the agent started".into(),
+            ));
+        }
+        if Instant::now() >= until {
+            return Err(Error::Agent(format!(
+                "the agent did not announce itself within {} ms",
+                timeout.as_millis()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Size of each sandbox's writable disk. The file is sparse: only what the guest writes takes
 /// space on the host.
 pub const SCRATCH_DISK_BYTES: u64 = 8 << 30;
