@@ -116,6 +116,7 @@ impl QemuBackend {
             ("tcg", "max")
         };
         let d = |p: &Path| p.display().to_string();
+        let as_root = nix::unistd::geteuid().is_root();
         let mut net = Vec::new();
         if let Some(plan) = spec.network {
             // The tap exists already (made by pyro, owned by root); QEMU only opens it by name.
@@ -146,12 +147,15 @@ impl QemuBackend {
             // vhost-user needs guest memory the backend process can map.
             "-object".into(),
             format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
-            // QEMU's seccomp filter: no exec, no privilege changes, no obsolete syscalls.
-            // (QEMU 7.2's `-runas` drop after set-up made about 1 TCG boot in 17 hang before
-            // the agent answered here, against none in 30 without it, so QEMU keeps root and
-            // this filter; its vsock backend does run unprivileged.)
+            // QEMU's seccomp filter: no exec, no obsolete syscalls, no scheduler/resource games.
+            // Privilege changes stay allowed only as root, because `-runas` (below) is itself
+            // one: QEMU 7.2 installs the filter first and drops root afterwards.
             "-sandbox".into(),
-            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
+            if as_root {
+                "on,obsolete=deny,spawn=deny,resourcecontrol=deny".into()
+            } else {
+                "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into()
+            },
             "-nodefaults".into(),
             "-no-user-config".into(),
             "-display".into(),
@@ -182,6 +186,14 @@ impl QemuBackend {
             self.cmdline(spec.network),
         ];
         args.extend(net);
+        if as_root {
+            // Everything (disks, kernel, sockets, tap, console file) is opened during set-up;
+            // the guest then runs under the sandbox's own uid with no capabilities, so a guest
+            // that escapes into QEMU is an unprivileged process that cannot signal other
+            // sandboxes' VMMs.
+            let uid = vmm_uid(spec.id);
+            args.extend(["-runas".into(), format!("{uid}:{uid}")]);
+        }
         Ok(args)
     }
 }
@@ -191,9 +203,9 @@ fn socket_dir(run_dir: &Path) -> PathBuf {
     run_dir.join("vsock")
 }
 
-/// The uid (and gid) a sandbox's vsock backend runs under when pyro is root: one per sandbox,
-/// from its id, in a range of its own (above the container level's 100000 + 65536 and
-/// Firecracker's jail uid), so no two sandboxes' helpers share an owner.
+/// The uid (and gid) a sandbox's QEMU and vsock backend run under when pyro is root: one per
+/// sandbox, from its id, in a range of its own (above the container level's 100000 + 65536 and
+/// Firecracker's jail uid), so no two sandboxes' VMMs share an owner.
 pub fn vmm_uid(id: &str) -> u32 {
     let n = id
         .get(..6)
