@@ -179,6 +179,41 @@ impl TestPyro {
     }
 }
 
+impl Drop for TestPyro {
+    /// A test that failed midway leaves its workspaces running, and once its temporary
+    /// `$PYRO_HOME` is gone nothing could find them again: delete them (and collect anything
+    /// else left) while the state still exists. Quiet: cleanup never fails a test.
+    fn drop(&mut self) {
+        if !self.home.join("pyro.db").exists() {
+            return;
+        }
+        let listed = self
+            .cmd(&["workspace", "list", "--json"])
+            .stderr(Stdio::null())
+            .output();
+        let ids: Vec<String> = listed
+            .ok()
+            .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok())
+            .and_then(|v| v["workspaces"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|w| w["workspace_id"].as_str().map(String::from))
+            .collect();
+        for id in ids {
+            let _ = self
+                .cmd(&["workspace", "delete", &id])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = self
+            .cmd(&["gc"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 /// Whether a sandbox with this id still has any trace on the host: runc state, an overlay
 /// mount, a run directory, or processes.
 pub fn host_traces(id: &str) -> Vec<String> {
