@@ -316,16 +316,14 @@ impl Sandbox {
             destroyed: false,
         };
         let t1 = Instant::now();
-        let announced = match &started.ready {
-            Some(ready) => {
-                crate::backend::vm::wait_announced(ready, sb.record.runtime, READY_TIMEOUT).await
+        let ready: Result<()> = async {
+            // A VM's agent announces itself first (see `vm::ready_listener`).
+            if let Some(ready) = &started.ready {
+                crate::backend::vm::wait_announced(ready, sb.record.runtime, READY_TIMEOUT).await?;
             }
-            None => Ok(()),
-        };
-        let ready = match announced {
-            Ok(()) => sb.client.wait_ready(READY_TIMEOUT).await.map(|_| ()),
-            Err(e) => Err(e),
-        };
+            sb.client.wait_ready(READY_TIMEOUT).await.map(|_| ())
+        }
+        .await;
         if let Err(e) = ready {
             let console = std::fs::read_to_string(sb.record.state_dir.join("console.log"))
                 .unwrap_or_default();

@@ -301,18 +301,12 @@ impl Store {
         spec_json: &str,
         pick: impl FnOnce(&std::collections::HashSet<u32>) -> Option<u32>,
     ) -> Result<Option<u32>> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let used = used_slots(&tx)?;
-        let Some(slot) = pick(&used) else {
-            return Ok(None);
-        };
-        tx.execute(
-            "INSERT INTO networks (sandbox_id, slot, spec, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
-            params![id, slot, spec_json, now_ms()],
-        )?;
-        tx.commit()?;
-        Ok(Some(slot))
+        self.write_slot(pick, |tx, slot| {
+            tx.execute(
+                "INSERT INTO networks (sandbox_id, slot, spec, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![id, slot, spec_json, now_ms()],
+            )
+        })
     }
 
     /// Moves a sandbox's lease to another slot chosen by `pick` among the free ones (its own
@@ -322,16 +316,27 @@ impl Store {
         id: &str,
         pick: impl FnOnce(&std::collections::HashSet<u32>) -> Option<u32>,
     ) -> Result<Option<u32>> {
+        self.write_slot(pick, |tx, slot| {
+            tx.execute(
+                "UPDATE networks SET slot = ?2 WHERE sandbox_id = ?1",
+                params![id, slot],
+            )
+        })
+    }
+
+    /// In one write transaction: lets `pick` choose a slot seeing the used ones, then `write`s it.
+    fn write_slot(
+        &self,
+        pick: impl FnOnce(&std::collections::HashSet<u32>) -> Option<u32>,
+        write: impl FnOnce(&rusqlite::Transaction<'_>, u32) -> rusqlite::Result<usize>,
+    ) -> Result<Option<u32>> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let used = used_slots(&tx)?;
         let Some(slot) = pick(&used) else {
             return Ok(None);
         };
-        tx.execute(
-            "UPDATE networks SET slot = ?2 WHERE sandbox_id = ?1",
-            params![id, slot],
-        )?;
+        write(&tx, slot)?;
         tx.commit()?;
         Ok(Some(slot))
     }

@@ -100,38 +100,8 @@ impl ContainerBackend {
 
     /// Copies the agent where the container's root can reach it, once per agent build.
     fn stage_agent(&self, agent: &Path) -> Result<PathBuf> {
-        stage_executable(agent, &self.agent_dir, "pyro-agent")
+        crate::backend::stage_executable(agent, &self.agent_dir, "pyro-agent")
     }
-}
-
-/// Copies an executable into `dir` (made searchable by everybody) under a name that changes
-/// with its size and mtime, once per build, for a process whose uid cannot reach the original
-/// (home directories are usually 0700).
-pub fn stage_executable(src: &Path, dir: &Path, name: &str) -> Result<PathBuf> {
-    let meta = std::fs::metadata(src).ctx(|| format!("read {}", src.display()))?;
-    let mtime = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos());
-    let staged = dir.join(format!("{name}-{}-{mtime}", meta.len()));
-    if staged.is_file() {
-        return Ok(staged);
-    }
-    make_traversable_dir(dir)?;
-    let tmp = dir.join(format!(".tmp-{name}-{}", std::process::id()));
-    std::fs::copy(src, &tmp).ctx(|| format!("copy {} to {}", src.display(), tmp.display()))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
-        .ctx(|| format!("chmod {}", tmp.display()))?;
-    std::fs::rename(&tmp, &staged).ctx(|| format!("install {}", staged.display()))?;
-    Ok(staged)
-}
-
-/// Creates a directory (and parents) readable by nobody but searchable by everybody.
-pub(crate) fn make_traversable_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
-        .ctx(|| format!("chmod {}", dir.display()))
 }
 
 /// The agent socket of a sandbox, from its run directory.
@@ -299,11 +269,11 @@ impl Backend for ContainerBackend {
 
     async fn start(&self, spec: &SandboxSpec<'_>) -> Result<Started> {
         let agent = self.stage_agent(spec.agent)?;
-        make_traversable_dir(spec.run_dir)?;
+        crate::backend::make_traversable_dir(spec.run_dir)?;
         if let Some(parent) = spec.run_dir.parent() {
-            make_traversable_dir(parent)?;
+            crate::backend::make_traversable_dir(parent)?;
             if let Some(root) = parent.parent() {
-                make_traversable_dir(root)?;
+                crate::backend::make_traversable_dir(root)?;
             }
         }
         let upper = spec.state_dir.join("upper");

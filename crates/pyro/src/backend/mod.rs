@@ -8,13 +8,14 @@ pub mod firecracker;
 pub mod qemu;
 pub mod vm;
 
-use std::path::Path;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 pub use crate::agent_client::Endpoint;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::procinfo::ProcessId;
 use crate::store::SandboxRecord;
 
@@ -187,4 +188,34 @@ pub trait Backend: Send + Sync {
     }
     /// Where the host reaches the agent of a started sandbox (for calls from later processes).
     fn endpoint(&self, record: &SandboxRecord) -> Endpoint;
+}
+
+/// Copies an executable into `dir` (made searchable by everybody) under a name that changes
+/// with its size and mtime, once per build, for a process whose uid cannot reach the original
+/// (home directories are usually 0700).
+pub(crate) fn stage_executable(src: &Path, dir: &Path, name: &str) -> Result<PathBuf> {
+    let meta = std::fs::metadata(src).ctx(|| format!("read {}", src.display()))?;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let staged = dir.join(format!("{name}-{}-{mtime}", meta.len()));
+    if staged.is_file() {
+        return Ok(staged);
+    }
+    make_traversable_dir(dir)?;
+    let tmp = dir.join(format!(".tmp-{name}-{}", std::process::id()));
+    std::fs::copy(src, &tmp).ctx(|| format!("copy {} to {}", src.display(), tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+        .ctx(|| format!("chmod {}", tmp.display()))?;
+    std::fs::rename(&tmp, &staged).ctx(|| format!("install {}", staged.display()))?;
+    Ok(staged)
+}
+
+/// Creates a directory (and parents) readable by nobody but searchable by everybody.
+pub(crate) fn make_traversable_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+        .ctx(|| format!("chmod {}", dir.display()))
 }

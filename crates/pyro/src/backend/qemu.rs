@@ -203,6 +203,11 @@ fn socket_dir(run_dir: &Path) -> PathBuf {
     run_dir.join("vsock")
 }
 
+/// The hybrid-vsock socket the host reaches a QEMU sandbox's agent through.
+fn vsock_uds(run_dir: &Path) -> PathBuf {
+    socket_dir(run_dir).join(VSOCK_SOCKET)
+}
+
 /// The uid (and gid) a sandbox's QEMU and vsock backend run under when pyro is root: one per
 /// sandbox, from its id, in a range of its own (above the container level's 100000 + 65536 and
 /// Firecracker's jail uid), so no two sandboxes' VMMs share an owner.
@@ -254,15 +259,15 @@ impl Backend for QemuBackend {
         let as_root = nix::unistd::geteuid().is_root();
         let sock_dir = socket_dir(spec.run_dir);
         vm::make_private_dirs(&[&sock_dir])?;
+        let uid = vmm_uid(spec.id);
         if as_root {
-            let uid = vmm_uid(spec.id);
             std::os::unix::fs::chown(&sock_dir, Some(uid), Some(uid))
                 .ctx(|| format!("chown {}", sock_dir.display()))?;
             std::fs::set_permissions(spec.run_dir, std::fs::Permissions::from_mode(0o711))
                 .ctx(|| format!("chmod {}", spec.run_dir.display()))?;
         }
         let vhost_sock = sock_dir.join("vhost.sock");
-        let vsock = sock_dir.join(VSOCK_SOCKET);
+        let vsock = vsock_uds(spec.run_dir);
         let console = spec.state_dir.join("console.log");
         let log = |name: &str| -> Result<std::fs::File> {
             let p = spec.state_dir.join(name);
@@ -277,16 +282,16 @@ impl Backend for QemuBackend {
             let sandboxes = spec.run_dir.parent().unwrap_or(spec.run_dir);
             let run_root = sandboxes.parent().unwrap_or(sandboxes);
             for d in [run_root, sandboxes] {
-                crate::backend::container::make_traversable_dir(d)?;
+                crate::backend::make_traversable_dir(d)?;
             }
-            let bin = crate::backend::container::stage_executable(
+            let bin = crate::backend::stage_executable(
                 &self.vhost_vsock,
                 &run_root.join("bin"),
                 "vhost-device-vsock",
             )?;
             let mut c = tokio::process::Command::new(bin);
             // std clears supplementary groups when a root parent changes the uid.
-            c.uid(vmm_uid(spec.id)).gid(vmm_uid(spec.id));
+            c.uid(uid).gid(uid);
             c
         } else {
             tokio::process::Command::new(&self.vhost_vsock)
@@ -373,27 +378,17 @@ impl Backend for QemuBackend {
 
     fn endpoint(&self, record: &SandboxRecord) -> Endpoint {
         Endpoint::HybridVsock {
-            uds: socket_dir(&record.run_dir).join(VSOCK_SOCKET),
+            uds: vsock_uds(&record.run_dir),
             port: AGENT_PORT,
         }
     }
 
     async fn stop(&self, record: &SandboxRecord) -> CleanupReport {
-        destroy_vm(
-            record,
-            &socket_dir(&record.run_dir).join(VSOCK_SOCKET),
-            true,
-        )
-        .await
+        destroy_vm(record, &vsock_uds(&record.run_dir), true).await
     }
 
     async fn destroy(&self, record: &SandboxRecord) -> CleanupReport {
-        destroy_vm(
-            record,
-            &socket_dir(&record.run_dir).join(VSOCK_SOCKET),
-            false,
-        )
-        .await
+        destroy_vm(record, &vsock_uds(&record.run_dir), false).await
     }
 }
 

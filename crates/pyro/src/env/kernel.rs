@@ -32,8 +32,8 @@ use sha2::{Digest as _, Sha256};
 
 use super::oci::{self, Descriptor, Manifest};
 use super::registry::{
-    auth_for, download_blob, fetch_manifest, lock_async, parse_reference, registry_error,
-    run_blocking, unsupported, upload_file, RegistrySettings, Transfer,
+    auth_for, download_blob, fetch_manifest, lock_async, missing_blobs, parse_reference,
+    registry_error, run_blocking, unsupported, upload_file, RegistrySettings, Transfer,
 };
 use super::{remove_abandoned_scratch, unique_suffix, ScratchDir};
 use crate::backend::vm::{find_kernel, kernel_dir, KERNEL_FRAGMENT};
@@ -767,29 +767,15 @@ pub async fn push(
         existing_blobs: 0,
         uploaded_bytes: 0,
     };
-    progress(Transfer::Phase(format!(
-        "checking blobs at {}",
-        target.whole()
-    )));
-    let mut to_upload = Vec::new();
-    for (desc, path) in &blobs {
-        let exists = client
-            .blob_exists(&target, &desc.digest)
-            .await
-            .map_err(|e| registry_error(&target, e))?;
-        if exists {
-            result.existing_blobs += 1;
-        } else {
-            to_upload.push((desc, path));
-        }
-    }
-    let total: u64 = to_upload.iter().map(|(d, _)| d.size).sum();
-    progress(Transfer::Phase(format!(
-        "uploading {} blobs ({total} bytes)",
-        to_upload.len()
-    )));
+    let (to_upload, existing, total) = missing_blobs(
+        &client,
+        &target,
+        blobs.iter().map(|(desc, path)| (desc, path)),
+        progress,
+    )
+    .await?;
+    result.existing_blobs = existing;
     let mut done = 0u64;
-    progress(Transfer::Bytes { done, total });
     for (desc, path) in to_upload {
         match path {
             Some(path) => {

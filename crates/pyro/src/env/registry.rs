@@ -805,6 +805,41 @@ pub(crate) async fn pull(
     Ok(result)
 }
 
+/// The blobs of a push that the registry at `target` lacks (each digest once, with what the
+/// caller attached to it), how many it already has, and their total size; `progress` is told
+/// what is checked and what will be uploaded, and starts the byte count.
+pub(crate) async fn missing_blobs<'a, T>(
+    client: &Client,
+    target: &Reference,
+    blobs: impl IntoIterator<Item = (&'a Descriptor, T)>,
+    progress: &mut (dyn FnMut(Transfer) + Send),
+) -> Result<(Vec<(&'a Descriptor, T)>, usize, u64)> {
+    progress(Transfer::Phase(format!(
+        "checking blobs at {}",
+        target.whole()
+    )));
+    let mut missing: Vec<(&'a Descriptor, T)> = Vec::new();
+    let mut existing = 0;
+    for (blob, extra) in blobs {
+        let exists = client
+            .blob_exists(target, &blob.digest)
+            .await
+            .map_err(|e| registry_error(target, e))?;
+        if exists {
+            existing += 1;
+        } else if !missing.iter().any(|(b, _)| b.digest == blob.digest) {
+            missing.push((blob, extra));
+        }
+    }
+    let total: u64 = missing.iter().map(|(b, _)| b.size).sum();
+    progress(Transfer::Phase(format!(
+        "uploading {} blobs ({total} bytes)",
+        missing.len()
+    )));
+    progress(Transfer::Bytes { done: 0, total });
+    Ok((missing, existing, total))
+}
+
 /// Uploads the file at `path` as the blob `blob` to `target`'s repository, counting the bytes
 /// into `done` (of `total`) for progress. The file is hashed first and refused when it does not
 /// match the descriptor: corrupt local content is never published.
@@ -903,33 +938,11 @@ pub(crate) async fn push(
         existing_blobs: 0,
         uploaded_bytes: 0,
     };
-    progress(Transfer::Phase(format!(
-        "checking blobs at {}",
-        target.whole()
-    )));
-    let mut to_upload = Vec::new();
-    for blob in manifest.blobs() {
-        let exists = client
-            .blob_exists(target, &blob.digest)
-            .await
-            .map_err(|e| registry_error(target, e))?;
-        if exists {
-            result.existing_blobs += 1;
-        } else if !to_upload
-            .iter()
-            .any(|b: &&Descriptor| b.digest == blob.digest)
-        {
-            to_upload.push(blob);
-        }
-    }
-    let total: u64 = to_upload.iter().map(|b| b.size).sum();
-    progress(Transfer::Phase(format!(
-        "uploading {} blobs ({total} bytes)",
-        to_upload.len()
-    )));
+    let (to_upload, existing, total) =
+        missing_blobs(&client, target, manifest.blobs().map(|b| (b, ())), progress).await?;
+    result.existing_blobs = existing;
     let mut done = 0u64;
-    progress(Transfer::Bytes { done, total });
-    for blob in to_upload {
+    for (blob, ()) in to_upload {
         // Re-hashed before upload: a corrupt cache must not be published.
         let path = layout.blob_path(&blob.digest)?;
         upload_file(&client, target, &path, blob, &mut done, total, progress).await?;

@@ -498,23 +498,27 @@ pub fn settle_lease(store: &Store, id: &str) -> Result<()> {
     }
 }
 
+/// A sandbox's lease as recorded: its slot and the network it asked for.
+fn recorded(store: &Store, id: &str) -> Result<Option<(u32, NetworkSpec)>> {
+    let Some((slot, json)) = store.network(id)? else {
+        return Ok(None);
+    };
+    let spec = serde_json::from_str(&json)
+        .map_err(|e| Error::Network(format!("sandbox {id}: bad recorded network: {e}")))?;
+    Ok(Some((slot, spec)))
+}
+
 /// The recorded network spec of a sandbox (`off` when it has none).
 pub fn spec_of(store: &Store, id: &str) -> Result<NetworkSpec> {
-    match store.network(id)? {
-        Some((_, json)) => serde_json::from_str(&json)
-            .map_err(|e| Error::Network(format!("sandbox {id}: bad recorded network: {e}"))),
-        None => Ok(NetworkSpec::off()),
-    }
+    Ok(recorded(store, id)?.map_or_else(NetworkSpec::off, |(_, spec)| spec))
 }
 
 /// The plan of a leased sandbox as of now (allow-listed names resolved again, published ports
 /// as recorded); `None` when it has no network.
 pub async fn plan(store: &Store, id: &str, link: LinkKind) -> Result<Option<NetPlan>> {
-    let Some((slot, json)) = store.network(id)? else {
+    let Some((slot, spec)) = recorded(store, id)? else {
         return Ok(None);
     };
-    let spec: NetworkSpec = serde_json::from_str(&json)
-        .map_err(|e| Error::Network(format!("sandbox {id}: bad recorded network: {e}")))?;
     if spec.is_off() {
         return Ok(None);
     }
@@ -569,11 +573,9 @@ pub struct NetworkInfo {
 
 /// The network of sandbox `id` as recorded (`link`: how its backend connects it).
 pub fn network_info(store: &Store, id: &str, link: Option<LinkKind>) -> Result<NetworkInfo> {
-    let Some((slot, json)) = store.network(id)? else {
+    let Some((slot, spec)) = recorded(store, id)? else {
         return Ok(NetworkInfo::default());
     };
-    let spec: NetworkSpec = serde_json::from_str(&json)
-        .map_err(|e| Error::Network(format!("sandbox {id}: bad recorded network: {e}")))?;
     let subnet = addr::pool().ok().and_then(|p| addr::slot_subnet(p, slot));
     let ends = subnet.map(addr::ends);
     Ok(NetworkInfo {

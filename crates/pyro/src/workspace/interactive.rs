@@ -436,15 +436,14 @@ impl Pyro {
         }
         let w = self.ws_row(id)?;
         let _lock = self.ws_lock(&w.id, false).await?;
-        if !req.publish.is_empty()
-            && crate::network::spec_of(&self.inner.store, &w.id)?.policy
-                != crate::network::NetworkPolicy::EgressPublishedPorts
-        {
-            return Err(Error::InvalidRequest(format!(
-                "published ports require workspace network_policy 'egress+published-ports'; workspace {} has '{}' (create it with --network-policy egress+published-ports)",
-                w.id,
-                crate::network::spec_of(&self.inner.store, &w.id)?.policy
-            )));
+        if !req.publish.is_empty() {
+            let policy = crate::network::spec_of(&self.inner.store, &w.id)?.policy;
+            if policy != crate::network::NetworkPolicy::EgressPublishedPorts {
+                return Err(Error::InvalidRequest(format!(
+                    "published ports require workspace network_policy 'egress+published-ports'; workspace {} has '{policy}' (create it with --network-policy egress+published-ports)",
+                    w.id
+                )));
+            }
         }
         let (w, sb) = self.ws_running(&w.id).await?;
         self.inner.store.touch_workspace(&w.id)?;
