@@ -205,6 +205,10 @@ fn supervise(svc: Arc<Service>, pid: i32) {
 
 fn probe(root: &Root, svc: &Service, r: &Readiness) -> bool {
     match r {
+        // Any path in the guest: a service may well signal readiness in /tmp or /run. Only
+        // its existence is looked at, inside the sandbox's own filesystem; a relative path is
+        // under the workspace.
+        Readiness::File { path } if path.starts_with('/') => Path::new(path).exists(),
         Readiness::File { path } => root
             .relative(path)
             .is_ok_and(|rel| root.path.join(rel).exists()),

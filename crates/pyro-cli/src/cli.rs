@@ -50,6 +50,38 @@ pub enum Command {
     /// The guest kernel of the VM levels as an OCI artifact: list, inspect, pull, push.
     #[command(subcommand)]
     Kernel(crate::cli_kernel::KernelCommand),
+    /// Your defaults (isolation level, resources, timeout), set once in
+    /// ~/.config/pyro/config.toml ($PYRO_CONFIG). Flags and PYRO_* variables override them.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the file's path, what it sets, and the isolation level in effect.
+    Show(OutputArgs),
+    /// Set a key: isolation, vcpu_count, mem_mib or timeout_seconds.
+    Set(ConfigSetArgs),
+    /// Remove a key, so its built-in default applies again.
+    Unset(ConfigKeyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigSetArgs {
+    /// The key: isolation, vcpu_count, mem_mib or timeout_seconds.
+    pub key: String,
+    /// Its value, e.g. container.
+    pub value: String,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigKeyArgs {
+    /// The key.
+    pub key: String,
+    #[command(flatten)]
+    pub out: OutputArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,7 +140,7 @@ pub struct DemoArgs {
     /// Give the sandbox egress and fetch the Debian package lists through it.
     #[arg(long)]
     pub network: bool,
-    /// Isolation level [default: $PYRO_ISOLATION or microvm].
+    /// Isolation level [default: $PYRO_ISOLATION, else the config file's, else microvm].
     #[arg(long)]
     pub isolation: Option<String>,
     /// Print the result object as JSON on stdout.
@@ -137,18 +169,20 @@ pub struct RunArgs {
     /// Environment, e.g. debian:12 (see `pyro env list`), or an OCI image reference such as
     /// 127.0.0.1:5000/python:3.12 (pulled first if missing).
     pub environment: String,
-    /// Isolation level: microvm, vm-emulated or container [default: $PYRO_ISOLATION or microvm].
+    /// Isolation level: microvm, vm-emulated or container [default: $PYRO_ISOLATION, else the
+    /// config file's `isolation` (see `pyro config`), else microvm].
     #[arg(long)]
     pub isolation: Option<String>,
-    /// Virtual CPUs.
-    #[arg(long, default_value_t = 1)]
-    pub vcpu: u32,
-    /// Memory in MiB.
-    #[arg(long, default_value_t = 1024)]
-    pub mem: u64,
-    /// Seconds before the command's whole process group is killed.
-    #[arg(long, default_value_t = 30)]
-    pub timeout: u64,
+    /// Virtual CPUs [default: the config file's vcpu_count, else 1].
+    #[arg(long)]
+    pub vcpu: Option<u32>,
+    /// Memory in MiB [default: the config file's mem_mib, else 1024].
+    #[arg(long)]
+    pub mem: Option<u64>,
+    /// Seconds before the command's whole process group is killed [default: the config
+    /// file's timeout_seconds, else 30].
+    #[arg(long)]
+    pub timeout: Option<u64>,
     /// Extra environment variable for the command, KEY=VALUE (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,

@@ -182,7 +182,8 @@ pub struct ServiceStartArgs {
     /// Map a secret into the service's environment: NAME or NAME=VAR (repeatable).
     #[arg(long = "secret-env", value_name = "NAME[=VAR]")]
     pub secret_env: Vec<String>,
-    /// Ready when this file exists (a workspace path).
+    /// Ready when this file exists: an absolute guest path (/tmp/ready), or relative to
+    /// /workspace.
     #[arg(long, group = "ready")]
     pub ready_file: Option<String>,
     /// Ready when HOST:PORT accepts a TCP connection.
@@ -275,13 +276,13 @@ pub struct CreateArgs {
     /// Stop the workspace after this many seconds without activity.
     #[arg(long)]
     pub idle_ttl: Option<u64>,
-    /// Virtual CPUs.
-    #[arg(long, default_value_t = 1)]
-    pub vcpu: u32,
-    /// Memory in MiB.
-    #[arg(long, default_value_t = 1024)]
-    pub mem: u64,
-    /// Isolation level [default: $PYRO_ISOLATION or microvm].
+    /// Virtual CPUs [default: the config file's vcpu_count, else 1].
+    #[arg(long)]
+    pub vcpu: Option<u32>,
+    /// Memory in MiB [default: the config file's mem_mib, else 1024].
+    #[arg(long)]
+    pub mem: Option<u64>,
+    /// Isolation level [default: $PYRO_ISOLATION, else the config file's, else microvm].
     #[arg(long)]
     pub isolation: Option<String>,
     /// Fail instead of building an environment that is not built yet.
@@ -314,7 +315,7 @@ pub struct ListArgs {
     /// Only workspaces with this label KEY=VALUE (repeatable; all must match).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
-    /// Only workspaces in this state (running, stopped, …).
+    /// Only workspaces in this state: creating, running, stopped, resetting or broken.
     #[arg(long)]
     pub state: Option<String>,
     #[command(flatten)]
@@ -354,9 +355,10 @@ pub struct UpdateArgs {
 pub struct ExecArgs {
     /// Workspace id or name.
     pub id: String,
-    /// Seconds before the command's whole process group is killed.
-    #[arg(long, default_value_t = 30)]
-    pub timeout: u64,
+    /// Seconds before the command's whole process group is killed [default: the config file's
+    /// timeout_seconds, else 30].
+    #[arg(long)]
+    pub timeout: Option<u64>,
     /// Working directory in the guest.
     #[arg(long)]
     pub cwd: Option<String>,
@@ -461,7 +463,7 @@ pub enum SyncCommand {
 pub struct SyncPushArgs {
     /// Workspace id or name.
     pub id: String,
-    /// Host directory or archive.
+    /// Host directory, tar archive (.tar, .tar.gz, .tgz) or single file.
     pub source: PathBuf,
     /// Destination directory in the workspace.
     #[arg(long)]

@@ -32,13 +32,20 @@ fn format_phase_line(tag: &str, fields: &[(&str, String)]) -> String {
 }
 
 /// Reports an error (JSON envelope on stdout with `--json`, else `error:` and `hint:` on
-/// stderr) and returns exit code 1.
+/// stderr) and returns exit code 2 for usage errors, else 1.
 pub fn fail(json: bool, err: &anyhow::Error) -> ExitCode {
     let (kind, hint) = match err.downcast_ref::<pyro::Error>() {
         Some(e) => (e.kind(), e.hint()),
         None => ("error", None),
     };
-    let message = format!("{err:#}");
+    // A request pyro refused before doing anything (a value out of range, a bad setting) is a
+    // usage error, like one clap refuses.
+    let code = if matches!(kind, "invalid_request" | "invalid_config") {
+        2
+    } else {
+        1
+    };
+    let message = chain_message(err);
     if json {
         let v = serde_json::json!({"error": {"kind": kind, "message": message, "hint": hint}});
         let _ = print_json(&v);
@@ -48,7 +55,24 @@ pub fn fail(json: bool, err: &anyhow::Error) -> ExitCode {
             eprintln!("hint: {h}");
         }
     }
-    ExitCode::from(1)
+    ExitCode::from(code)
+}
+
+/// The error with its causes, each said once: a library error already shows its cause (an OS
+/// error) in its own text, and `{:#}` would repeat it.
+fn chain_message(err: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
 }
 
 /// Shows environment build progress: a spinner on a terminal, plain lines otherwise.
@@ -166,5 +190,27 @@ mod tests {
             ],
         );
         assert_eq!(line, r#"[run] phase=exec step="two words" empty="""#);
+    }
+
+    #[test]
+    fn an_os_error_is_said_once() {
+        // pyro's I/O errors show their cause in their own text, and also expose it as source.
+        #[derive(Debug)]
+        struct WithCause(std::io::Error);
+        impl std::fmt::Display for WithCause {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "seed path /nope: {}", self.0)
+            }
+        }
+        impl std::error::Error for WithCause {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let io = || std::io::Error::from(std::io::ErrorKind::NotFound);
+        let err = anyhow::Error::new(WithCause(io()));
+        assert_eq!(chain_message(&err), "seed path /nope: entity not found");
+        let wrapped = anyhow::Error::new(io()).context("open seed");
+        assert_eq!(chain_message(&wrapped), "open seed: entity not found");
     }
 }

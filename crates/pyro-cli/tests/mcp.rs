@@ -43,6 +43,7 @@ fn scenario(p: &TestPyro, python: &PathBuf, name: &str, transport: &str, extra: 
         .current_dir(p.dir.path())
         .env("PYRO_HOME", &p.home)
         .env("PYRO_CACHE_DIR", util::shared_cache())
+        .env("PYRO_CONFIG", p.config_file())
         .env_remove("PYRO_ISOLATION")
         .env_remove("PYRO_MCP_TOKEN");
     if let Some(a) = util::agent() {
@@ -166,6 +167,20 @@ mcp_test!(
     "http",
     containers = true
 );
+
+#[test]
+fn a_server_without_pyro_isolation_uses_the_configured_level() {
+    let Some(py) = python("a_server_without_pyro_isolation_uses_the_configured_level") else {
+        return;
+    };
+    if !container_tests_enabled("a_server_without_pyro_isolation_uses_the_configured_level") {
+        return;
+    }
+    let p = TestPyro::new();
+    std::fs::write(p.config_file(), "isolation = \"container\"\n").unwrap();
+    scenario(&p, &py, "config_default", "stdio", &[]);
+    assert_no_leftovers(&p);
+}
 
 #[test]
 fn http_on_a_public_address_is_refused_without_a_token() {

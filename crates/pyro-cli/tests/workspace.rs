@@ -69,16 +69,18 @@ fn fails(p: &TestPyro, args: &[&str]) -> (String, Value) {
     let mut a = vec!["workspace"];
     a.extend_from_slice(args);
     let (out, v) = p.json(&a);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "pyro {a:?} should have failed: {v}\nstderr: {}",
-        stderr(&out)
-    );
     let kind = v["error"]["kind"]
         .as_str()
         .unwrap_or_else(|| panic!("no error envelope: {v}"))
         .to_string();
+    // A request refused as malformed is a usage error (2); anything else exits 1.
+    let code = if kind == "invalid_request" { 2 } else { 1 };
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "pyro {a:?} should have failed with {code}: {v}\nstderr: {}",
+        stderr(&out)
+    );
     (kind, v)
 }
 

@@ -43,6 +43,15 @@ fn an_absolute_ttl_stops_the_workspace_and_keeps_its_files() {
     let v = state(&p, &id);
     assert_eq!(v["state"], "stopped", "{v}");
     assert!(v["expired_at_ms"].is_i64());
+    // A call to it says what works: extending the ttl, not a bare `start` (which refuses).
+    let (out, v) = p.json(&["workspace", "exec", &id, "--", "true"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(v["error"]["kind"], "workspace_expired", "{v}");
+    let hint = v["error"]["hint"].as_str().unwrap();
+    assert!(
+        hint.contains("workspace update") && hint.contains("--ttl"),
+        "{hint}"
+    );
     // Kept for the grace period. Starting it needs a longer (or no) ttl first.
     let (out, v) = p.json(&["workspace", "start", &id]);
     assert_eq!(out.status.code(), Some(1));

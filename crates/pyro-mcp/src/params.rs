@@ -13,14 +13,15 @@ pub const MAX_OUTPUT_BYTES: u64 = 1 << 20;
 /// Output returned per stream unless the call asks for more.
 pub const DEFAULT_OUTPUT_BYTES: u64 = 64 << 10;
 
+// The user's config file (checked when the server starts) may change these defaults.
 pub(crate) fn default_vcpus() -> u32 {
-    1
+    pyro::user_config::default_vcpus().unwrap_or(pyro::user_config::builtin::VCPUS)
 }
 pub(crate) fn default_mem_mib() -> u64 {
-    1024
+    pyro::user_config::default_mem_mib().unwrap_or(pyro::user_config::builtin::MEM_MIB)
 }
 pub(crate) fn default_timeout() -> u64 {
-    30
+    pyro::user_config::default_timeout_s().unwrap_or(pyro::user_config::builtin::TIMEOUT_S)
 }
 pub(crate) fn default_output() -> u64 {
     DEFAULT_OUTPUT_BYTES
@@ -330,7 +331,7 @@ pub struct ServiceStartParams {
     /// Secrets to map into the service's environment: `NAME` or `NAME=VAR`.
     #[serde(default)]
     pub secret_env: Vec<String>,
-    /// Ready when this file (a workspace path) exists.
+    /// Ready when this file exists: an absolute guest path, or relative to /workspace.
     #[serde(default)]
     pub ready_file: Option<String>,
     /// Ready when HOST:PORT accepts a TCP connection.

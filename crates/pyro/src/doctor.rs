@@ -6,6 +6,7 @@ use std::process::Command;
 use serde::Serialize;
 
 use crate::backend::container::{cgroup_version, find_runc};
+use crate::backend::firecracker::{find_firecracker, find_jailer};
 use crate::backend::qemu::{find_qemu, find_vhost_vsock};
 use crate::backend::vm::find_kernel;
 use crate::backend::Isolation;
@@ -45,6 +46,10 @@ pub struct Kvm {
 pub struct AgentCheck {
     /// Where it is.
     pub path: Option<PathBuf>,
+    /// Where it comes from: `PYRO_AGENT`, `embedded` (carried by this build) or `found`.
+    pub source: Option<&'static str>,
+    /// The embedded agent's sha256, when this build carries one.
+    pub embedded_sha256: Option<&'static str>,
     /// Whether it is statically linked (needed for images without glibc).
     pub static_binary: bool,
 }
@@ -148,8 +153,56 @@ pub struct DoctorReport {
     pub dirs: Vec<DirCheck>,
     /// Networking.
     pub networking: Networking,
+    /// The level sandboxes get when none is asked for, and how to change it.
+    pub default_isolation: DefaultLevel,
     /// Problems worth fixing, one line each.
     pub issues: Vec<String>,
+}
+
+/// The default isolation level: what it is, where it comes from, whether this host gives it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DefaultLevel {
+    /// The level in effect (`None` when `PYRO_ISOLATION` or the config file is unusable).
+    pub level: Option<Isolation>,
+    /// Where it comes from: `environment` (PYRO_ISOLATION), `config_file` or `built_in`.
+    pub source: Option<crate::user_config::Source>,
+    /// The config file read for it.
+    pub config_file: PathBuf,
+    /// Whether this host gives that level.
+    pub usable: bool,
+    /// The strongest level this host gives.
+    pub strongest_usable: Option<Isolation>,
+    /// The one command that makes the strongest usable level the default, when the default
+    /// is not usable here.
+    pub set_default: Option<String>,
+    /// Why the default could not be read, if it could not.
+    pub error: Option<String>,
+}
+
+/// The default level against the levels this host gives.
+fn default_level(levels: &[LevelStatus]) -> DefaultLevel {
+    let strongest = levels.iter().find(|l| l.usable).map(|l| l.level);
+    let (level, source, error) = match crate::user_config::default_isolation() {
+        Ok((l, s)) => (Some(l), Some(s), None),
+        Err(e) => (None, None, Some(e.to_string())),
+    };
+    let usable = level.is_some_and(|d| levels.iter().any(|l| l.level == d && l.usable));
+    let set_default = match (usable, strongest, source) {
+        (false, Some(best), Some(crate::user_config::Source::Environment)) => {
+            Some(format!("export PYRO_ISOLATION={best}"))
+        }
+        (false, Some(best), _) => Some(format!("pyro config set isolation {best}")),
+        _ => None,
+    };
+    DefaultLevel {
+        level,
+        source,
+        config_file: crate::user_config::path(),
+        usable,
+        strongest_usable: strongest,
+        set_default,
+        error,
+    }
 }
 
 fn which(name: &str) -> Option<PathBuf> {
@@ -229,10 +282,22 @@ impl Pyro {
             dev_vhost_vsock: Path::new("/dev/vhost-vsock").exists(),
             test_boots: Vec::new(),
         };
-        let agent_path = cfg.agent.clone().or_else(find_agent);
+        let (agent_path, source) = match &cfg.agent {
+            Some(p) => (Some(p.clone()), Some("PYRO_AGENT")),
+            None => match crate::embedded_agent::install(&cfg.paths.cache) {
+                Some(Ok(p)) => (Some(p), Some("embedded")),
+                _ => {
+                    let found = find_agent();
+                    let source = found.as_ref().map(|_| "found");
+                    (found, source)
+                }
+            },
+        };
         let agent = AgentCheck {
             static_binary: agent_path.as_deref().is_some_and(is_static_binary),
             path: agent_path,
+            source,
+            embedded_sha256: crate::embedded_agent::digest(),
         };
         let dirs: Vec<DirCheck> = [&cfg.paths.home, &cfg.paths.cache, &cfg.paths.run]
             .into_iter()
@@ -278,15 +343,34 @@ impl Pyro {
         if !mmdebstrap.found {
             issues.push("mmdebstrap is missing, so environments cannot be built (apt-get install mmdebstrap)".into());
         }
+        let default_isolation = default_level(&levels);
+        if let Some(e) = &default_isolation.error {
+            issues.push(format!("the default isolation level cannot be read: {e}"));
+        } else if let (Some(level), false) = (default_isolation.level, default_isolation.usable) {
+            let fix = match &default_isolation.set_default {
+                Some(cmd) => {
+                    format!("; make the strongest usable level the default once with `{cmd}`")
+                }
+                None => String::new(),
+            };
+            issues.push(format!(
+                "the default isolation level, {level}, is not usable on this host, so every call must name a level{fix}"
+            ));
+        }
         DoctorReport {
+            default_isolation,
             platform: format!("linux-{}", std::env::consts::ARCH),
             kernel,
             root,
             ok,
             isolation_levels: levels,
             kvm,
-            firecracker: tool_at(which("firecracker"), "--version"),
-            jailer: tool_at(which("jailer"), "--version"),
+            // Where the backend looks, so doctor never says "not found" for the build it uses.
+            firecracker: tool_at(find_firecracker(), "--version"),
+            jailer: tool_at(
+                find_firecracker().as_deref().and_then(find_jailer),
+                "--version",
+            ),
             qemu: tool_at(find_qemu(), "--version"),
             vm,
             runc: tool_at(cfg.runc.clone().or_else(find_runc), "--version"),

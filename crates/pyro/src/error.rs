@@ -9,6 +9,15 @@ pub enum Error {
     /// The request was malformed (empty command, bad limits, bad names).
     #[error("{0}")]
     InvalidRequest(String),
+    /// A setting from outside the request (an environment variable or the config file) is
+    /// unusable.
+    #[error("{source_name}: {message}")]
+    InvalidConfig {
+        /// Where the setting came from: the variable's name or the file's path.
+        source_name: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// No environment of this name is in the catalog.
     #[error("unknown environment {name:?}")]
     UnknownEnvironment {
@@ -67,7 +76,7 @@ pub enum Error {
     #[error("guest agent: {0}")]
     Agent(String),
     /// The guest agent answered with an error.
-    #[error("guest agent refused the request ({kind}): {message}")]
+    #[error("{message}")]
     AgentRefused {
         /// The agent's error kind.
         kind: String,
@@ -85,6 +94,10 @@ pub enum Error {
         /// Its state.
         state: String,
     },
+    /// The workspace passed its absolute ttl and was stopped; it starts again only once its
+    /// ttl is extended or cleared.
+    #[error("workspace {0} is past its ttl and stopped")]
+    WorkspaceExpired(String),
     /// A patch was refused; nothing was changed.
     #[error("{0}")]
     PatchFailed(String),
@@ -182,6 +195,7 @@ impl Error {
     pub fn kind(&self) -> &'static str {
         match self {
             Error::InvalidRequest(_) => "invalid_request",
+            Error::InvalidConfig { .. } => "invalid_config",
             Error::UnknownEnvironment { .. } => "unknown_environment",
             Error::EnvironmentNotBuilt(_) => "environment_not_built",
             Error::Build { .. } => "build_failed",
@@ -200,6 +214,7 @@ impl Error {
             },
             Error::WorkspaceNotFound(_) => "workspace_not_found",
             Error::WorkspaceNotRunning { .. } => "workspace_not_running",
+            Error::WorkspaceExpired(_) => "workspace_expired",
             Error::PatchFailed(_) => "patch_failed",
             Error::AlreadyExists(_) => "already_exists",
             Error::SandboxNotFound(_) => "not_found",
@@ -228,6 +243,8 @@ impl Error {
                 known.join(", ")
             )),
             Error::EnvironmentNotBuilt(name) => Some(format!("run `pyro env build {name}`")),
+            Error::InvalidConfig { source_name, .. } if source_name.starts_with("PYRO_") => Some(format!("fix or unset {source_name}; `pyro doctor` lists the variables pyro reads")),
+            Error::InvalidConfig { .. } => Some("fix or remove the setting (`pyro config unset KEY`); `pyro config show` lists the keys".into()),
             Error::IsolationUnavailable { available, .. } if available.is_empty() => {
                 Some("no isolation level is usable on this host; run `pyro doctor`".into())
             }
@@ -241,8 +258,10 @@ impl Error {
             Error::Backend { backend: "container", .. } => Some("run `pyro doctor` to check the container runtime".into()),
             Error::WorkspaceNotFound(_) => Some("see `pyro workspace list`".into()),
             Error::WorkspaceNotRunning { id, state } if state == "broken" => Some(format!("an earlier call was interrupted; run `pyro workspace reset {id}`")),
+            Error::WorkspaceExpired(id) => Some(format!("extend its ttl with `pyro workspace update {id} --ttl SECONDS` (or --clear-ttl), then `pyro workspace start {id}`")),
             Error::WorkspaceNotRunning { id, .. } => Some(format!("start it with `pyro workspace start {id}`")),
             Error::PatchFailed(_) => Some("the workspace is unchanged; regenerate the patch against the current files (`pyro workspace diff`)".into()),
+            Error::AlreadyExists(what) if what.starts_with("a workspace named") => Some("names are unique: choose another --name, or delete that workspace first (`pyro workspace delete NAME`)".into()),
             Error::AlreadyExists(_) => Some("pass --force to overwrite".into()),
             Error::AgentRefused { kind, .. } if kind == "bad_path" => Some("paths must stay inside /workspace".into()),
             Error::SandboxNotFound(_) => Some("it may have been deleted or reaped; see `pyro gc`".into()),

@@ -88,6 +88,9 @@ pub fn is_static_binary(path: &Path) -> bool {
     bytes.starts_with(b"\x7fELF") && !head.windows(12).any(|w| w == b"/lib64/ld-li")
 }
 
+/// Why no agent could be used: only a build made with `PYRO_EMBED_AGENT=0` gets here.
+const AGENT_MISSING: &str = "this pyro was built without its guest agent (PYRO_EMBED_AGENT=0) and none was found: set PYRO_AGENT to a static pyro-agent (scripts/build-agent builds one)";
+
 pub(crate) struct Inner {
     pub config: Config,
     pub store: Store,
@@ -103,10 +106,18 @@ impl Inner {
         self.config.runc.clone().or_else(find_runc)
     }
 
+    /// The agent sandboxes run: `PYRO_AGENT` (or the configured path), else the one this build
+    /// carries, else (a build without one) a static agent beside the executable.
     pub fn agent_path(&self) -> Result<PathBuf> {
-        self.config.agent.clone().or_else(find_agent).ok_or_else(|| Error::Backend {
+        if let Some(p) = &self.config.agent {
+            return Ok(p.clone());
+        }
+        if let Some(installed) = crate::embedded_agent::install(&self.config.paths.cache) {
+            return installed;
+        }
+        find_agent().ok_or_else(|| Error::Backend {
             backend: "container",
-            message: "the pyro-agent binary was not found (set PYRO_AGENT, or run scripts/build-agent)".into(),
+            message: AGENT_MISSING.into(),
         })
     }
 }
@@ -286,11 +297,8 @@ impl Pyro {
             .contains("overlay")
         {
             Some("the kernel has no overlayfs".into())
-        } else if self.inner.agent_path().is_err() {
-            Some(
-                "the pyro-agent binary was not found (set PYRO_AGENT, or run scripts/build-agent)"
-                    .into(),
-            )
+        } else if let Err(e) = self.inner.agent_path() {
+            Some(e.to_string())
         } else {
             None
         };
@@ -312,12 +320,7 @@ impl Pyro {
             );
         }
         match self.inner.agent_path() {
-            Err(_) => {
-                return Some(
-                    "the pyro-agent binary was not found (set PYRO_AGENT, or run scripts/build-agent)"
-                        .into(),
-                )
-            }
+            Err(e) => return Some(e.to_string()),
             Ok(p) if !is_static_binary(&p) => {
                 return Some(format!(
                     "the pyro-agent at {} is not statically linked; a VM's initramfs has no libc (run scripts/build-agent)",

@@ -57,6 +57,7 @@ pub mod backend;
 pub mod bench;
 pub mod blocking;
 pub mod doctor;
+pub mod embedded_agent;
 pub mod env;
 pub mod error;
 pub mod facade;
@@ -67,6 +68,7 @@ pub mod run;
 pub mod runtime;
 pub mod sandbox;
 pub mod store;
+pub mod user_config;
 pub mod vm;
 pub mod workspace;
 

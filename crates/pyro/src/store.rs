@@ -198,6 +198,17 @@ fn proc_from(pid: Option<i64>, start: Option<i64>) -> Option<ProcessId> {
     })
 }
 
+/// Starts a transaction that writes. It takes the write lock at once (`BEGIN IMMEDIATE`): a
+/// deferred transaction that reads first and writes later cannot wait for the lock when another
+/// process wrote in between (SQLite answers `SQLITE_BUSY_SNAPSHOT` at once, with no busy
+/// timeout), whereas waiting for the lock up front is covered by the busy timeout.
+fn write_tx(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+}
+
+/// How long a call waits for another process's write before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl Store {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<Store> {
@@ -206,7 +217,7 @@ impl Store {
                 .ctx(|| format!("create state directory {}", dir.display()))?;
         }
         let conn = Connection::open(path)?;
-        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
@@ -279,7 +290,7 @@ impl Store {
     /// Forgets a sandbox whose processes and files are gone.
     pub fn remove(&self, id: &str) -> Result<()> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = write_tx(&mut conn)?;
         tx.execute("DELETE FROM sandboxes WHERE id = ?1", params![id])?;
         // The lease and published ports go with the sandbox (a workspace's reset keeps its
         // record, so it keeps its address).
@@ -331,7 +342,7 @@ impl Store {
         write: impl FnOnce(&rusqlite::Transaction<'_>, u32) -> rusqlite::Result<usize>,
     ) -> Result<Option<u32>> {
         let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let tx = write_tx(&mut conn)?;
         let used = used_slots(&tx)?;
         let Some(slot) = pick(&used) else {
             return Ok(None);
@@ -657,7 +668,7 @@ impl Store {
     /// Appends an exec to a workspace's history in one transaction with its command count.
     pub fn append_log(&self, id: &str, mut log: LogRow) -> Result<LogRow> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = write_tx(&mut conn)?;
         let seq: i64 = tx.query_row(
             "SELECT COALESCE(MAX(seq), 0) + 1 FROM workspace_logs WHERE workspace_id = ?1",
             params![id],
@@ -753,7 +764,7 @@ impl Store {
     /// Forgets a workspace, its history and its snapshots, in one transaction.
     pub fn delete_workspace(&self, id: &str) -> Result<()> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = write_tx(&mut conn)?;
         for table in ["workspace_logs", "snapshots"] {
             tx.execute(
                 &format!("DELETE FROM {table} WHERE workspace_id = ?1"),

@@ -49,6 +49,28 @@ pub async fn doctor(pyro: &Pyro, a: DoctorArgs) -> anyhow::Result<ExitCode> {
                 Some(why) => println!("  {:<12} unavailable: {why}", l.level.to_string()),
             }
         }
+        let d = &r.default_isolation;
+        match (d.level, &d.error) {
+            (Some(level), _) => println!(
+                "Default level: {level} (from {}; {})",
+                match d.source {
+                    Some(pyro::user_config::Source::Environment) => "PYRO_ISOLATION".to_string(),
+                    Some(pyro::user_config::Source::ConfigFile) =>
+                        d.config_file.display().to_string(),
+                    _ => "the built-in default".to_string(),
+                },
+                if d.usable {
+                    "usable here"
+                } else {
+                    "NOT usable here"
+                }
+            ),
+            (None, Some(e)) => println!("Default level: unreadable: {e}"),
+            (None, None) => {}
+        }
+        if let (Some(best), Some(cmd)) = (d.strongest_usable, &d.set_default) {
+            println!("  this host gives {best}; make it the default once with: {cmd}");
+        }
         let boot = match r.kvm.test_boot {
             Some(b) => yn(b).to_string(),
             None => format!(
@@ -91,8 +113,9 @@ pub async fn doctor(pyro: &Pyro, a: DoctorArgs) -> anyhow::Result<ExitCode> {
         );
         match &r.agent.path {
             Some(p) => println!(
-                "agent: {} (static: {})",
+                "agent: {} ({}, static: {})",
                 p.display(),
+                r.agent.source.unwrap_or("found"),
                 yn(r.agent.static_binary)
             ),
             None => println!("agent: not found"),

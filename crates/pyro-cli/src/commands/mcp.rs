@@ -22,6 +22,12 @@ fn termination() -> anyhow::Result<impl std::future::Future<Output = ()> + Send 
 
 pub async fn mcp(pyro: pyro::Pyro, c: McpCommand) -> anyhow::Result<ExitCode> {
     let McpCommand::Serve(a) = c;
+    // A bad PYRO_ISOLATION or config file stops the server now, not at a client's first call.
+    let (level, source) = pyro::user_config::default_isolation()?;
+    eprintln!(
+        "[mcp] default_isolation={level} from={}",
+        serde_json::to_value(source)?.as_str().unwrap_or("unknown")
+    );
     let profile: pyro_mcp::Profile = a.profile.parse()?;
     let mut dirs = vec![std::env::current_dir().context("read the working directory")?];
     dirs.extend(a.allow_root);

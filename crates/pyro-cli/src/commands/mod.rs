@@ -1,6 +1,7 @@
 //! One file per command: map arguments to a library request, call the facade, render.
 
 mod bench;
+mod config;
 mod doctor;
 mod env;
 mod gc;
@@ -16,6 +17,10 @@ use crate::cli::{Cli, Command};
 
 /// Runs the chosen command.
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    // The config file is edited without opening the state database.
+    if let Command::Config(c) = cli.command {
+        return config::config(c);
+    }
     let pyro = pyro::Pyro::open(pyro::Config::from_env()).await?;
     match cli.command {
         Command::Run(a) => run::run(&pyro, a).await,
@@ -28,6 +33,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Runtime(a) => runtime::runtime(&pyro, a).await,
         Command::Kernel(c) => kernel::kernel(&pyro, c).await,
         Command::Demo(a) => run::demo(&pyro, a).await,
+        Command::Config(c) => config::config(c),
     }
 }
 
@@ -46,6 +52,14 @@ impl pyro::OutputSink for Passthrough {
                 .and_then(|_| std::io::stdout().flush()),
             pyro::OutputStream::Stderr => std::io::stderr().lock().write_all(bytes),
         };
+    }
+}
+
+/// A flag's value, else the default from the config file (or built in).
+pub fn or_default<T>(flag: Option<T>, default: fn() -> pyro::Result<T>) -> pyro::Result<T> {
+    match flag {
+        Some(v) => Ok(v),
+        None => default(),
     }
 }
 

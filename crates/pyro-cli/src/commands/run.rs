@@ -7,7 +7,7 @@ use std::time::Duration;
 use pyro::{OutputSink, Pyro, RunRequest};
 use tokio::signal::unix::{signal, SignalKind};
 
-use super::parse_pairs;
+use super::{or_default, parse_pairs};
 use crate::cli::RunArgs;
 use crate::output::{phase_line, print_json, BuildProgress, TransferProgress};
 
@@ -55,9 +55,9 @@ pub async fn demo(pyro: &Pyro, a: crate::cli::DemoArgs) -> anyhow::Result<ExitCo
         RunArgs {
             environment: "debian:12".into(),
             isolation: a.isolation,
-            vcpu: 1,
-            mem: 1024,
-            timeout: 120,
+            vcpu: None,
+            mem: None,
+            timeout: Some(120),
             env: Vec::new(),
             max_output_bytes: 1 << 20,
             no_build: false,
@@ -73,9 +73,9 @@ pub async fn demo(pyro: &Pyro, a: crate::cli::DemoArgs) -> anyhow::Result<ExitCo
 pub async fn run(pyro: &Pyro, a: RunArgs) -> anyhow::Result<ExitCode> {
     let mut req = RunRequest::new(a.environment.clone(), a.command.clone());
     req.isolation = a.isolation.as_deref().map(str::parse).transpose()?;
-    req.vcpus = a.vcpu;
-    req.mem_mib = a.mem;
-    req.timeout = Duration::from_secs(a.timeout);
+    req.vcpus = or_default(a.vcpu, pyro::user_config::default_vcpus)?;
+    req.mem_mib = or_default(a.mem, pyro::user_config::default_mem_mib)?;
+    req.timeout = Duration::from_secs(or_default(a.timeout, pyro::user_config::default_timeout_s)?);
     req.env = parse_pairs("--env", &a.env)?;
     req.build_missing = !a.no_build;
     req.max_output_bytes = a.max_output_bytes;

@@ -14,7 +14,7 @@ use pyro::workspace::{
 use pyro::{OutputSink, Pyro};
 use tokio::io::AsyncReadExt;
 
-use super::{parse_pairs, Passthrough};
+use super::{or_default, parse_pairs, Passthrough};
 use crate::cli_workspace::*;
 use crate::output::{phase_line, print_json, BuildProgress};
 
@@ -83,8 +83,8 @@ pub async fn workspace(pyro: &Pyro, cmd: WorkspaceCommand) -> anyhow::Result<Exi
             req.seed = a.seed_path.as_deref().map(Seed::from_path).transpose()?;
             req.ttl = ttl(a.ttl);
             req.idle_ttl = ttl(a.idle_ttl);
-            req.vcpus = a.vcpu;
-            req.mem_mib = a.mem;
+            req.vcpus = or_default(a.vcpu, pyro::user_config::default_vcpus)?;
+            req.mem_mib = or_default(a.mem, pyro::user_config::default_mem_mib)?;
             req.isolation = a.isolation.as_deref().map(str::parse).transpose()?;
             req.build_missing = !a.no_build;
             req.network = pyro::network::NetworkSpec::from_parts(
@@ -233,7 +233,10 @@ pub async fn workspace(pyro: &Pyro, cmd: WorkspaceCommand) -> anyhow::Result<Exi
         }
         WorkspaceCommand::Exec(a) => {
             let opts = ExecOptions {
-                timeout: Duration::from_secs(a.timeout),
+                timeout: Duration::from_secs(or_default(
+                    a.timeout,
+                    pyro::user_config::default_timeout_s,
+                )?),
                 env: parse_pairs("--env", &a.env)?,
                 cwd: a.cwd,
                 max_output_bytes: a.max_output_bytes,
@@ -258,6 +261,9 @@ pub async fn workspace(pyro: &Pyro, cmd: WorkspaceCommand) -> anyhow::Result<Exi
                         ("duration_ms", r.duration_ms.to_string()),
                     ],
                 );
+                for w in &r.warnings {
+                    eprintln!("[workspace-exec] warning: {w}");
+                }
             }
             return Ok(ExitCode::from(r.exit_code.clamp(0, 255) as u8));
         }
@@ -589,6 +595,28 @@ fn service_line(tag: &str, s: &pyro::workspace::ServiceInfo) {
     );
 }
 
+/// One line for a service on stdout: `NAME [STATE] pid=… exit_code=… restarts=… PORTS $ CMD`.
+fn service_summary(
+    s: &pyro::workspace::ServiceInfo,
+    ports: &[pyro::network::PublishedPort],
+) -> String {
+    let ports: String = ports
+        .iter()
+        .map(|p| format!(" {}:{}->{}", p.host_addr, p.host_port, p.guest_port))
+        .collect();
+    format!(
+        "{} [{}] pid={}{} restarts={}{} $ {}",
+        s.name,
+        s.state,
+        s.pid.map_or("-".into(), |p| p.to_string()),
+        s.exit_code
+            .map_or(String::new(), |c| format!(" exit_code={c}")),
+        s.restarts,
+        ports,
+        s.command
+    )
+}
+
 async fn service(pyro: &Pyro, c: ServiceCommand) -> anyhow::Result<ExitCode> {
     match c {
         ServiceCommand::Start(a) => {
@@ -645,21 +673,7 @@ async fn service(pyro: &Pyro, c: ServiceCommand) -> anyhow::Result<ExitCode> {
                 println!("No workspace services found.");
             } else {
                 for e in &list {
-                    let s = &e.service;
-                    let ports: Vec<String> = e
-                        .published_ports
-                        .iter()
-                        .map(|p| format!(" {}:{}->{}", p.host_addr, p.host_port, p.guest_port))
-                        .collect();
-                    println!(
-                        "{} [{}] pid={} restarts={}{} $ {}",
-                        s.name,
-                        s.state,
-                        s.pid.map_or("-".into(), |p| p.to_string()),
-                        s.restarts,
-                        ports.concat(),
-                        s.command
-                    );
+                    println!("{}", service_summary(&e.service, &e.published_ports));
                 }
             }
         }
@@ -668,7 +682,10 @@ async fn service(pyro: &Pyro, c: ServiceCommand) -> anyhow::Result<ExitCode> {
             if a.out.json {
                 print_json(&r)?;
             } else {
-                service_line("workspace-service-status", &r.service);
+                println!("{}", service_summary(&r.service, &r.published_ports));
+                if let Some(reason) = &r.service.reason {
+                    println!("reason: {reason}");
+                }
             }
         }
         ServiceCommand::Logs(a) => {

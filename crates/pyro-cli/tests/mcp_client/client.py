@@ -338,6 +338,17 @@ async def scenario_vm(args):
     print("vm ok")
 
 
+async def scenario_config_default(args):
+    """No isolation anywhere in the calls, no PYRO_ISOLATION: the config file's level is used."""
+    async with session(args) as s:
+        r = await call(s, "vm_run", {"environment": "debian:12", "command": "echo from-config"})
+        check(r["isolation"] == "container" and r["stdout"] == "from-config\n", "vm_run uses the configured level", r)
+        w = await call(s, "workspace_create", {"environment": "debian:12"})
+        check(w["isolation"] == "container", "workspace_create uses the configured level", w)
+        await call(s, "workspace_delete", {"workspace_id": w["workspace_id"]})
+    print("config_default ok")
+
+
 async def scenario_killed(args):
     """A server killed with SIGKILL leaves a started VM; the next pyro's gc removes it."""
     env = dict(os.environ)
@@ -429,7 +440,7 @@ async def scenario_auth(args):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("scenario", choices=["profiles", "errors", "story", "interactive", "vm", "killed", "disconnect", "auth"])
+    p.add_argument("scenario", choices=["profiles", "errors", "story", "interactive", "vm", "killed", "disconnect", "auth", "config_default"])
     p.add_argument("transport", choices=["stdio", "http"])
     p.add_argument("--pyro", required=True)
     args = p.parse_args()

@@ -48,12 +48,10 @@ impl Isolation {
         }
     }
 
-    /// The default level: `$PYRO_ISOLATION`, else `microvm`.
+    /// The default level: `$PYRO_ISOLATION`, else the config file's, else `microvm` (see
+    /// [`crate::user_config`]).
     pub fn default_from_env() -> Result<Isolation> {
-        match std::env::var("PYRO_ISOLATION") {
-            Ok(v) if !v.is_empty() => v.parse(),
-            _ => Ok(Isolation::Microvm),
-        }
+        crate::user_config::default_isolation().map(|(level, _)| level)
     }
 }
 

@@ -51,6 +51,18 @@ impl SeedSource {
                     gzip: n == 2 && magic == [0x1f, 0x8b],
                 })
             }
+            Seed::File(p) => {
+                if !p.is_file() {
+                    return Err(Error::InvalidRequest(format!(
+                        "{} is not a regular file",
+                        p.display()
+                    )));
+                }
+                Ok(SeedSource {
+                    seed: seed.clone(),
+                    gzip: false,
+                })
+            }
         }
     }
 
@@ -60,6 +72,7 @@ impl SeedSource {
             Seed::Archive(p) => {
                 serde_json::json!({"mode": if self.gzip { "tar.gz" } else { "tar" }, "source": p})
             }
+            Seed::File(p) => serde_json::json!({"mode": "file", "source": p}),
         }
     }
 
@@ -109,6 +122,15 @@ fn to_plain_tar(seed: &Seed, out: &Path) -> Result<()> {
             b.follow_symlinks(false);
             b.append_dir_all(".", dir)
                 .ctx(|| format!("archive {}", dir.display()))?;
+            b.finish().ctx(|| "finish archive".into())?;
+        }
+        Seed::File(p) => {
+            let name = p.file_name().ok_or_else(|| {
+                Error::InvalidRequest(format!("{} has no file name", p.display()))
+            })?;
+            let mut b = tar::Builder::new(&mut w);
+            b.append_path_with_name(p, name)
+                .ctx(|| format!("archive {}", p.display()))?;
             b.finish().ctx(|| "finish archive".into())?;
         }
         Seed::Archive(p) => {

@@ -66,18 +66,59 @@ pub enum Seed {
     Dir(PathBuf),
     /// A tar archive (`.tar`), or gzip-compressed (`.tar.gz`, `.tgz`).
     Archive(PathBuf),
+    /// One regular file, copied in under its own name.
+    File(PathBuf),
 }
 
 impl Seed {
-    /// A seed from a host path: a directory or an archive.
+    /// A seed from a host path: a directory, a tar archive (by its name or its content), or
+    /// any other regular file, copied as that one file.
     pub fn from_path(p: &Path) -> Result<Seed> {
-        let meta = std::fs::metadata(p).ctx(|| format!("seed path {}", p.display()))?;
+        let meta = match std::fs::metadata(p) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::InvalidRequest(format!(
+                    "{} does not exist (give a directory, a .tar/.tar.gz archive or a file)",
+                    p.display()
+                )))
+            }
+            Err(e) => return Err(Error::io(format!("seed path {}", p.display()), e)),
+        };
         if meta.is_dir() {
             Ok(Seed::Dir(p.to_path_buf()))
-        } else {
+        } else if !meta.is_file() {
+            Err(Error::InvalidRequest(format!(
+                "{} is neither a directory nor a regular file",
+                p.display()
+            )))
+        } else if looks_like_archive(p)? {
             Ok(Seed::Archive(p.to_path_buf()))
+        } else {
+            Ok(Seed::File(p.to_path_buf()))
         }
     }
+}
+
+/// Whether a file is a tar archive, plain or gzip-compressed: by its name, else by its first
+/// bytes (gzip magic, or tar's `ustar` magic at offset 257).
+fn looks_like_archive(p: &Path) -> Result<bool> {
+    let name = p.file_name().map(|n| n.to_string_lossy().to_lowercase());
+    if name
+        .as_deref()
+        .is_some_and(|n| n.ends_with(".tar") || n.ends_with(".tar.gz") || n.ends_with(".tgz"))
+    {
+        return Ok(true);
+    }
+    let mut head = [0u8; 262];
+    let mut f = std::fs::File::open(p).ctx(|| format!("open {}", p.display()))?;
+    let mut n = 0;
+    while n < head.len() {
+        match std::io::Read::read(&mut f, &mut head[n..]).ctx(|| format!("read {}", p.display()))? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(head[..n].starts_with(&[0x1f, 0x8b]) || (n >= 262 && &head[257..262] == b"ustar"))
 }
 
 /// A workspace to create.
@@ -202,6 +243,14 @@ fn expires_at(w: &WorkspaceRow) -> Option<i64> {
     }
 }
 
+/// The states a workspace can be in, for filters.
+pub const WORKSPACE_STATES: &[&str] = &["creating", "running", "stopped", "resetting", "broken"];
+
+/// Whether the workspace's absolute ttl has passed (an idle ttl is renewed by starting it).
+fn past_ttl(w: &WorkspaceRow) -> bool {
+    w.ttl_s.is_some() && expires_at(w).is_some_and(|t| t <= now_ms())
+}
+
 impl From<&WorkspaceRow> for WorkspaceInfo {
     fn from(w: &WorkspaceRow) -> WorkspaceInfo {
         WorkspaceInfo {
@@ -262,6 +311,10 @@ pub struct WorkspaceExecResult {
     pub timed_out: bool,
     /// Duration.
     pub duration_ms: u64,
+    /// What went wrong around the command without changing its result, e.g. its history entry
+    /// could not be written (then `sequence` is 0). The command ran exactly once either way.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// What a delete did.
@@ -437,6 +490,11 @@ impl Pyro {
     pub(crate) async fn ws_running(&self, id: &str) -> Result<(WorkspaceRow, Sandbox)> {
         let w = self.ws_row(id)?;
         if w.state != "running" {
+            // A workspace stopped at its ttl cannot simply be started again: say so, so the
+            // hint names the step that works.
+            if w.state == "stopped" && past_ttl(&w) {
+                return Err(Error::WorkspaceExpired(w.id));
+            }
             return Err(Error::WorkspaceNotRunning {
                 id: w.id,
                 state: w.state,
@@ -648,6 +706,12 @@ impl Pyro {
         labels: &BTreeMap<String, String>,
         state: Option<&str>,
     ) -> Result<Vec<WorkspaceInfo>> {
+        if let Some(s) = state.filter(|s| !WORKSPACE_STATES.contains(s)) {
+            return Err(Error::InvalidRequest(format!(
+                "unknown workspace state {s:?} (expected one of: {})",
+                WORKSPACE_STATES.join(", ")
+            )));
+        }
         Ok(self
             .inner
             .store
@@ -772,7 +836,10 @@ impl Pyro {
         let exit_code = crate::run::exit_code(o);
         let command = redactor.text(&pyro_protocol::join_argv(argv).unwrap_or_default());
         let cwd = opts.cwd.clone().unwrap_or_else(|| WORKSPACE_PATH.into());
-        let log = self.inner.store.append_log(
+        // The command has run: from here on, a bookkeeping failure must not turn its result
+        // into an error (a caller that retried would run it twice).
+        let mut warnings = Vec::new();
+        let logged = self.inner.store.append_log(
             &w.id,
             LogRow {
                 seq: 0,
@@ -786,14 +853,24 @@ impl Pyro {
                 stdout_bytes: o.stdout_bytes,
                 stderr_bytes: o.stderr_bytes,
             },
-        )?;
+        );
+        let sequence = match logged {
+            Ok(log) => log.seq,
+            Err(e) => {
+                tracing::warn!(workspace = %w.id, "exec not recorded in the history: {e}");
+                warnings.push(format!(
+                    "the command ran, but its history entry was not written: {e}"
+                ));
+                0
+            }
+        };
         // Whatever the command had refused is kept before the kernel log can forget it.
         self.keep_refusals(&w.id);
         let (stdout, stdout_base64) = text_and_bytes(&redactor.bytes(&r.stdout));
         let (stderr, stderr_base64) = text_and_bytes(&redactor.bytes(&r.stderr));
         Ok(WorkspaceExecResult {
             workspace_id: w.id,
-            sequence: log.seq,
+            sequence,
             command,
             cwd,
             exit_code,
@@ -805,6 +882,7 @@ impl Pyro {
             truncated: o.stdout_truncated || o.stderr_truncated,
             timed_out: o.timed_out,
             duration_ms: o.duration_ms,
+            warnings,
         })
     }
 
@@ -897,11 +975,8 @@ impl Pyro {
                 })
             }
         }
-        if w.ttl_s.is_some() && expires_at(&w).is_some_and(|t| t <= now_ms()) {
-            return Err(Error::InvalidRequest(format!(
-                "workspace {} is past its ttl; extend it first with `pyro workspace update {} --ttl SECONDS` (or --clear-ttl)",
-                w.id, w.id
-            )));
+        if past_ttl(&w) {
+            return Err(Error::WorkspaceExpired(w.id));
         }
         let backend = self.ws_backend(&w)?;
         let rec = self.ws_sandbox(&w.id)?;
