@@ -232,7 +232,7 @@ fn unknown_environment_is_a_clear_error_and_leaves_nothing() {
 fn empty_command_is_a_usage_error() {
     let p = TestPyro::new();
     let (out, v) = p.json(&["run", "debian:12", "--isolation", "container"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(
         v["error"]["message"]
             .as_str()

@@ -43,8 +43,11 @@ fn err_kind(p: &TestPyro, args: &[&str]) -> (String, Value) {
     let mut a = vec!["workspace"];
     a.extend_from_slice(args);
     let (out, v) = p.json(&a);
-    assert_eq!(out.status.code(), Some(1), "{args:?} should fail: {v}");
-    (v["error"]["kind"].as_str().unwrap().to_string(), v)
+    let kind = v["error"]["kind"].as_str().unwrap().to_string();
+    // A request refused as malformed is a usage error (2); anything else exits 1.
+    let code = if kind == "invalid_request" { 2 } else { 1 };
+    assert_eq!(out.status.code(), Some(code), "{args:?} should fail: {v}");
+    (kind, v)
 }
 
 /// Reads a shell until idle, from a cursor; returns (output, next cursor).
