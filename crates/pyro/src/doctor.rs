@@ -334,7 +334,7 @@ impl Pyro {
             ));
         }
         if agent.path.is_some() && !agent.static_binary {
-            issues.push("the pyro-agent binary is not statically linked; images without glibc will not run it (run scripts/build-agent)".into());
+            issues.push("the pyro-agent binary is not statically linked; images without glibc will not run it (unset PYRO_AGENT to use the agent built into pyro)".into());
         }
         for d in dirs.iter().filter(|d| !d.writable) {
             issues.push(format!("{} is not writable", d.path.display()));

@@ -323,7 +323,7 @@ impl Pyro {
             Err(e) => return Some(e.to_string()),
             Ok(p) if !is_static_binary(&p) => {
                 return Some(format!(
-                    "the pyro-agent at {} is not statically linked; a VM's initramfs has no libc (run scripts/build-agent)",
+                    "the pyro-agent at {} is not statically linked; a VM's initramfs has no libc (unset PYRO_AGENT to use the agent built into pyro, or point it at scripts/build-agent's output)",
                     p.display()
                 ))
             }

@@ -21,14 +21,13 @@ use pyro::backend::vm::{find_kernel, kvm_usable, processes_mentioning};
 use pyro::backend::{Backend, Resources, SandboxSpec};
 use pyro::store::{SandboxKind, SandboxRecord};
 
+/// `$PYRO_AGENT`, else the agent built into the library, installed into the test cache.
 fn agent() -> Option<PathBuf> {
-    std::env::var_os("PYRO_AGENT")
-        .map(PathBuf::from)
-        .or_else(|| {
-            let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../target/x86_64-unknown-linux-gnu/release/pyro-agent");
-            p.is_file().then_some(p)
-        })
+    if let Some(p) = std::env::var_os("PYRO_AGENT").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let cache = std::env::temp_dir().join("pyro-test-agent");
+    pyro::embedded_agent::install(&cache)?.ok()
 }
 
 fn prerequisites() -> Result<(PathBuf, PathBuf, PathBuf), String> {

@@ -10,13 +10,11 @@ use std::path::{Path, PathBuf};
 use pyro::blocking::Pyro;
 use pyro::{Config, CreateVm, CreateWorkspace, ExecOptions, Isolation, RunRequest};
 
+/// `$PYRO_AGENT` when set; otherwise the SDK uses the agent built into it.
 fn agent() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("PYRO_AGENT") {
-        return Some(PathBuf::from(p));
-    }
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../target/x86_64-unknown-linux-gnu/release/pyro-agent");
-    p.is_file().then_some(p)
+    std::env::var_os("PYRO_AGENT")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
 }
 
 /// A blocking SDK on a private state directory and the shared environment cache, or `None`
