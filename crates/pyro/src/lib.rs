@@ -67,6 +67,7 @@ pub mod run;
 pub mod runtime;
 pub mod sandbox;
 pub mod store;
+pub mod unpack;
 pub mod vm;
 pub mod workspace;
 
