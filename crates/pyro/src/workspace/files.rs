@@ -544,3 +544,43 @@ fn stage_export(
     let stats = unpack::unpack(open()?, staged, &profile)?;
     Ok(("directory", Some(stats)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[test]
+    fn the_download_stops_at_the_archive_cap() {
+        let limits = OutputLimits {
+            max_bytes: 100,
+            max_entries: 2,
+        };
+        assert_eq!(archive_cap(&limits), 100 + 3 * TAR_OVERHEAD_PER_ENTRY);
+        let huge = OutputLimits {
+            max_bytes: u64::MAX,
+            max_entries: u64::MAX,
+        };
+        assert_eq!(archive_cap(&huge), u64::MAX);
+
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("a.tar");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let file = tokio::fs::File::create(&path).await.expect("create");
+            let mut w = CappedWriter {
+                inner: file,
+                left: 10,
+                over: false,
+            };
+            w.write_all(b"12345678").await.expect("under the cap");
+            assert!(!w.over);
+            w.write_all(b"123").await.expect_err("over the cap");
+            assert!(w.over);
+            w.inner.flush().await.expect("flush");
+        });
+        assert_eq!(std::fs::read(&path).expect("read"), b"12345678");
+    }
+}
