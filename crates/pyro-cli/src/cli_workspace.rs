@@ -484,6 +484,12 @@ pub struct ExportArgs {
     /// Overwrite an existing output.
     #[arg(long)]
     pub force: bool,
+    /// Most bytes of file content to write; a larger export is refused whole.
+    #[arg(long, default_value_t = pyro::unpack::DEFAULT_OUTPUT_MAX_BYTES)]
+    pub max_bytes: u64,
+    /// Most entries to write; a larger export is refused whole.
+    #[arg(long, default_value_t = pyro::unpack::DEFAULT_OUTPUT_MAX_ENTRIES)]
+    pub max_entries: u64,
     #[command(flatten)]
     pub out: OutputArgs,
 }

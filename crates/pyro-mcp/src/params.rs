@@ -420,6 +420,12 @@ pub struct WorkspaceExportParams {
     /// Replace output_path if it exists.
     #[serde(default)]
     pub overwrite: bool,
+    /// Most bytes of file content to write (default 4 GiB).
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+    /// Most entries to write (default 1,000,000).
+    #[serde(default)]
+    pub max_entries: Option<u64>,
 }
 
 /// `workspace_file_list`.

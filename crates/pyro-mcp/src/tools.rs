@@ -683,18 +683,30 @@ impl PyroTools {
         let _call = self.in_flight.enter();
         let r = async {
             let out = self.roots.check_output(&p.output_path)?;
+            let defaults = pyro::unpack::OutputLimits::default();
+            let limits = pyro::unpack::OutputLimits {
+                max_bytes: p.max_bytes.unwrap_or(defaults.max_bytes),
+                max_entries: p.max_entries.unwrap_or(defaults.max_entries),
+            };
             Ok(self
                 .pyro
-                .workspace_export(&p.workspace_id, &p.path, &out, p.overwrite)
+                .workspace_export(&p.workspace_id, &p.path, &out, p.overwrite, limits)
                 .await?)
         }
         .await;
         Ok(outcome(r, |e| {
-            format!(
+            let mut s = format!(
                 "exported {} to {}",
                 e.workspace_path,
                 e.output_path.display()
-            )
+            );
+            if e.skipped_count > 0 {
+                s.push_str(&format!(
+                    "; skipped {} special files (fifos, devices), listed in `skipped`",
+                    e.skipped_count
+                ));
+            }
+            s
         }))
     }
 

@@ -266,9 +266,10 @@ impl Pyro {
         path: &str,
         output: &Path,
         force: bool,
+        limits: crate::unpack::OutputLimits,
     ) -> Result<ExportResult> {
         self.runtime
-            .block_on(self.inner.workspace_export(id, path, output, force))
+            .block_on(self.inner.workspace_export(id, path, output, force, limits))
     }
 
     /// Takes a named snapshot of `/workspace`.

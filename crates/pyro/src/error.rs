@@ -45,14 +45,21 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
-    /// An archive (an image layer, a seed or an upload) holds an entry that would escape its
-    /// destination: an absolute path, a `..` component, or a link leaving the tree.
+    /// An archive (an image layer, a seed, an upload or a guest's export) holds an entry that
+    /// would escape its destination (an absolute path, a `..` component, a link leaving the
+    /// tree, a write through a symlink) or that cannot be written faithfully.
     #[error("refusing unsafe archive entry {entry:?}: {reason}")]
     UnsafeArchive {
         /// The entry's path as written in the archive.
         entry: String,
         /// Why it was refused.
         reason: String,
+    },
+    /// Output from a guest is over the limits set for it; nothing was written.
+    #[error("the export holds {what}")]
+    ExportTooLarge {
+        /// What passed which limit, e.g. `more than 1000 entries`.
+        what: String,
     },
     /// The host cannot give the requested isolation level.
     #[error("isolation level {requested} is not available on this host: {reason}")]
@@ -201,6 +208,7 @@ impl Error {
             Error::Build { .. } => "build_failed",
             Error::CorruptCache { .. } => "corrupt_cache",
             Error::UnsafeArchive { .. } => "unsafe_archive",
+            Error::ExportTooLarge { .. } => "export_too_large",
             Error::IsolationUnavailable { .. } => "isolation_unavailable",
             Error::Backend { .. } => "backend_error",
             Error::Agent(_) => "agent_error",
@@ -255,6 +263,8 @@ impl Error {
             )),
             Error::Build { .. } => Some("check network access to the Debian mirror and that mmdebstrap is installed (`pyro doctor`)".into()),
             Error::CorruptCache { .. } => Some("run `pyro env prune` and build the environment again".into()),
+            Error::UnsafeArchive { .. } => Some("the whole archive was refused and nothing of it was kept; an archive from a workspace is the guest's to shape, so look at what the workspace holds at that path".into()),
+            Error::ExportTooLarge { .. } => Some("nothing was written; export a smaller path, or raise the limits with --max-bytes/--max-entries (MCP: max_bytes/max_entries)".into()),
             Error::Backend { backend: "container", .. } => Some("run `pyro doctor` to check the container runtime".into()),
             Error::WorkspaceNotFound(_) => Some("see `pyro workspace list`".into()),
             Error::WorkspaceNotRunning { id, state } if state == "broken" => Some(format!("an earlier call was interrupted; run `pyro workspace reset {id}`")),

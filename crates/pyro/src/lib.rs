@@ -68,6 +68,7 @@ pub mod run;
 pub mod runtime;
 pub mod sandbox;
 pub mod store;
+pub mod unpack;
 pub mod user_config;
 pub mod vm;
 pub mod workspace;

@@ -407,21 +407,29 @@ pub async fn workspace(pyro: &Pyro, cmd: WorkspaceCommand) -> anyhow::Result<Exi
             }
         }
         WorkspaceCommand::Export(a) => {
+            let limits = pyro::unpack::OutputLimits {
+                max_bytes: a.max_bytes,
+                max_entries: a.max_entries,
+            };
             let r = pyro
-                .workspace_export(&a.id, &a.path, &a.output, a.force)
+                .workspace_export(&a.id, &a.path, &a.output, a.force, limits)
                 .await?;
             if a.out.json {
                 print_json(&r)?;
             } else {
                 println!(
-                    "[workspace-export] workspace_id={} workspace_path={} output_path={} artifact_type={} entry_count={} bytes_written={}",
+                    "[workspace-export] workspace_id={} workspace_path={} output_path={} artifact_type={} entry_count={} bytes_written={} skipped_count={}",
                     r.workspace_id,
                     r.workspace_path,
                     r.output_path.display(),
                     r.artifact_type,
                     r.entry_count,
-                    r.bytes_written
+                    r.bytes_written,
+                    r.skipped_count
                 );
+                for s in &r.skipped {
+                    println!("[workspace-export] skipped path={} kind={}", s.path, s.kind);
+                }
             }
         }
         WorkspaceCommand::Snapshot(SnapshotCommand::Create(a)) => {

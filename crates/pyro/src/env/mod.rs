@@ -27,7 +27,6 @@ pub mod kernel;
 mod oci;
 mod recipe;
 mod registry;
-mod unpack;
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -40,13 +39,13 @@ use std::time::{Duration, SystemTime};
 use nix::fcntl::{Flock, FlockArg};
 use serde::Serialize;
 
+pub use crate::unpack::{unpack_layer, UnpackStats};
 pub use defaults::ImageDefaults;
 pub use recipe::{catalog, host_arch, Recipe, BUILDER_VERSION};
 pub use registry::{
     canonical_reference, is_image_reference, parse_reference, PullResult, PushResult,
     RegistrySettings, Transfer, DEFAULT_REGISTRY,
 };
-pub use unpack::{unpack_layer, UnpackStats};
 
 use crate::error::{Error, IoContext, Result};
 use oci::{Descriptor, Index, OciLayout, ANN_CREATED, ANN_RECIPE_HASH, ANN_REF_NAME};

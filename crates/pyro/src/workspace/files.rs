@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::error::{Error, IoContext, Result};
 use crate::facade::Pyro;
 use crate::sandbox::Sandbox;
+use crate::unpack::{self, ArchiveProfile, OutputLimits, Owner, SkippedEntry, UnpackStats};
 use crate::workspace::snapshot::{MAX_ARCHIVE_BYTES, MAX_ARCHIVE_ENTRIES};
 use crate::workspace::{Seed, WORKSPACE_PATH};
 
@@ -248,6 +249,10 @@ pub struct ExportResult {
     pub entry_count: u64,
     /// Content bytes.
     pub bytes_written: u64,
+    /// Entries not written because they have no place in a user's files (fifos, devices).
+    pub skipped_count: u64,
+    /// The first of them, by path and kind.
+    pub skipped: Vec<SkippedEntry>,
 }
 
 impl Pyro {
@@ -361,27 +366,26 @@ impl Pyro {
 
     /// Exports a file or directory to the host: a file to a file, a directory to a directory
     /// tree, or to a tar archive when `output` ends in `.tar`. Refuses to overwrite unless
-    /// `force`; links are exported as links and never followed out of the tree.
+    /// `force`. What the guest sends is untrusted ([`ArchiveProfile::UntrustedGuestOutput`]):
+    /// everything is owned by the calling user with modes masked to `0o777`, special files are
+    /// skipped and listed, links are exported as links and never followed, and `limits` cap
+    /// the bytes and entries. The output appears whole or not at all: it is staged beside
+    /// `output` and renamed into place, replacing (never writing through) what was there.
     pub async fn workspace_export(
         &self,
         id: &str,
         path: &str,
         output: &Path,
         force: bool,
+        limits: OutputLimits,
     ) -> Result<ExportResult> {
-        if output.exists() || output.symlink_metadata().is_ok() {
-            if !force {
-                return Err(Error::AlreadyExists(output.display().to_string()));
-            }
-            let m = output
-                .symlink_metadata()
-                .ctx(|| format!("inspect {}", output.display()))?;
-            let r = if m.is_dir() {
-                std::fs::remove_dir_all(output)
-            } else {
-                std::fs::remove_file(output)
-            };
-            r.ctx(|| format!("replace {}", output.display()))?;
+        if limits.max_bytes == 0 || limits.max_entries == 0 {
+            return Err(Error::InvalidRequest(
+                "export limits must be at least 1 byte and 1 entry".into(),
+            ));
+        }
+        if !force && output.symlink_metadata().is_ok() {
+            return Err(Error::AlreadyExists(output.display().to_string()));
         }
         let w = self.ws_row(id)?;
         let _lock = self.ws_lock(&w.id, false).await?;
@@ -389,26 +393,47 @@ impl Pyro {
         self.inner.store.touch_workspace(&w.id)?;
         let tar_path = self.tmp_file(&w.id, "export")?;
         let result = async {
-            let mut f = tokio::fs::File::create(&tar_path)
+            let file = tokio::fs::File::create(&tar_path)
                 .await
                 .ctx(|| "create export archive".into())?;
-            let (entries, bytes) = sb.client().archive_out(path, &mut f).await?;
-            tokio::io::AsyncWriteExt::flush(&mut f)
+            let cap = archive_cap(&limits);
+            let mut f = CappedWriter {
+                inner: file,
+                left: cap,
+                over: false,
+            };
+            let (entries, bytes) = match sb.client().archive_out(path, &mut f).await {
+                Err(_) if f.over => {
+                    return Err(limits.exceeded(&format!("an archive of more than {cap} bytes")))
+                }
+                other => other?,
+            };
+            tokio::io::AsyncWriteExt::flush(&mut f.inner)
                 .await
                 .ctx(|| "flush export archive".into())?;
             drop(f);
             let as_archive = output.extension().is_some_and(|e| e == "tar");
             let (tp, out) = (tar_path.clone(), output.to_path_buf());
-            let artifact = tokio::task::spawn_blocking(move || place_export(&tp, &out, as_archive))
-                .await
-                .map_err(|e| Error::Agent(format!("export task: {e}")))??;
+            let owner = Owner::caller();
+            let (artifact, stats) = tokio::task::spawn_blocking(move || {
+                place_export(&tp, &out, as_archive, force, owner, limits)
+            })
+            .await
+            .map_err(|e| Error::Agent(format!("export task: {e}")))??;
+            let (entry_count, bytes_written) = match &stats {
+                Some(s) => (s.written(), s.bytes),
+                None => (entries, bytes),
+            };
+            let stats = stats.unwrap_or_default();
             Ok(ExportResult {
                 workspace_id: w.id.clone(),
                 workspace_path: path.into(),
                 output_path: output.to_path_buf(),
-                artifact_type: artifact,
-                entry_count: entries,
-                bytes_written: bytes,
+                artifact_type: artifact.into(),
+                entry_count,
+                bytes_written,
+                skipped_count: stats.skipped_devices,
+                skipped: stats.skipped,
             })
         }
         .await;
@@ -417,42 +442,167 @@ impl Pyro {
     }
 }
 
-/// Puts an exported archive in place: as is, as a single file, or unpacked into a directory.
-fn place_export(tar_path: &Path, out: &Path, as_archive: bool) -> Result<String> {
-    if as_archive {
-        std::fs::copy(tar_path, out).ctx(|| format!("write {}", out.display()))?;
-        return Ok("archive".into());
+/// Most bytes of tar framing per entry: a header, padding, and GNU long-name and long-link
+/// records for a 4096-byte path and target.
+const TAR_OVERHEAD_PER_ENTRY: u64 = 11 << 10;
+
+/// The most bytes of archive an export within `limits` can take; the download stops there, so
+/// a guest cannot fill the host's disk before the limits are checked entry by entry.
+fn archive_cap(limits: &OutputLimits) -> u64 {
+    limits
+        .max_bytes
+        .saturating_add(limits.max_entries.saturating_mul(TAR_OVERHEAD_PER_ENTRY))
+        .saturating_add(TAR_OVERHEAD_PER_ENTRY)
+}
+
+/// Writes at most `left` bytes, then fails and remembers why.
+struct CappedWriter {
+    inner: tokio::fs::File,
+    left: u64,
+    over: bool,
+}
+
+impl tokio::io::AsyncWrite for CappedWriter {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if buf.len() as u64 > self.left {
+            self.over = true;
+            return std::task::Poll::Ready(Err(std::io::Error::other(
+                "the export archive is over its cap",
+            )));
+        }
+        let poll = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &poll {
+            self.left -= *n as u64;
+        }
+        poll
     }
-    let open = || -> Result<tar::Archive<std::io::BufReader<std::fs::File>>> {
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Puts an exported archive in place: as is, as a single file, or unpacked into a directory,
+/// staged beside `out` and renamed there. Gives the unpack statistics unless it is the archive.
+fn place_export(
+    tar_path: &Path,
+    out: &Path,
+    as_archive: bool,
+    replace: bool,
+    owner: Owner,
+    limits: OutputLimits,
+) -> Result<(&'static str, Option<UnpackStats>)> {
+    let staged = unpack::staging_path(out)?;
+    // Staging removes what it made when it fails; what it made is removed here when the move
+    // into place fails.
+    let placed = stage_export(tar_path, &staged, as_archive, owner, limits)?;
+    if let Err(e) = unpack::place(&staged, out, replace) {
+        unpack::remove_staged(&staged);
+        return Err(e);
+    }
+    Ok(placed)
+}
+
+fn stage_export(
+    tar_path: &Path,
+    staged: &Path,
+    as_archive: bool,
+    owner: Owner,
+    limits: OutputLimits,
+) -> Result<(&'static str, Option<UnpackStats>)> {
+    let open = || -> Result<std::io::BufReader<std::fs::File>> {
         let f = std::fs::File::open(tar_path).ctx(|| "open export archive".into())?;
-        Ok(tar::Archive::new(std::io::BufReader::new(f)))
+        Ok(std::io::BufReader::new(f))
     };
-    // A single regular file exports as that file.
+    if as_archive {
+        // The archive is data: the modes and owners it lists matter only to whoever unpacks it.
+        let mut f =
+            unpack::create_new_file(staged).ctx(|| format!("create {}", staged.display()))?;
+        let written = open().and_then(|mut src| {
+            std::io::copy(&mut src, &mut f).ctx(|| format!("write {}", staged.display()))?;
+            unpack::finish_file(&f, owner, 0o644, None)
+                .ctx(|| format!("finish {}", staged.display()))
+        });
+        if let Err(e) = written {
+            unpack::remove_staged(staged);
+            return Err(e);
+        }
+        return Ok(("archive", None));
+    }
+    // A single regular file exports as that file (a directory's archive starts with `./`).
     let mut count = 0usize;
-    let mut only_file = false;
-    for e in open()?.entries().ctx(|| "read export archive".into())? {
+    let mut first_is_file = false;
+    for e in tar::Archive::new(open()?)
+        .entries()
+        .ctx(|| "read export archive".into())?
+    {
         let e = e.ctx(|| "read export archive".into())?;
         count += 1;
-        only_file = count == 1 && e.header().entry_type().is_file();
-    }
-    if count == 1 && only_file {
-        let mut ar = open()?;
-        if let Some(entry) = ar.entries().ctx(|| "read export archive".into())?.next() {
-            let mut only = entry.ctx(|| "read export archive".into())?;
-            let mut f = std::fs::File::create(out).ctx(|| format!("create {}", out.display()))?;
-            std::io::copy(&mut only, &mut f).ctx(|| format!("write {}", out.display()))?;
-            if let Ok(mode) = only.header().mode() {
-                use std::os::unix::fs::PermissionsExt;
-                let _ =
-                    std::fs::set_permissions(out, std::fs::Permissions::from_mode(mode & 0o777));
-            }
-            return Ok("file".into());
+        if count == 1 {
+            first_is_file = e.header().entry_type().is_file();
+        } else {
+            break;
         }
     }
-    std::fs::create_dir_all(out).ctx(|| format!("create {}", out.display()))?;
-    // The same checks as for environment layers: no absolute paths, no `..`, no links out,
-    // no devices. Owners are not changed (uid shift 0 keeps the archive's, which are root's).
-    let f = std::fs::File::open(tar_path).ctx(|| "open export archive".into())?;
-    crate::env::unpack_layer(std::io::BufReader::new(f), out, 0)?;
-    Ok("directory".into())
+    if count == 1 && first_is_file {
+        let stats = unpack::unpack_single_file(open()?, staged, owner, &limits)?;
+        return Ok(("file", Some(stats)));
+    }
+    let profile = ArchiveProfile::UntrustedGuestOutput { owner, limits };
+    let stats = unpack::unpack(open()?, staged, &profile)?;
+    Ok(("directory", Some(stats)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[test]
+    fn the_download_stops_at_the_archive_cap() {
+        let limits = OutputLimits {
+            max_bytes: 100,
+            max_entries: 2,
+        };
+        assert_eq!(archive_cap(&limits), 100 + 3 * TAR_OVERHEAD_PER_ENTRY);
+        let huge = OutputLimits {
+            max_bytes: u64::MAX,
+            max_entries: u64::MAX,
+        };
+        assert_eq!(archive_cap(&huge), u64::MAX);
+
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("a.tar");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let file = tokio::fs::File::create(&path).await.expect("create");
+            let mut w = CappedWriter {
+                inner: file,
+                left: 10,
+                over: false,
+            };
+            w.write_all(b"12345678").await.expect("under the cap");
+            assert!(!w.over);
+            w.write_all(b"123").await.expect_err("over the cap");
+            assert!(w.over);
+            w.inner.flush().await.expect("flush");
+        });
+        assert_eq!(std::fs::read(&path).expect("read"), b"12345678");
+    }
 }
