@@ -693,7 +693,9 @@ impl Store {
         )?;
         log.seq = seq as u64;
         tx.execute(
-            "INSERT INTO workspace_logs VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            "INSERT INTO workspace_logs (workspace_id, seq, started_at_ms, command, cwd, exit_code,
+                signal, timed_out, duration_ms, stdout_bytes, stderr_bytes, interrupted)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
                 id,
                 seq,
@@ -857,6 +859,45 @@ mod tests {
             "/r".into(),
             owner,
         )
+    }
+
+    #[test]
+    fn a_history_from_before_interrupted_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pyro.db");
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE workspace_logs (workspace_id TEXT NOT NULL, seq INTEGER NOT NULL,
+                started_at_ms INTEGER NOT NULL, command TEXT NOT NULL, cwd TEXT NOT NULL,
+                exit_code INTEGER NOT NULL, signal INTEGER, timed_out INTEGER NOT NULL,
+                duration_ms INTEGER NOT NULL, stdout_bytes INTEGER NOT NULL,
+                stderr_bytes INTEGER NOT NULL, PRIMARY KEY (workspace_id, seq));
+             INSERT INTO workspace_logs VALUES ('w', 1, 0, 'true', '/workspace', 0, NULL, 0, 1, 0, 0);",
+        )
+        .unwrap();
+        drop(old);
+        let store = Store::open(&path).unwrap();
+        // Opening again finds the column there already.
+        let store2 = Store::open(&path).unwrap();
+        let row = LogRow {
+            seq: 0,
+            started_at_ms: 0,
+            command: "sleep 9".into(),
+            cwd: "/workspace".into(),
+            exit_code: 143,
+            signal: Some(15),
+            timed_out: false,
+            duration_ms: 5,
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+            interrupted: true,
+        };
+        store2.append_log("w", row).unwrap();
+        let logs = store.logs("w").unwrap();
+        assert_eq!(
+            logs.iter().map(|l| l.interrupted).collect::<Vec<_>>(),
+            [false, true]
+        );
     }
 
     #[test]
