@@ -1,5 +1,7 @@
-//! Runs one command: `sh -lc` over the POSIX-quoted argv, in its own session and process group,
-//! with output streamed to the host up to a cap and a timeout that kills the whole group.
+//! Runs one command: `sh -lc` over its command line, in its own process group, with stdin fed
+//! from the host, output streamed to the host up to a cap, and a timeout that kills the whole
+//! group. The host going away (closing the connection) cancels the command: TERM to the group,
+//! KILL after a grace period.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
@@ -11,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use pyro_protocol::{join_argv, quote, ExecOutcome, ExecRequest, FrameKind};
+use pyro_protocol::{command_line, quote, ExecOutcome, ExecRequest, FrameKind, CANCEL_GRACE_MS};
 
 use crate::reaper::{self, Exit};
 
@@ -81,15 +83,21 @@ impl Stream {
 }
 
 /// Runs a command, streaming output frames to `sink`, and returns how it ended.
-pub fn run(
+///
+/// `host` is the rest of the connection from the host: it carries the command's stdin (when
+/// the request asks for it) and its end means the host has gone, which cancels the command. It
+/// is read on a thread of its own, so that neither a command that never reads its stdin nor a
+/// host slow to read output can stall the other direction.
+pub fn run<R: Read + Send + 'static>(
     req: &ExecRequest,
     default_cwd: &Path,
+    host: R,
     sink: &mut dyn FrameSink,
 ) -> Result<ExecOutcome, ExecError> {
     if req.argv.is_empty() {
         return Err(ExecError::BadRequest("command is empty".into()));
     }
-    let line = join_argv(&req.argv).ok_or_else(|| {
+    let line = command_line(&req.argv).ok_or_else(|| {
         ExecError::BadRequest("command arguments may not contain NUL bytes".into())
     })?;
     let cwd = req.cwd.as_deref().map(Path::new).unwrap_or(default_cwd);
@@ -118,7 +126,11 @@ pub fn run(
         .envs(BASE_ENV.iter().copied())
         .envs(creds.iter().flat_map(|c| c.env()))
         .envs(&req.env)
-        .stdin(Stdio::null())
+        .stdin(if req.stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if let Some(c) = &creds {
@@ -129,10 +141,20 @@ pub fn run(
     // posix_spawn (vfork-like), which is markedly cheaper under nested virtualization.
     cmd.process_group(0);
     let start = Instant::now();
+    // Both ends close on exec: the command must not hold them, or their hang-ups would never
+    // come.
+    let (cancel_r, cancel_w) = io::pipe().map_err(ExecError::Spawn)?;
+    let (stop_r, stop_w) = io::pipe().map_err(ExecError::Spawn)?;
     let mut child = cmd.spawn().map_err(ExecError::Spawn)?;
     let pid = child.id() as i32;
     reaper::want(pid);
     let pidfd = pidfd_open(pid);
+    let stdin = child.stdin.take().map(OwnedFd::from);
+    if let Some(fd) = &stdin {
+        set_nonblocking(fd.as_raw_fd());
+    }
+    std::thread::spawn(move || serve_host(host, stdin, cancel_w.into(), stop_r.into()));
+    let cancel_r = OwnedFd::from(cancel_r);
 
     let mut streams = Vec::with_capacity(2);
     if let Some(out) = child.stdout.take() {
@@ -163,7 +185,9 @@ pub fn run(
     let mut timed_out = false;
     let mut exited = pidfd.is_none();
     let mut drain_until: Option<Instant> = None;
-    let mut host_gone = false;
+    // When the host went away; the group got TERM then and gets KILL once the grace is over.
+    let mut host_gone: Option<Instant> = None;
+    let grace = Duration::from_millis(CANCEL_GRACE_MS);
     let mut buf = vec![0u8; 64 * 1024];
 
     loop {
@@ -171,7 +195,8 @@ pub fn run(
         if !timed_out && deadline.is_some_and(|d| now >= d) {
             timed_out = true;
         }
-        if timed_out || host_gone {
+        let kill = timed_out || host_gone.is_some_and(|t| now >= t + grace);
+        if kill {
             // Keep killing: a fork bomb may add members between two kills.
             let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
         }
@@ -190,11 +215,13 @@ pub fn run(
         if let Some(d) = drain_until {
             wait = wait.min(d.saturating_duration_since(now));
         }
-        if timed_out || host_gone {
+        if kill {
             wait = wait.min(Duration::from_millis(20));
+        } else if let Some(t) = host_gone {
+            wait = wait.min((t + grace).saturating_duration_since(now));
         }
 
-        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(3);
+        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(4);
         for s in streams.iter().filter(|s| s.open) {
             fds.push(libc::pollfd {
                 fd: s.fd.as_raw_fd(),
@@ -213,6 +240,14 @@ pub fn run(
             }
             _ => None,
         };
+        let cancel_slot = host_gone.is_none().then(|| {
+            fds.push(libc::pollfd {
+                fd: cancel_r.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            fds.len() - 1
+        });
         let ms = wait.as_millis().min(i32::MAX as u128) as i32;
         // SAFETY: `fds` is a valid, exclusively borrowed array of pollfd for the whole call.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
@@ -227,6 +262,9 @@ pub fn run(
                 exited = true;
                 drain_until = Some(Instant::now() + DRAIN_GRACE);
             }
+        }
+        if cancel_slot.is_some_and(|i| fds[i].revents != 0) {
+            host_gone = Some(cancel(pid));
         }
         for pfd in fds.iter().filter(|p| p.revents != 0) {
             let Some(s) = streams
@@ -245,9 +283,12 @@ pub fn run(
                     Ok(n) => {
                         let keep = s.cap.saturating_sub(s.total).min(n as u64) as usize;
                         s.total += n as u64;
-                        if keep > 0 && !host_gone && sink.send(s.kind, &buf[..keep]).is_err() {
+                        if keep > 0
+                            && host_gone.is_none()
+                            && sink.send(s.kind, &buf[..keep]).is_err()
+                        {
                             // Nobody is listening any more: stop the command.
-                            host_gone = true;
+                            host_gone = Some(cancel(pid));
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -263,8 +304,21 @@ pub fn run(
             exited = true;
         }
     }
+    // Stops a stdin write that waits on a command which never reads.
+    drop(stop_w);
     let exit = reaper::wait_for(pid);
     let duration_ms = start.elapsed().as_millis() as u64;
+    if let Some(t) = host_gone {
+        // The main process is gone, but members of its group that ignore TERM (and hold no
+        // output pipe) may not be: they get KILL when the grace is over. Nobody waits for this
+        // connection's answer any more, so this thread can wait. The group id is the reaped
+        // leader's pid, which the kernel does not hand out again within seconds.
+        let pg = Pid::from_raw(pid);
+        if killpg(pg, None).is_ok() {
+            std::thread::sleep((t + grace).saturating_duration_since(Instant::now()));
+            let _ = killpg(pg, Signal::SIGKILL);
+        }
+    }
     let (exit_code, signal) = match exit {
         Exit::Code(c) => (Some(c), None),
         Exit::Signal(s) => (None, Some(s)),
@@ -282,6 +336,76 @@ pub fn run(
         stderr_bytes: err.map_or(0, |s| s.total),
         duration_ms,
     })
+}
+
+/// Asks a cancelled command's process group to stop, and says when that was.
+fn cancel(pid: i32) -> Instant {
+    let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
+    Instant::now()
+}
+
+/// Reads the host's side of an exec until it ends: `Data` frames go to the command's stdin
+/// (an empty one closes it), anything else is ignored. Returning drops `_cancel`, and its
+/// hang-up tells the exec loop the host is gone (when the command still runs, that cancels it;
+/// after the answer it means nothing). `stop` hangs up once the exec is over, so that a write to
+/// a stdin nobody reads (a background job may hold it open) gives up instead of blocking
+/// forever.
+fn serve_host<R: Read>(mut host: R, mut stdin: Option<OwnedFd>, _cancel: OwnedFd, stop: OwnedFd) {
+    loop {
+        match pyro_protocol::read_frame(&mut host) {
+            Ok((FrameKind::Data, b)) if b.is_empty() => stdin = None,
+            Ok((FrameKind::Data, b)) => {
+                if let Some(fd) = &stdin {
+                    if !write_stdin(fd, &b, &stop) {
+                        // The command closed its stdin (or the exec is over): the rest of the
+                        // stream is read and dropped, as a pipe's reader would see it.
+                        stdin = None;
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Writes all of `bytes` to the non-blocking stdin pipe, waiting while it is full; false when
+/// the command will not read any more (EPIPE) or `stop` hung up.
+fn write_stdin(fd: &OwnedFd, mut bytes: &[u8], stop: &OwnedFd) -> bool {
+    while !bytes.is_empty() {
+        // SAFETY: writes from a valid slice to an fd we own.
+        let n = unsafe { libc::write(fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
+        if n >= 0 {
+            bytes = &bytes[n as usize..];
+            continue;
+        }
+        match io::Error::last_os_error().kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => {}
+            _ => return false,
+        }
+        let mut fds = [
+            libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLOUT,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stop.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a valid, exclusively borrowed array of pollfd for the whole call.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if r < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return false;
+        }
+        if fds[1].revents != 0 {
+            return false;
+        }
+    }
+    true
 }
 
 fn pidfd_open(pid: i32) -> Option<OwnedFd> {

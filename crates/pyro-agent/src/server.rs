@@ -201,7 +201,8 @@ fn handle(
         Err(e) => error("bad_request", e),
         Ok(Request::Hello { .. }) => error("bad_request", "hello was already sent"),
         Ok(Request::Ping) => Response::Pong,
-        Ok(Request::Exec(req)) => match exec::run(&req, &cfg.workdir, &mut writer) {
+        // The exec owns the rest of the connection's reading side: stdin and the host's hang-up.
+        Ok(Request::Exec(req)) => match exec::run(&req, &cfg.workdir, reader, &mut writer) {
             Ok(outcome) => Response::ExecDone(outcome),
             Err(exec::ExecError::BadRequest(m)) => error("bad_request", m),
             Err(e @ exec::ExecError::Spawn(_)) => error("spawn", e.to_string()),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use pyro_protocol::{join_argv, Readiness, ServiceInfo, ServiceStart};
+use pyro_protocol::{command_line, Readiness, ServiceInfo, ServiceStart};
 
 use crate::exec::{login_line, BASE_ENV};
 use crate::files::{err, FileError, Root};
@@ -111,7 +111,7 @@ fn log_pump(mut src: impl Read, path: PathBuf) {
 }
 
 fn spawn(svc: &Arc<Service>) -> Result<i32, FileError> {
-    let line = join_argv(&svc.spec.argv)
+    let line = command_line(&svc.spec.argv)
         .ok_or_else(|| err("bad_request", "command arguments may not contain NUL bytes"))?;
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-lc")
@@ -342,7 +342,7 @@ pub fn start(root: &Root, req: &ServiceStart) -> Result<ServiceInfo, FileError> 
             exit_code: None,
             reason: None,
             restarts: 0,
-            command: join_argv(&req.argv).unwrap_or_default(),
+            command: command_line(&req.argv).unwrap_or_default(),
             restart: req.restart.clone(),
             started_at_ms: now_ms(),
             ready_at_ms: None,

@@ -1,5 +1,5 @@
 //! The agent binary over a real Unix socket, outside any sandbox: exec semantics, caps,
-//! timeouts, concurrency and the version handshake.
+//! timeouts, stdin, cancelling by hanging up, concurrency and the version handshake.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -9,9 +9,33 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use pyro_protocol::{
-    read_frame, write_json, ExecOutcome, ExecRequest, FrameKind, Request, Response,
+    read_frame, write_frame, write_json, ExecOutcome, ExecRequest, FrameKind, Request, Response,
     PROTOCOL_VERSION,
 };
+
+type Exec = (Vec<u8>, Vec<u8>, Result<ExecOutcome, String>);
+
+/// Reads an exec's output frames and its answer.
+fn read_exec(s: &mut UnixStream) -> Exec {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    loop {
+        let (k, p) = read_frame(s).unwrap();
+        match k {
+            FrameKind::Stdout => out.extend(p),
+            FrameKind::Stderr => err.extend(p),
+            FrameKind::Data => panic!("data frame during exec"),
+            FrameKind::Json => {
+                return match serde_json::from_slice(&p).unwrap() {
+                    Response::ExecDone(o) => (out, err, Ok(o)),
+                    Response::Error { kind, message } => {
+                        (out, err, Err(format!("{kind}: {message}")))
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+    }
+}
 
 struct Agent {
     child: Child,
@@ -56,27 +80,28 @@ impl Agent {
         s
     }
 
-    fn exec(&self, req: ExecRequest) -> (Vec<u8>, Vec<u8>, Result<ExecOutcome, String>) {
+    fn exec(&self, req: ExecRequest) -> Exec {
         let mut s = self.connect();
         write_json(&mut s, &Request::Exec(req)).unwrap();
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        loop {
-            let (k, p) = read_frame(&mut s).unwrap();
-            match k {
-                FrameKind::Stdout => out.extend(p),
-                FrameKind::Stderr => err.extend(p),
-                FrameKind::Data => panic!("data frame during exec"),
-                FrameKind::Json => {
-                    return match serde_json::from_slice(&p).unwrap() {
-                        Response::ExecDone(o) => (out, err, Ok(o)),
-                        Response::Error { kind, message } => {
-                            (out, err, Err(format!("{kind}: {message}")))
-                        }
-                        other => panic!("unexpected {other:?}"),
-                    }
+        read_exec(&mut s)
+    }
+
+    /// Like `exec`, sending `input` as stdin from another thread while output is read, as the
+    /// host does.
+    fn exec_stdin(&self, mut req: ExecRequest, input: Vec<u8>) -> Exec {
+        req.stdin = true;
+        let mut s = self.connect();
+        write_json(&mut s, &Request::Exec(req)).unwrap();
+        let mut w = s.try_clone().unwrap();
+        std::thread::spawn(move || {
+            for c in input.chunks(200_000) {
+                if write_frame(&mut w, FrameKind::Data, c).is_err() {
+                    return;
                 }
             }
-        }
+            let _ = write_frame(&mut w, FrameKind::Data, &[]);
+        });
+        read_exec(&mut s)
     }
 
     fn workdir(&self) -> &Path {
@@ -100,7 +125,108 @@ fn req(argv: &[&str]) -> ExecRequest {
         max_stdout: 1 << 20,
         max_stderr: 1 << 20,
         user: None,
+        stdin: false,
     }
+}
+
+/// How many live processes on this machine run exactly `args` (zombies aside).
+fn running(args: &str) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let zombie = stat
+            .rfind(')')
+            .is_some_and(|i| stat[i + 1..].trim_start().starts_with('Z'));
+        if !zombie && String::from_utf8_lossy(&cmdline).replace('\0', " ").trim() == args {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Waits up to `limit` for `cond`.
+fn eventually(limit: Duration, cond: impl Fn() -> bool) -> bool {
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cond()
+}
+
+#[test]
+fn stdin_is_streamed_while_output_is_forwarded() {
+    let a = Agent::start();
+    // More than any pipe buffer in both directions: `cat` blocks on output unless the agent
+    // forwards it while it is still feeding stdin.
+    let input: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let mut r = req(&["cat"]);
+    r.max_stdout = u64::MAX;
+    let (out, _, o) = a.exec_stdin(r, input.clone());
+    let o = o.unwrap();
+    assert_eq!(o.exit_code, Some(0));
+    assert_eq!(out.len(), input.len());
+    assert!(out == input, "stdin came back changed");
+    // Empty stdin is an immediate end of file.
+    let (out, _, _) = a.exec_stdin(req(&["wc", "-c"]), Vec::new());
+    assert_eq!(String::from_utf8_lossy(&out).trim(), "0");
+    // Without stdin the command reads /dev/null, as before.
+    let (out, _, _) = a.exec(req(&["wc", "-c"]));
+    assert_eq!(String::from_utf8_lossy(&out).trim(), "0");
+}
+
+#[test]
+fn stdin_nobody_reads_hangs_nothing() {
+    let a = Agent::start();
+    let big = vec![b'x'; 8 << 20];
+    let t = Instant::now();
+    let (_, _, o) = a.exec_stdin(req(&["true"]), big.clone());
+    assert_eq!(o.unwrap().exit_code, Some(0));
+    // A background job keeps the stdin pipe open but never reads it: the exec still ends,
+    // long before the job does.
+    let (_, _, o) = a.exec_stdin(req(&["sh", "-c", "sleep 8 >/dev/null 2>&1 & exit 3"]), big);
+    assert_eq!(o.unwrap().exit_code, Some(3));
+    assert!(
+        t.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn hanging_up_cancels_the_command_term_first_then_kill() {
+    let a = Agent::start();
+    let marker = a.workdir().join("got-term");
+    // A command that notes TERM and stops, with a job of its group that ignores TERM.
+    let script = format!(
+        "(trap '' TERM; exec sleep 6076) & \
+         trap 'echo yes > {}; exit 0' TERM; \
+         echo started; while :; do sleep 0.05; done",
+        marker.display()
+    );
+    let mut s = a.connect();
+    write_json(&mut s, &Request::Exec(req(&["sh", "-c", &script]))).unwrap();
+    let (k, p) = read_frame(&mut s).unwrap();
+    assert_eq!((k, p.as_slice()), (FrameKind::Stdout, &b"started\n"[..]));
+    assert_eq!(running("sleep 6076"), 1);
+    let t = Instant::now();
+    drop(s);
+    assert!(
+        eventually(Duration::from_secs(5), || marker.exists()),
+        "the command did not get TERM"
+    );
+    assert!(
+        eventually(Duration::from_secs(8), || running("sleep 6076") == 0),
+        "the TERM-ignoring job outlived the grace period"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(1500),
+        "KILL came before the grace period: {:?}",
+        t.elapsed()
+    );
 }
 
 #[test]

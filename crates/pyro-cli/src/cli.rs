@@ -203,7 +203,12 @@ pub struct RunArgs {
     /// Print the result object as JSON on stdout instead of passing output through.
     #[arg(long)]
     pub json: bool,
-    /// The command and its arguments, after `--`.
+    /// Give the command no stdin (end of file at once). Without it, pyro's stdin is passed on
+    /// when it is a pipe or a file (never a terminal).
+    #[arg(long)]
+    pub no_stdin: bool,
+    /// The command and its arguments, after `--`; a single argument is a shell command line
+    /// (`-- 'make test | tail'`).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
 }

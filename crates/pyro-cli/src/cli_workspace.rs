@@ -374,7 +374,12 @@ pub struct ExecArgs {
     /// Print the result as JSON instead of passing output through.
     #[arg(long)]
     pub json: bool,
-    /// The command, after `--`.
+    /// Give the command no stdin (end of file at once). Without it, pyro's stdin is passed on
+    /// when it is a pipe or a file (never a terminal).
+    #[arg(long)]
+    pub no_stdin: bool,
+    /// The command, after `--`; a single argument is a shell command line
+    /// (`-- 'make test | tail'`).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
 }

@@ -426,3 +426,99 @@ fn a_killed_pyro_leaves_a_sandbox_that_gc_removes() {
     assert_eq!(host_traces(&id), Vec::<String>::new());
     assert_eq!(p.leftovers(), Vec::<String>::new());
 }
+
+/// `pyro run … -- CMD…` in human mode, with `input` piped to its stdin (`None`: /dev/null).
+fn run_piped(p: &TestPyro, flags: &[&str], cmd: &[&str], input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut args = vec!["run", "debian:12", "--isolation", "container"];
+    args.extend_from_slice(flags);
+    args.push("--");
+    args.extend_from_slice(cmd);
+    let mut child = p
+        .cmd(&args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    // From a thread: the command may stop reading (or never start) before all of it is written.
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
+}
+
+#[test]
+fn piped_stdin_reaches_the_command_unless_no_stdin() {
+    require_containers!();
+    let p = TestPyro::new();
+    let out = run_piped(&p, &[], &["cat"], b"hi\n");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "hi\n");
+    let out = run_piped(&p, &["--no-stdin"], &["cat"], b"hi\n");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "");
+    // Streamed, not buffered: more than any pipe holds, and its hash comes out right.
+    let big: Vec<u8> = (0..5_000_000u32).map(|i| (i % 253) as u8).collect();
+    let out = run_piped(&p, &[], &["sha256sum"], &big);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let want = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&big))
+    };
+    assert_eq!(stdout(&out), format!("{want}  -\n"));
+    // A command that never reads its stdin ends as usual.
+    let out = run_piped(&p, &["--json"], &["true"], &big);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn passed_through_output_is_whole_and_a_capped_result_says_so() {
+    require_containers!();
+    let p = TestPyro::new();
+    let three_mib = "head -c 3145728 /dev/zero | tr '\\0' x";
+    let out = p.run(&[
+        "run",
+        "debian:12",
+        "--isolation",
+        "container",
+        "--",
+        three_mib,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(out.stdout.len(), 3 << 20);
+    assert!(out.stdout.iter().all(|b| *b == b'x'));
+    assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
+    // Captured, the result is cut at the cap, and stderr says so.
+    let (out, v) = run_json(&p, &[three_mib]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(v["stdout_truncated"], true);
+    assert_eq!(v["truncated"], true);
+    assert_eq!(v["stdout"].as_str().unwrap().len(), 1 << 20);
+    assert!(
+        stderr(&out)
+            .contains("[run] warning: stdout truncated at 1048576 bytes (--max-output-bytes)"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_single_argument_is_a_shell_command_line() {
+    require_containers!();
+    let p = TestPyro::new();
+    let (out, v) = run_json(&p, &["echo $((6*7)) | cat"]);
+    assert_eq!(out.status.code(), Some(0), "{v}");
+    assert_eq!(v["stdout"], "42\n");
+    assert_eq!(v["command"], "echo $((6*7)) | cat");
+    let (_, v) = run_json(&p, &["printf \"%s\\n\" \"a b\""]);
+    assert_eq!(v["stdout"], "a b\n", "{v}");
+    // Several arguments keep their quoting: each is one word.
+    let (_, v) = run_json(&p, &["printf", "%s\\n", "a b", "$HOME"]);
+    assert_eq!(v["stdout"], "a b\n$HOME\n", "{v}");
+    assert_eq!(v["command"], "printf '%s\\n' 'a b' '$HOME'");
+}

@@ -156,6 +156,12 @@ mcp_test!(
     containers = true
 );
 mcp_test!(
+    a_cancelled_workspace_exec_stops_the_command_and_is_logged,
+    "cancel",
+    "stdio",
+    containers = true
+);
+mcp_test!(
     a_client_gone_mid_run_leaves_no_sandbox_over_stdio,
     "disconnect",
     "stdio",

@@ -276,3 +276,76 @@ fn a_workspace_lives_in_a_vm_across_stop_start_and_reset() {
     assert_eq!(vm_traces(&p, &id), Vec::<String>::new());
     assert_eq!(p.leftovers(), Vec::<String>::new());
 }
+
+/// Over vsock the agent sees the host hang up differently than on a Unix socket (the vsock
+/// backend resets the guest's end); both must stop the command. Stdin crosses it as well.
+#[test]
+fn a_vm_workspace_exec_reads_stdin_and_stops_on_sigint() {
+    require_vm!();
+    use std::io::{BufRead, Write};
+    use std::process::Stdio;
+    let p = TestPyro::new();
+    let ws = |args: &[&str]| {
+        let mut a = vec!["workspace"];
+        a.extend_from_slice(args);
+        let (out, v) = p.json(&a);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{v}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        v
+    };
+    let v = ws(&["create", "debian:12", "--isolation", "vm-emulated"]);
+    let id = v["workspace_id"].as_str().unwrap().to_string();
+    let mut child = p
+        .cmd(&["workspace", "exec", &id, "--", "wc -c"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&vec![b'x'; 3 << 20])
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "3145728\n");
+
+    let slow = "sleep 300 & echo $! > /workspace/pid; echo READY; wait";
+    let mut child = p
+        .cmd(&["workspace", "exec", &id, "--timeout", "600", "--", slow])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "READY\n");
+    signal(&child, libc::SIGINT);
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    let probe = "kill -0 $(cat pid) 2>/dev/null && echo alive || echo gone";
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while ws(&["exec", &id, "--", probe])["stdout"] != "gone\n" {
+        assert!(
+            std::time::Instant::now() < until,
+            "the command outlived pyro"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let logs = ws(&["logs", &id]);
+    assert!(
+        logs["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["command"] == slow && e["interrupted"] == true),
+        "{logs}"
+    );
+    ws(&["delete", &id]);
+    assert_eq!(vm_traces(&p, &id), Vec::<String>::new());
+}

@@ -1728,3 +1728,120 @@ fn a_diff_of_ten_thousand_files_reports_exactly_the_ten_changed() {
     }
     delete(&p, &id);
 }
+
+/// Waits for a child up to `limit`, killing it (and failing) if it does not exit.
+fn wait_within(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let until = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if Instant::now() >= until {
+            sigkill(child);
+            panic!("pyro did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_signal_to_workspace_exec_stops_the_command_and_logs_it() {
+    require_containers!();
+    let p = TestPyro::new();
+    let _cleanup = Cleanup(&p);
+    let (id, _) = create(&p, &[]);
+    let slow = "sleep 300 & echo $! > /workspace/pid; echo READY; wait";
+    for (sig, code) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
+        use std::io::BufRead;
+        let mut child = p
+            .cmd(&["workspace", "exec", &id, "--timeout", "600", "--", slow])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line, "READY\n");
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let status = wait_within(&mut child, Duration::from_secs(30));
+        assert_eq!(status.code(), Some(code));
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(err.contains("phase=interrupted"), "{err}");
+        // The command's whole process group is gone (TERM, or KILL after the grace period).
+        let pid = read_str(&p, &id, "pid").trim().to_string();
+        let probe = format!("kill -0 {pid} 2>/dev/null && echo alive || echo gone");
+        let until = Instant::now() + Duration::from_secs(10);
+        while sh_ok(&p, &id, &probe) != "gone\n" {
+            assert!(Instant::now() < until, "the guest command outlived pyro");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let logs = ok(&p, &["logs", &id]);
+    let stopped: Vec<&Value> = logs["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["command"] == slow)
+        .collect();
+    assert_eq!(stopped.len(), 2, "{logs}");
+    for e in stopped {
+        assert_eq!(e["interrupted"], true, "{e}");
+        assert_eq!(e["exit_code"], 143, "{e}");
+        assert_eq!(e["signal"], 15, "{e}");
+    }
+    // The probes ran to completion and say so.
+    assert!(logs["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["interrupted"] == false));
+    delete(&p, &id);
+}
+
+#[test]
+fn workspace_exec_reads_piped_stdin_and_streams_all_output() {
+    require_containers!();
+    use std::io::Write;
+    let p = TestPyro::new();
+    let _cleanup = Cleanup(&p);
+    let (id, _) = create(&p, &[]);
+    let piped = |flags: &[&str], cmd: &str, input: &[u8]| {
+        let mut args = vec!["workspace", "exec", &id];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["--", cmd]);
+        let mut child = p
+            .cmd(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = piped(&[], "cat > in.txt; wc -c < in.txt", b"hello\n");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "6\n");
+    assert_eq!(read_str(&p, &id, "in.txt"), "hello\n");
+    let out = piped(&["--no-stdin"], "cat", b"hello\n");
+    assert_eq!(stdout(&out), "");
+    // All of a big output is passed through; captured, it is cut with a warning.
+    let three_mib = "head -c 3145728 /dev/zero";
+    let out = p.run(&["workspace", "exec", &id, "--", three_mib]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(out.stdout.len(), 3 << 20);
+    let (out, v) = p.json(&["workspace", "exec", &id, "--", three_mib]);
+    assert_eq!(v["truncated"], true);
+    assert_eq!(v["stdout"].as_str().unwrap().len(), 1 << 20);
+    assert!(
+        stderr(&out).contains(
+            "[workspace-exec] warning: output truncated at 1048576 bytes (--max-output-bytes)"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    delete(&p, &id);
+}

@@ -66,6 +66,12 @@ pub struct VmRunParams {
     #[serde(default = "default_output")]
     #[schemars(range(min = 0, max = 1048576))]
     pub max_output_bytes: u64,
+    /// Text for the command's stdin (then end of file). Default: none (end of file at once).
+    #[serde(default)]
+    pub stdin: Option<String>,
+    /// The command's stdin as base64, for bytes that are not text; not with `stdin`.
+    #[serde(default)]
+    pub stdin_base64: Option<String>,
     /// Outbound network access through NAT. Default: none (loopback only).
     #[serde(default)]
     pub network: bool,
@@ -206,6 +212,12 @@ pub struct WorkspaceExecParams {
     #[serde(default = "default_output")]
     #[schemars(range(min = 0, max = 1048576))]
     pub max_output_bytes: u64,
+    /// Text for the command's stdin (then end of file). Default: none (end of file at once).
+    #[serde(default)]
+    pub stdin: Option<String>,
+    /// The command's stdin as base64, for bytes that are not text; not with `stdin`.
+    #[serde(default)]
+    pub stdin_base64: Option<String>,
     /// Secrets to map into the command's environment: `NAME` (as `$NAME`) or `NAME=VAR`.
     #[serde(default)]
     pub secret_env: Vec<String>,
@@ -561,4 +573,10 @@ pub struct VmExecParams {
     #[serde(default = "default_output")]
     #[schemars(range(min = 0, max = 1048576))]
     pub max_output_bytes: u64,
+    /// Text for the command's stdin (then end of file). Default: none (end of file at once).
+    #[serde(default)]
+    pub stdin: Option<String>,
+    /// The command's stdin as base64, for bytes that are not text; not with `stdin`.
+    #[serde(default)]
+    pub stdin_base64: Option<String>,
 }

@@ -95,11 +95,30 @@ fn isolation(s: Option<&str>) -> Result<Option<pyro::Isolation>, ToolError> {
     s.map(str::parse).transpose().map_err(ToolError::from)
 }
 
+/// A command line as the one argument that the library runs as a shell command line as
+/// written (see `pyro_protocol::command_line`), so that the history records it unwrapped.
 fn shell(command: &str) -> Result<Vec<String>, ToolError> {
     if command.trim().is_empty() {
         return Err(ToolError::invalid("command is empty", None));
     }
-    Ok(vec!["sh".into(), "-c".into(), command.into()])
+    Ok(vec![command.into()])
+}
+
+/// The command's stdin from `stdin` (text) or `stdin_base64` (bytes).
+fn stdin(text: Option<String>, b64: Option<String>) -> Result<pyro::Stdin, ToolError> {
+    use base64::Engine;
+    match (text, b64) {
+        (None, None) => Ok(pyro::Stdin::Null),
+        (Some(t), None) => Ok(pyro::Stdin::Bytes(t.into_bytes())),
+        (None, Some(b)) => base64::engine::general_purpose::STANDARD
+            .decode(b.trim())
+            .map(pyro::Stdin::Bytes)
+            .map_err(|e| ToolError::invalid(format!("stdin_base64 is not base64: {e}"), None)),
+        (Some(_), Some(_)) => Err(ToolError::invalid(
+            "give stdin or stdin_base64, not both",
+            None,
+        )),
+    }
 }
 
 fn output_cap(n: u64, name: &str) -> Result<u64, ToolError> {
@@ -194,6 +213,7 @@ impl PyroTools {
             req.env = p.env.clone();
             req.max_output_bytes = output_cap(p.max_output_bytes, "max_output_bytes")?;
             req.network = pyro::network::NetworkSpec::from_parts(p.network, None, &p.allow_hosts)?;
+            req.stdin = stdin(p.stdin.clone(), p.stdin_base64.clone())?;
             Ok::<_, ToolError>(req)
         })();
         let req = match prepared {
@@ -279,6 +299,7 @@ impl PyroTools {
             let opts = pyro::ExecOptions {
                 timeout: Duration::from_secs(p.timeout_seconds),
                 max_output_bytes: output_cap(p.max_output_bytes, "max_output_bytes")?,
+                stdin: stdin(p.stdin, p.stdin_base64)?,
                 ..pyro::ExecOptions::default()
             };
             tokio::select! {
@@ -517,6 +538,7 @@ impl PyroTools {
                 env: p.env,
                 cwd: p.cwd,
                 max_output_bytes: output_cap(p.max_output_bytes, "max_output_bytes")?,
+                stdin: stdin(p.stdin, p.stdin_base64)?,
             };
             // Dropping the exec closes its agent connection, which kills the command.
             tokio::select! {

@@ -9,6 +9,9 @@
 //! payload. Control messages are JSON ([`FrameKind::Json`]); command output travels as raw bytes
 //! ([`FrameKind::Stdout`], [`FrameKind::Stderr`]) so binary output needs no re-encoding. No
 //! payload may exceed [`MAX_FRAME_LEN`]; both sides refuse larger frames before allocating.
+//!
+//! During an exec the host keeps its side of the connection open: closing it (or the connection
+//! breaking) while the command runs cancels the command.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -16,7 +19,7 @@ use std::io::{Read, Write};
 use serde::{Deserialize, Serialize};
 
 /// The protocol version spoken by this build. Bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest payload a frame may carry (1 MiB): big enough for any control message and for
 /// output chunks, small enough that a hostile peer cannot make the other side allocate much.
@@ -37,8 +40,8 @@ pub enum FrameKind {
     Stdout,
     /// Raw bytes the command wrote to stderr.
     Stderr,
-    /// A chunk of a byte stream: file content, a tar archive, or JSON lines of directory
-    /// entries. A stream sent by the host ends with an empty `Data` frame.
+    /// A chunk of a byte stream: file content, a tar archive, JSON lines of directory entries,
+    /// or a command's stdin. A stream sent by the host ends with an empty `Data` frame.
     Data,
 }
 
@@ -153,7 +156,10 @@ pub enum Request {
         /// The client's [`PROTOCOL_VERSION`].
         protocol_version: u32,
     },
-    /// Run a command and stream its output.
+    /// Run a command and stream its output. With [`ExecRequest::stdin`], the command's stdin
+    /// follows as `Data` frames ending with an empty one. Closing the connection before
+    /// [`Response::ExecDone`] cancels the command: TERM to its process group, KILL after
+    /// [`CANCEL_GRACE_MS`].
     Exec(ExecRequest),
     /// Answer with [`Response::Pong`]; used to prove readiness.
     Ping,
@@ -349,7 +355,7 @@ pub enum Readiness {
 pub struct ServiceStart {
     /// Unique name.
     pub name: String,
-    /// Command argv (run by `sh -lc`).
+    /// Command argv (run by `sh -lc` over its [`command_line`]).
     pub argv: Vec<String>,
     /// Working directory.
     #[serde(default)]
@@ -418,10 +424,14 @@ pub struct Entry {
     pub link_target: Option<String>,
 }
 
+/// How long a cancelled command's process group has between TERM and KILL, in milliseconds.
+pub const CANCEL_GRACE_MS: u64 = 2000;
+
 /// How to run one command.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExecRequest {
-    /// The command as an argv; the agent joins it with POSIX quoting and runs it with `sh -lc`.
+    /// The command; the agent turns it into one line with [`command_line`] and runs it with
+    /// `sh -lc`.
     pub argv: Vec<String>,
     /// Extra environment variables, on top of the agent's base environment.
     #[serde(default)]
@@ -432,10 +442,11 @@ pub struct ExecRequest {
     /// Kill the whole process group after this many milliseconds.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
-    /// Bytes of stdout to keep and forward; the rest is read and dropped.
+    /// Bytes of stdout to forward; the rest is read and dropped. `u64::MAX` forwards all of it
+    /// (a host that streams output on and keeps only a bounded part).
     #[serde(default = "default_cap")]
     pub max_stdout: u64,
-    /// Bytes of stderr to keep and forward; the rest is read and dropped.
+    /// Bytes of stderr to forward; the rest is read and dropped.
     #[serde(default = "default_cap")]
     pub max_stderr: u64,
     /// Run as this user: `user`, `uid`, `user:group` or `uid:gid`, as an OCI image config's
@@ -443,6 +454,10 @@ pub struct ExecRequest {
     /// (or empty) runs as root.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The command's stdin follows the request as `Data` frames, ending with an empty one.
+    /// Without it the command reads from `/dev/null`.
+    #[serde(default)]
+    pub stdin: bool,
 }
 
 fn default_cap() -> u64 {
@@ -569,6 +584,21 @@ pub enum Response {
     },
 }
 
+/// The shell command line `sh -lc` runs for a command.
+///
+/// Several arguments are joined with POSIX quoting ([`join_argv`]), so each stays one word. A
+/// single argument is the command line itself, as written: `["echo $((6*7)) | cat"]` runs a
+/// pipeline, where quoting would look for a program named after the whole string. For one plain
+/// word (`["ls"]`) both readings are the same. An empty single argument stays quoted (`''`).
+///
+/// Returns `None` when an argument holds a NUL byte, which no shell string can carry.
+pub fn command_line(argv: &[String]) -> Option<String> {
+    match argv {
+        [one] if !one.is_empty() => (!one.contains('\0')).then(|| one.clone()),
+        _ => join_argv(argv),
+    }
+}
+
 /// POSIX-quotes an argv into one shell command line, the way `shlex.join` does.
 ///
 /// Returns `None` when an argument holds a NUL byte, which no shell string can carry.
@@ -654,10 +684,28 @@ mod tests {
     }
 
     #[test]
+    fn a_single_argument_is_a_command_line() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            command_line(&v(&["echo $((6*7)) | cat"])).unwrap(),
+            "echo $((6*7)) | cat"
+        );
+        assert_eq!(command_line(&v(&["ls"])).unwrap(), "ls");
+        assert_eq!(command_line(&v(&[""])).unwrap(), "''");
+        assert_eq!(
+            command_line(&v(&["printf", "%s\n", "a b"])).unwrap(),
+            "printf '%s\n' 'a b'"
+        );
+        assert!(command_line(&v(&["a\0b"])).is_none());
+    }
+
+    #[test]
     fn exec_request_defaults_caps() {
         let r: ExecRequest = serde_json::from_str(r#"{"argv":["true"]}"#).unwrap();
         assert_eq!(r.max_stdout, DEFAULT_OUTPUT_CAP);
         assert_eq!(r.max_stderr, DEFAULT_OUTPUT_CAP);
         assert!(r.env.is_empty());
+        // A request from before stdin existed means "no stdin".
+        assert!(!r.stdin);
     }
 }

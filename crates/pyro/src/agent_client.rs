@@ -131,7 +131,7 @@ async fn write_msg(s: &mut UnixStream, msg: &Request) -> Result<()> {
         .map_err(|e| Error::Agent(format!("send request: {e}")))
 }
 
-async fn read_frame(s: &mut UnixStream) -> Result<(FrameKind, Vec<u8>)> {
+async fn read_frame(s: &mut (impl AsyncRead + Unpin)) -> Result<(FrameKind, Vec<u8>)> {
     let mut h = [0u8; HEADER_LEN];
     s.read_exact(&mut h)
         .await
@@ -152,7 +152,7 @@ async fn read_response(s: &mut UnixStream) -> Result<Response> {
     }
 }
 
-async fn write_data(s: &mut UnixStream, chunk: &[u8]) -> Result<()> {
+async fn write_data(s: &mut (impl AsyncWrite + Unpin), chunk: &[u8]) -> Result<()> {
     let mut buf = Vec::with_capacity(HEADER_LEN + chunk.len());
     buf.extend_from_slice(&encode_header(FrameKind::Data, chunk.len() as u32));
     buf.extend_from_slice(chunk);
@@ -170,6 +170,52 @@ fn unexpected(what: &str, r: Response) -> Error {
 
 fn refused(kind: String, message: String) -> Error {
     Error::AgentRefused { kind, message }
+}
+
+/// Reads an exec's output frames into `sink` until its answer.
+async fn read_exec(
+    rd: &mut (impl AsyncRead + Unpin),
+    sink: &mut dyn OutputSink,
+) -> Result<ExecOutcome> {
+    loop {
+        match read_frame(rd).await? {
+            (FrameKind::Stdout, b) => sink.output(OutputStream::Stdout, &b),
+            (FrameKind::Stderr, b) => sink.output(OutputStream::Stderr, &b),
+            (FrameKind::Data, _) => {
+                return Err(Error::Agent("unexpected data frame during exec".into()))
+            }
+            (FrameKind::Json, b) => {
+                let resp: Response = serde_json::from_slice(&b)
+                    .map_err(|e| Error::Agent(format!("malformed response: {e}")))?;
+                return match resp {
+                    Response::ExecDone(o) => Ok(o),
+                    Response::Error { kind, message } => Err(refused(kind, message)),
+                    other => Err(Error::Agent(format!("unexpected reply to exec: {other:?}"))),
+                };
+            }
+        }
+    }
+}
+
+/// Streams a command's stdin as `Data` frames, ending with an empty one. A source that fails
+/// to read ends the stream there (the command sees end of file) rather than the exec: the
+/// command is already running. A failed send means the connection is gone, which the output
+/// side reports.
+async fn send_stdin(src: &mut (dyn AsyncRead + Unpin + Send), wr: &mut (impl AsyncWrite + Unpin)) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match src.read(&mut buf).await {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::warn!("reading the command's stdin failed, ending it there: {e}");
+                0
+            }
+        };
+        if write_data(wr, &buf[..n]).await.is_err() || n == 0 {
+            return;
+        }
+    }
 }
 
 impl AgentClient {
@@ -260,28 +306,35 @@ impl AgentClient {
         }
     }
 
-    /// Runs a command. Output frames go to `sink` as they arrive. The request is sent once and
-    /// never retried: a command may not be idempotent.
-    pub async fn exec(&self, req: &ExecRequest, sink: &mut dyn OutputSink) -> Result<ExecOutcome> {
+    /// Runs a command. Output frames go to `sink` as they arrive; `stdin`, when given, is sent
+    /// to the command as it is read, at the same time. The request is sent once and never
+    /// retried: a command may not be idempotent.
+    ///
+    /// Dropping the returned future closes the connection, and the agent then stops the
+    /// command (TERM to its process group, KILL after a grace period).
+    pub async fn exec(
+        &self,
+        req: &ExecRequest,
+        sink: &mut dyn OutputSink,
+        stdin: Option<&mut (dyn AsyncRead + Unpin + Send)>,
+    ) -> Result<ExecOutcome> {
         let (mut s, _) = self.open().await?;
-        write_msg(&mut s, &Request::Exec(req.clone())).await?;
-        loop {
-            match read_frame(&mut s).await? {
-                (FrameKind::Stdout, b) => sink.output(OutputStream::Stdout, &b),
-                (FrameKind::Stderr, b) => sink.output(OutputStream::Stderr, &b),
-                (FrameKind::Data, _) => {
-                    return Err(Error::Agent("unexpected data frame during exec".into()))
-                }
-                (FrameKind::Json, b) => {
-                    let resp: Response = serde_json::from_slice(&b)
-                        .map_err(|e| Error::Agent(format!("malformed response: {e}")))?;
-                    return match resp {
-                        Response::ExecDone(o) => Ok(o),
-                        Response::Error { kind, message } => Err(refused(kind, message)),
-                        other => Err(Error::Agent(format!("unexpected reply to exec: {other:?}"))),
-                    };
-                }
+        let mut req = req.clone();
+        req.stdin = stdin.is_some();
+        write_msg(&mut s, &Request::Exec(req)).await?;
+        let (mut rd, mut wr) = s.split();
+        let pump = async {
+            if let Some(src) = stdin {
+                send_stdin(src, &mut wr).await;
             }
+            // Keep the connection open: the agent takes its end as a cancel.
+            std::future::pending::<std::convert::Infallible>().await
+        };
+        // Whatever happens to stdin, the answer ends the call; output is read all along, so
+        // neither direction waits on the other.
+        tokio::select! {
+            r = read_exec(&mut rd, sink) => r,
+            never = pump => match never {},
         }
     }
 

@@ -174,6 +174,7 @@ impl Pyro {
             env: Default::default(),
             cwd: None,
             max_output_bytes: 1 << 20,
+            ..ExecOptions::default()
         };
         let argv = vec!["true".to_string()];
         let mut rt = Vec::with_capacity(runs);
@@ -240,6 +241,7 @@ impl Pyro {
             env: Default::default(),
             cwd: None,
             max_output_bytes: 1 << 20,
+            ..ExecOptions::default()
         };
         let mut create = CreateWorkspace::new(req.environment.clone());
         create.isolation = Some(req.isolation);

@@ -78,6 +78,6 @@ pub use backend::Isolation;
 pub use error::{Error, Result};
 pub use facade::{Config, GcReport, Pyro};
 pub use run::{Observer, Quiet, RunRequest, RunResult};
-pub use sandbox::ExecOptions;
+pub use sandbox::{ExecOptions, Stdin, StdinStream};
 pub use vm::{CreateVm, VmDeleteResult, VmInfo, VmReapReport};
 pub use workspace::{CreateWorkspace, Seed, UpdateWorkspace, WorkspaceExecResult, WorkspaceInfo};

@@ -82,7 +82,8 @@ impl RunNetwork {
 pub struct RunRequest {
     /// Environment name, e.g. `debian:12`.
     pub environment: String,
-    /// The command; joined with POSIX quoting and run by `sh -lc`.
+    /// The command, run by `sh -lc` over its [`pyro_protocol::command_line`]: one argument is
+    /// a shell command line as written, several are joined with POSIX quoting.
     pub command: Vec<String>,
     /// Isolation level; `None` means `$PYRO_ISOLATION` or `microvm`.
     pub isolation: Option<Isolation>,
@@ -100,6 +101,8 @@ pub struct RunRequest {
     pub max_output_bytes: u64,
     /// The sandbox's network (default: none but loopback).
     pub network: crate::network::NetworkSpec,
+    /// The command's stdin (default: none).
+    pub stdin: crate::Stdin,
 }
 
 impl RunRequest {
@@ -116,6 +119,7 @@ impl RunRequest {
             build_missing: false,
             max_output_bytes: pyro_protocol::DEFAULT_OUTPUT_CAP,
             network: crate::network::NetworkSpec::off(),
+            stdin: crate::Stdin::Null,
         }
     }
 
@@ -288,7 +292,9 @@ pub(crate) fn transfer_progress(
 
 impl Pyro {
     /// Runs one command in a fresh sandbox and deletes the sandbox afterwards: on success, on
-    /// command failure, on timeout and on host errors. If the returned future is dropped
+    /// command failure, on timeout and on host errors. `output`, when given, receives all of
+    /// the command's output as it arrives; the result keeps at most `max_output_bytes` of each
+    /// stream (`truncated` says when it kept less). If the returned future is dropped
     /// (Ctrl-C), call [`Pyro::cleanup_owned`]; a killed process's sandboxes are removed by the
     /// next [`Pyro::gc`].
     pub async fn run(
@@ -340,6 +346,7 @@ impl Pyro {
                 env: req.env.clone(),
                 cwd: None,
                 max_output_bytes: req.max_output_bytes,
+                stdin: req.stdin.clone(),
             },
             &defaults,
             true,
@@ -364,7 +371,7 @@ impl Pyro {
             environment_digest: env.manifest_digest.clone(),
             isolation: level,
             backend: sb.backend_name().to_string(),
-            command: pyro_protocol::join_argv(&req.command).unwrap_or_default(),
+            command: pyro_protocol::command_line(&req.command).unwrap_or_default(),
             exit_code,
             signal: o.signal,
             stdout,

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use pyro_protocol::{ExecOutcome, ExecRequest};
 use serde::Serialize;
+use tokio::io::AsyncRead;
 
 use crate::agent_client::{AgentClient, OutputSink, OutputStream};
 use crate::backend::{Backend, CleanupReport, LimitsReport, Resources, SandboxSpec};
@@ -40,7 +41,8 @@ pub fn new_id() -> String {
 }
 
 /// Output collected from one exec, capped on the host side too so a misbehaving agent cannot
-/// make the host hold more than it asked for.
+/// make the host hold more than it asked for. Everything is passed on to `forward`: a stream
+/// is not capped, only what is kept.
 pub(crate) struct Collected<'a> {
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
@@ -72,8 +74,7 @@ impl OutputSink for Collected<'_> {
             OutputStream::Stderr => (&mut self.stderr, self.cap_err),
         };
         let room = cap.saturating_sub(buf.len());
-        let bytes = &bytes[..bytes.len().min(room)];
-        buf.extend_from_slice(bytes);
+        buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
         if let Some(f) = self.forward.as_deref_mut() {
             f.output(stream, bytes);
         }
@@ -110,6 +111,57 @@ pub struct ExecResult {
     pub stderr: Vec<u8>,
 }
 
+/// What a command reads on its standard input.
+#[derive(Clone, Default)]
+pub enum Stdin {
+    /// Nothing: the command reads end of file at once (`/dev/null`).
+    #[default]
+    Null,
+    /// These bytes, then end of file.
+    Bytes(Vec<u8>),
+    /// A stream, sent on as it is read while the command runs (nothing is held in memory),
+    /// then end of file. It is read by one exec only: options cloned after an exec took it give
+    /// the next command end of file.
+    Stream(StdinStream),
+}
+
+impl Stdin {
+    /// Stdin read from `r` as the command runs.
+    pub fn stream(r: impl AsyncRead + Send + Unpin + 'static) -> Stdin {
+        Stdin::Stream(StdinStream(Arc::new(std::sync::Mutex::new(Some(
+            Box::new(r),
+        )))))
+    }
+
+    /// The reader for one exec; `None` for no stdin.
+    fn reader(&self) -> Option<Box<dyn AsyncRead + Send + Unpin>> {
+        match self {
+            Stdin::Null => None,
+            Stdin::Bytes(b) => Some(Box::new(std::io::Cursor::new(b.clone()))),
+            Stdin::Stream(s) => Some(
+                s.0.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take()
+                    .unwrap_or_else(|| Box::new(tokio::io::empty())),
+            ),
+        }
+    }
+}
+
+impl std::fmt::Debug for Stdin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stdin::Null => f.write_str("Null"),
+            Stdin::Bytes(b) => write!(f, "Bytes({} bytes)", b.len()),
+            Stdin::Stream(_) => f.write_str("Stream"),
+        }
+    }
+}
+
+/// A stdin stream shared by clones of the options that carry it; see [`Stdin::Stream`].
+#[derive(Clone)]
+pub struct StdinStream(Arc<std::sync::Mutex<Option<Box<dyn AsyncRead + Send + Unpin>>>>);
+
 /// Options for one exec.
 #[derive(Debug, Clone)]
 pub struct ExecOptions {
@@ -119,18 +171,23 @@ pub struct ExecOptions {
     pub env: BTreeMap<String, String>,
     /// Working directory (default `/workspace`).
     pub cwd: Option<String>,
-    /// Cap on kept stdout and on kept stderr, each.
+    /// Cap on kept stdout and on kept stderr, each: what the result holds. Output streamed to
+    /// an [`OutputSink`] is not capped; only what is kept is.
     pub max_output_bytes: u64,
+    /// The command's stdin.
+    pub stdin: Stdin,
 }
 
 impl Default for ExecOptions {
-    /// 30 seconds, no extra variables, `/workspace`, 1 MiB per stream: what `pyro run` uses.
+    /// 30 seconds, no extra variables, `/workspace`, 1 MiB per stream, no stdin: what
+    /// `pyro run` uses.
     fn default() -> ExecOptions {
         ExecOptions {
             timeout: Duration::from_secs(30),
             env: BTreeMap::new(),
             cwd: None,
             max_output_bytes: pyro_protocol::DEFAULT_OUTPUT_CAP,
+            stdin: Stdin::Null,
         }
     }
 }
@@ -363,6 +420,7 @@ impl Sandbox {
             env,
             cwd: Some("/".into()),
             max_output_bytes: 4096,
+            ..ExecOptions::default()
         };
         let r = self.exec(&argv, &opts, None).await?;
         if r.outcome.exit_code != Some(0) {
@@ -428,19 +486,31 @@ impl Sandbox {
         user: Option<&str>,
         forward: Option<&mut dyn OutputSink>,
     ) -> Result<ExecResult> {
+        let cap = opts.max_output_bytes;
+        // Output streamed on is streamed whole, so the agent forwards everything; without a
+        // sink, the agent drops what is over the cap, so it never crosses the connection.
+        let forward_cap = if forward.is_some() { u64::MAX } else { cap };
+        let mut stdin = opts.stdin.reader();
         let req = ExecRequest {
             user: user.map(str::to_owned),
             argv: argv.to_vec(),
             env: opts.env.clone(),
             cwd: opts.cwd.clone(),
             timeout_ms: Some(opts.timeout.as_millis() as u64),
-            max_stdout: opts.max_output_bytes,
-            max_stderr: opts.max_output_bytes,
+            max_stdout: forward_cap,
+            max_stderr: forward_cap,
+            stdin: stdin.is_some(),
         };
-        let mut sink = Collected::new(opts.max_output_bytes, opts.max_output_bytes, forward);
-        let outcome = tokio::time::timeout(
+        let mut sink = Collected::new(cap, cap, forward);
+        let mut outcome = tokio::time::timeout(
             opts.timeout + EXEC_MARGIN,
-            self.client.exec(&req, &mut sink),
+            self.client.exec(
+                &req,
+                &mut sink,
+                stdin
+                    .as_mut()
+                    .map(|r| r.as_mut() as &mut (dyn AsyncRead + Unpin + Send)),
+            ),
         )
         .await
         .map_err(|_| {
@@ -449,6 +519,9 @@ impl Sandbox {
                 EXEC_MARGIN.as_secs()
             ))
         })??;
+        // The result holds at most `cap` bytes of each stream, whatever was forwarded.
+        outcome.stdout_truncated |= outcome.stdout_bytes > cap;
+        outcome.stderr_truncated |= outcome.stderr_bytes > cap;
         Ok(ExecResult {
             outcome,
             stdout: sink.stdout,

@@ -156,6 +156,7 @@ CREATE TABLE IF NOT EXISTS workspace_logs (
     duration_ms INTEGER NOT NULL,
     stdout_bytes INTEGER NOT NULL,
     stderr_bytes INTEGER NOT NULL,
+    interrupted INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (workspace_id, seq)
 );
 CREATE TABLE IF NOT EXISTS networks (
@@ -209,6 +210,28 @@ fn write_tx(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>
 /// How long a call waits for another process's write before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Brings a database made by an older pyro up to [`SCHEMA`].
+fn migrate(conn: &Connection) -> Result<()> {
+    let has_interrupted = || -> rusqlite::Result<bool> {
+        conn.prepare(
+            "SELECT 1 FROM pragma_table_info('workspace_logs') WHERE name = 'interrupted'",
+        )?
+        .exists([])
+    };
+    if !has_interrupted()? {
+        let added = conn.execute_batch(
+            "ALTER TABLE workspace_logs ADD COLUMN interrupted INTEGER NOT NULL DEFAULT 0",
+        );
+        // Another pyro opening the same database may have added it first.
+        if let Err(e) = added {
+            if !has_interrupted()? {
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<Store> {
@@ -221,6 +244,7 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         Ok(Store {
             conn: Mutex::new(conn),
         })
@@ -512,6 +536,10 @@ pub struct LogRow {
     pub stdout_bytes: u64,
     /// Bytes written to stderr.
     pub stderr_bytes: u64,
+    /// Whether the caller went away while it ran (Ctrl-C, SIGTERM, an MCP cancel, a dropped
+    /// future), so the command was stopped: then `exit_code` and `signal` say what pyro sent
+    /// it (TERM: 143 and 15), and the output byte counts are 0 (not known).
+    pub interrupted: bool,
 }
 
 /// One snapshot of a workspace.
@@ -676,7 +704,9 @@ impl Store {
         )?;
         log.seq = seq as u64;
         tx.execute(
-            "INSERT INTO workspace_logs VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            "INSERT INTO workspace_logs (workspace_id, seq, started_at_ms, command, cwd, exit_code,
+                signal, timed_out, duration_ms, stdout_bytes, stderr_bytes, interrupted)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
                 id,
                 seq,
@@ -688,7 +718,8 @@ impl Store {
                 log.timed_out,
                 log.duration_ms as i64,
                 log.stdout_bytes as i64,
-                log.stderr_bytes as i64
+                log.stderr_bytes as i64,
+                log.interrupted
             ],
         )?;
         tx.execute("UPDATE workspaces SET command_count = command_count + 1, last_activity_ms = ?2 WHERE id = ?1", params![id, now_ms()])?;
@@ -699,7 +730,7 @@ impl Store {
     /// A workspace's history.
     pub fn logs(&self, id: &str) -> Result<Vec<LogRow>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT seq, started_at_ms, command, cwd, exit_code, signal, timed_out, duration_ms, stdout_bytes, stderr_bytes FROM workspace_logs WHERE workspace_id = ?1 ORDER BY seq")?;
+        let mut stmt = conn.prepare("SELECT seq, started_at_ms, command, cwd, exit_code, signal, timed_out, duration_ms, stdout_bytes, stderr_bytes, interrupted FROM workspace_logs WHERE workspace_id = ?1 ORDER BY seq")?;
         let rows = stmt
             .query_map(params![id], |r| {
                 Ok(LogRow {
@@ -713,6 +744,7 @@ impl Store {
                     duration_ms: r.get::<_, i64>(7)? as u64,
                     stdout_bytes: r.get::<_, i64>(8)? as u64,
                     stderr_bytes: r.get::<_, i64>(9)? as u64,
+                    interrupted: r.get(10)?,
                 })
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -838,6 +870,45 @@ mod tests {
             "/r".into(),
             owner,
         )
+    }
+
+    #[test]
+    fn a_history_from_before_interrupted_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pyro.db");
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE workspace_logs (workspace_id TEXT NOT NULL, seq INTEGER NOT NULL,
+                started_at_ms INTEGER NOT NULL, command TEXT NOT NULL, cwd TEXT NOT NULL,
+                exit_code INTEGER NOT NULL, signal INTEGER, timed_out INTEGER NOT NULL,
+                duration_ms INTEGER NOT NULL, stdout_bytes INTEGER NOT NULL,
+                stderr_bytes INTEGER NOT NULL, PRIMARY KEY (workspace_id, seq));
+             INSERT INTO workspace_logs VALUES ('w', 1, 0, 'true', '/workspace', 0, NULL, 0, 1, 0, 0);",
+        )
+        .unwrap();
+        drop(old);
+        let store = Store::open(&path).unwrap();
+        // Opening again finds the column there already.
+        let store2 = Store::open(&path).unwrap();
+        let row = LogRow {
+            seq: 0,
+            started_at_ms: 0,
+            command: "sleep 9".into(),
+            cwd: "/workspace".into(),
+            exit_code: 143,
+            signal: Some(15),
+            timed_out: false,
+            duration_ms: 5,
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+            interrupted: true,
+        };
+        store2.append_log("w", row).unwrap();
+        let logs = store.logs("w").unwrap();
+        assert_eq!(
+            logs.iter().map(|l| l.interrupted).collect::<Vec<_>>(),
+            [false, true]
+        );
     }
 
     #[test]

@@ -351,7 +351,7 @@ impl Pyro {
             environment_digest: env.manifest_digest,
             isolation: vm.isolation,
             backend: sb.backend_name().to_string(),
-            command: pyro_protocol::join_argv(argv).unwrap_or_default(),
+            command: pyro_protocol::command_line(argv).unwrap_or_default(),
             exit_code,
             signal: o.signal,
             stdout,

@@ -107,3 +107,62 @@ fn the_vm_lifecycle_through_the_blocking_sdk() {
     assert!(pyro.vm_status(&vm.vm_id).is_err(), "vm_exec deletes the VM");
     assert!(pyro.vm_list().unwrap().is_empty());
 }
+
+#[test]
+fn a_dropped_exec_future_stops_the_command_and_is_logged() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let Some(pyro) = sdk(
+        "a_dropped_exec_future_stops_the_command_and_is_logged",
+        dir.path(),
+    ) else {
+        return;
+    };
+    let mut req = CreateWorkspace::new("debian:12");
+    req.isolation = Some(Isolation::Container);
+    let id = pyro.workspace_create(&req).unwrap().workspace_id;
+    // Stdin given as bytes reaches the command.
+    let opts = ExecOptions {
+        stdin: pyro::Stdin::Bytes(b"abc".to_vec()),
+        ..ExecOptions::default()
+    };
+    let out = pyro.workspace_exec(&id, &argv(&["cat"]), &opts).unwrap();
+    assert_eq!(out.stdout, "abc");
+
+    // A caller's timeout drops the exec future mid-command.
+    let slow = argv(&["sleep 300 & echo $! > pid; wait"]);
+    let opts = ExecOptions {
+        timeout: Duration::from_secs(600),
+        ..ExecOptions::default()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let r = rt.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(3),
+            pyro.as_async().workspace_exec(&id, &slow, &opts, None),
+        )
+        .await
+    });
+    assert!(r.is_err(), "the exec should still have been running");
+    // Recorded by the time the drop returned.
+    let last = pyro.workspace_logs(&id).unwrap().pop().unwrap();
+    assert!(last.interrupted, "{last:?}");
+    assert_eq!((last.exit_code, last.signal), (143, Some(15)));
+    // And the command is really gone, background job and all.
+    let probe = argv(&["kill -0 $(cat pid) 2>/dev/null && echo alive || echo gone"]);
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = pyro
+            .workspace_exec(&id, &probe, &ExecOptions::default())
+            .unwrap();
+        if r.stdout == "gone\n" {
+            break;
+        }
+        assert!(Instant::now() < until, "the command outlived its future");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(pyro.workspace_delete(&id).unwrap().deleted);
+}

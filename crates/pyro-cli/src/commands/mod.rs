@@ -63,6 +63,34 @@ pub fn or_default<T>(flag: Option<T>, default: fn() -> pyro::Result<T>) -> pyro:
     }
 }
 
+/// The stdin a `run` or `workspace exec` command gets: ours, streamed as it is read, when it
+/// is a pipe or a file; nothing with `--no-stdin`, or when it is a terminal (a command would
+/// seem to hang waiting on the keyboard, and typing would not reach it as a user expects).
+pub fn command_stdin(no_stdin: bool) -> anyhow::Result<pyro::Stdin> {
+    use std::io::IsTerminal;
+    if no_stdin || std::io::stdin().is_terminal() {
+        return Ok(pyro::Stdin::Null);
+    }
+    // A thread of our own does the blocking reads, through a pipe the runtime can poll: tokio's
+    // own stdin reads on a thread that cannot be cancelled, so a command that ended without
+    // reading its input would keep pyro from exiting until the input ended. This thread is
+    // detached and dies with the process; a read-ahead of one pipe buffer is all it holds.
+    let (r, mut w) = std::io::pipe()?;
+    std::thread::spawn(move || std::io::copy(&mut std::io::stdin().lock(), &mut w));
+    let r = tokio::net::unix::pipe::Receiver::from_owned_fd(r.into())?;
+    Ok(pyro::Stdin::stream(r))
+}
+
+/// Says on stderr which captured streams a `--json` result cut at the cap, so that a cut is
+/// visible without reading the JSON.
+pub fn warn_truncated(tag: &str, streams: &[(&str, bool)], cap: u64) {
+    for (name, cut) in streams {
+        if *cut {
+            eprintln!("[{tag}] warning: {name} truncated at {cap} bytes (--max-output-bytes)");
+        }
+    }
+}
+
 /// Parses repeated `KEY=VALUE` flags (split at the first `=`).
 pub fn parse_pairs(
     flag: &str,

@@ -64,6 +64,7 @@ pub async fn demo(pyro: &Pyro, a: crate::cli::DemoArgs) -> anyhow::Result<ExitCo
             network: a.network,
             allow_hosts: Vec::new(),
             json: a.json,
+            no_stdin: true,
             command,
         },
     )
@@ -80,6 +81,7 @@ pub async fn run(pyro: &Pyro, a: RunArgs) -> anyhow::Result<ExitCode> {
     req.build_missing = !a.no_build;
     req.max_output_bytes = a.max_output_bytes;
     req.network = pyro::network::NetworkSpec::from_parts(a.network, None, &a.allow_hosts)?;
+    req.stdin = super::command_stdin(a.no_stdin)?;
     let observer = Arc::new(RunObserver {
         phases: !a.json,
         build: BuildProgress::new(),
@@ -113,6 +115,14 @@ pub async fn run(pyro: &Pyro, a: RunArgs) -> anyhow::Result<ExitCode> {
     };
     if a.json {
         print_json(&result)?;
+        super::warn_truncated(
+            "run",
+            &[
+                ("stdout", result.stdout_truncated),
+                ("stderr", result.stderr_truncated),
+            ],
+            a.max_output_bytes,
+        );
     } else {
         phase_line(
             "run",
@@ -122,7 +132,9 @@ pub async fn run(pyro: &Pyro, a: RunArgs) -> anyhow::Result<ExitCode> {
                 ("backend", result.backend.clone()),
                 ("exit_code", result.exit_code.to_string()),
                 ("timed_out", result.timed_out.to_string()),
-                ("truncated", result.truncated.to_string()),
+                // Passed through, the output was streamed whole: only the result's copy,
+                // not shown here, is capped.
+                ("truncated", "false".into()),
                 ("total_ms", result.timing.total_ms.to_string()),
                 (
                     "cleanup",

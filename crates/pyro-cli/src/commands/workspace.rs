@@ -13,6 +13,7 @@ use pyro::workspace::{
 
 use pyro::{OutputSink, Pyro};
 use tokio::io::AsyncReadExt;
+use tokio::signal::unix::{signal, SignalKind};
 
 use super::{or_default, parse_pairs, Passthrough};
 use crate::cli_workspace::*;
@@ -220,12 +221,17 @@ pub async fn workspace(pyro: &Pyro, cmd: WorkspaceCommand) -> anyhow::Result<Exi
                 }
                 for l in &logs {
                     println!(
-                        "#{} exit_code={} duration_ms={} cwd={} at={}",
+                        "#{} exit_code={} duration_ms={} cwd={} at={}{}",
                         l.seq,
                         l.exit_code,
                         l.duration_ms,
                         l.cwd,
-                        ms_to_rfc3339(l.started_at_ms)
+                        ms_to_rfc3339(l.started_at_ms),
+                        if l.interrupted {
+                            " interrupted=true"
+                        } else {
+                            ""
+                        }
                     );
                     println!("$ {}", l.command);
                 }
@@ -240,14 +246,41 @@ pub async fn workspace(pyro: &Pyro, cmd: WorkspaceCommand) -> anyhow::Result<Exi
                 env: parse_pairs("--env", &a.env)?,
                 cwd: a.cwd,
                 max_output_bytes: a.max_output_bytes,
+                stdin: super::command_stdin(a.no_stdin)?,
             };
             let mut pass = Passthrough;
             let out: Option<&mut dyn OutputSink> = if a.json { None } else { Some(&mut pass) };
-            let r = pyro
-                .workspace_exec_with_secrets(&a.id, &a.command, &opts, &a.secret_env, out)
-                .await?;
+            let mut sigint = signal(SignalKind::interrupt())?;
+            let mut sigterm = signal(SignalKind::terminate())?;
+            // On a signal the exec future is dropped: that closes the agent connection, which
+            // stops the command, and the library records it in the workspace's logs before the
+            // drop returns, so there is nothing left to wait for once `select!` is done.
+            let r = tokio::select! {
+                r = pyro.workspace_exec_with_secrets(&a.id, &a.command, &opts, &a.secret_env, out) => Ok(r),
+                _ = sigint.recv() => Err(130u8),
+                _ = sigterm.recv() => Err(143u8),
+            };
+            let r = match r {
+                Ok(r) => r?,
+                Err(code) => {
+                    phase_line(
+                        "workspace-exec",
+                        &[
+                            ("workspace_id", a.id.clone()),
+                            ("phase", "interrupted".into()),
+                            ("exit_code", code.to_string()),
+                        ],
+                    );
+                    return Ok(ExitCode::from(code));
+                }
+            };
             if a.json {
                 print_json(&r)?;
+                super::warn_truncated(
+                    "workspace-exec",
+                    &[("output", r.truncated)],
+                    a.max_output_bytes,
+                );
             } else {
                 phase_line(
                     "workspace-exec",
@@ -257,7 +290,8 @@ pub async fn workspace(pyro: &Pyro, cmd: WorkspaceCommand) -> anyhow::Result<Exi
                         ("cwd", r.cwd.clone()),
                         ("exit_code", r.exit_code.to_string()),
                         ("timed_out", r.timed_out.to_string()),
-                        ("truncated", r.truncated.to_string()),
+                        // Streamed whole: only the result's copy is capped.
+                        ("truncated", "false".into()),
                         ("duration_ms", r.duration_ms.to_string()),
                     ],
                 );

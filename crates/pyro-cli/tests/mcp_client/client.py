@@ -423,6 +423,47 @@ async def scenario_disconnect(args):
     print("disconnect ok")
 
 
+async def scenario_cancel(args):
+    """Cancels a running workspace_exec (the SDK sends notifications/cancelled when the caller's
+    task is cancelled): the command stops, and the history records it as interrupted."""
+    async with session(args) as s:
+        w = await call(s, "workspace_create", {"environment": "debian:12", **ISO})
+        wid = w["workspace_id"]
+        # stdin and a single shell command line come through first.
+        e = await call(s, "workspace_exec", {"workspace_id": wid, "command": "cat; echo $((6*7))", "stdin": "in\n"})
+        check(e["stdout"] == "in\n42\n", "stdin and the command line reach the command", e)
+        e = await call(s, "workspace_exec", {"workspace_id": wid, "command": "od -An -tx1", "stdin_base64": "/wA="})
+        check(e["stdout"].split() == ["ff", "00"], "stdin_base64 carries bytes", e)
+        slow = "sleep 300 & echo $! > pid; wait"
+        task = asyncio.create_task(s.call_tool("workspace_exec", {"workspace_id": wid, "command": slow, "timeout_seconds": 600}))
+        for _ in range(300):
+            r = await s.call_tool("workspace_file_read", {"workspace_id": wid, "path": "pid"})
+            if not r.is_error and r.structured_content["content"].strip():
+                break
+            await asyncio.sleep(0.1)
+        pid = r.structured_content["content"].strip()
+        check(pid, "the slow command started")
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        entry = None
+        for _ in range(100):
+            logs = await call(s, "workspace_logs", {"workspace_id": wid})
+            entry = next((x for x in logs["entries"] if x["command"] == slow), None)
+            if entry:
+                break
+            await asyncio.sleep(0.1)
+        check(entry and entry["interrupted"] is True and entry["exit_code"] == 143, "the cancelled exec is logged as interrupted", logs)
+        for _ in range(50):
+            e = await call(s, "workspace_exec", {"workspace_id": wid, "command": f"kill -0 {pid} 2>/dev/null && echo alive || echo gone"})
+            if e["stdout"] == "gone\n":
+                break
+            await asyncio.sleep(0.2)
+        check(e["stdout"] == "gone\n", "the cancelled command is stopped", e)
+        await call(s, "workspace_delete", {"workspace_id": wid})
+    print("cancel ok")
+
+
 async def scenario_auth(args):
     async with http_server(args.pyro, "vm-run", token="s3cret-token") as url:
         async with httpx.AsyncClient() as c:
@@ -440,7 +481,7 @@ async def scenario_auth(args):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("scenario", choices=["profiles", "errors", "story", "interactive", "vm", "killed", "disconnect", "auth", "config_default"])
+    p.add_argument("scenario", choices=["profiles", "errors", "story", "interactive", "vm", "killed", "disconnect", "cancel", "auth", "config_default"])
     p.add_argument("transport", choices=["stdio", "http"])
     p.add_argument("--pyro", required=True)
     args = p.parse_args()

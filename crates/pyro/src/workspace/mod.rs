@@ -381,6 +381,31 @@ impl OutputSink for RedactingSink<'_> {
     }
 }
 
+/// Records an exec whose future was dropped before the command finished: Ctrl-C or SIGTERM on
+/// the CLI, an MCP cancel, an SDK caller's timeout. Dropping the future closed the agent
+/// connection, so the agent stops the command (TERM to its process group, KILL after a grace
+/// period); this writes the history entry the dropped code would have written. The store is
+/// synchronous, so the entry exists once the drop returns, and every front door gets the same
+/// behaviour from this one place.
+struct InterruptedExec<'a> {
+    store: &'a crate::store::Store,
+    workspace_id: String,
+    /// The entry to write; `None` once the exec finished (or failed) on its own.
+    row: Option<LogRow>,
+    started: Instant,
+}
+
+impl Drop for InterruptedExec<'_> {
+    fn drop(&mut self) {
+        if let Some(mut row) = self.row.take() {
+            row.duration_ms = self.started.elapsed().as_millis() as u64;
+            if let Err(e) = self.store.append_log(&self.workspace_id, row) {
+                tracing::warn!(workspace = %self.workspace_id, "cannot record an interrupted exec: {e}");
+            }
+        }
+    }
+}
+
 /// A held per-workspace lock; released on drop.
 pub(crate) struct WsLock(#[allow(dead_code)] std::fs::File);
 
@@ -819,6 +844,24 @@ impl Pyro {
         let opts = crate::run::with_defaults(&opts, &defaults, false);
         let started = now_ms();
         let t = Instant::now();
+        let mut interrupted = InterruptedExec {
+            store: &self.inner.store,
+            workspace_id: w.id.clone(),
+            row: Some(LogRow {
+                seq: 0,
+                started_at_ms: started,
+                command: redactor.text(&pyro_protocol::command_line(argv).unwrap_or_default()),
+                cwd: opts.cwd.clone().unwrap_or_else(|| WORKSPACE_PATH.into()),
+                exit_code: 128 + libc::SIGTERM,
+                signal: Some(libc::SIGTERM),
+                timed_out: false,
+                duration_ms: 0,
+                stdout_bytes: 0,
+                stderr_bytes: 0,
+                interrupted: true,
+            }),
+            started: t,
+        };
         let mut redacting = output.map(|o| RedactingSink::new(o, &redactor));
         let r = sb
             .exec_as(
@@ -828,13 +871,14 @@ impl Pyro {
                 redacting.as_mut().map(|s| s as &mut dyn OutputSink),
             )
             .await;
+        interrupted.row = None;
         if let Some(s) = redacting.as_mut() {
             s.finish();
         }
         let r = r?;
         let o = &r.outcome;
         let exit_code = crate::run::exit_code(o);
-        let command = redactor.text(&pyro_protocol::join_argv(argv).unwrap_or_default());
+        let command = redactor.text(&pyro_protocol::command_line(argv).unwrap_or_default());
         let cwd = opts.cwd.clone().unwrap_or_else(|| WORKSPACE_PATH.into());
         // The command has run: from here on, a bookkeeping failure must not turn its result
         // into an error (a caller that retried would run it twice).
@@ -852,6 +896,7 @@ impl Pyro {
                 duration_ms: t.elapsed().as_millis() as u64,
                 stdout_bytes: o.stdout_bytes,
                 stderr_bytes: o.stderr_bytes,
+                interrupted: false,
             },
         );
         let sequence = match logged {
