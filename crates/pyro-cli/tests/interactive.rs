@@ -18,17 +18,7 @@ macro_rules! require_containers {
 }
 
 fn ws(p: &TestPyro, extra: &[&str]) -> String {
-    let mut args = vec![
-        "workspace",
-        "create",
-        "debian:12",
-        "--isolation",
-        "container",
-    ];
-    args.extend_from_slice(extra);
-    let (out, v) = p.json(&args);
-    assert_eq!(out.status.code(), Some(0), "{v}");
-    v["workspace_id"].as_str().unwrap().to_string()
+    p.create_workspace(extra).0
 }
 
 fn ok(p: &TestPyro, args: &[&str]) -> Value {

@@ -32,17 +32,7 @@ fn json_of(out: &Output) -> Value {
 
 /// `pyro workspace create debian:12 --isolation container --json EXTRA…`; returns the id.
 fn create(p: &TestPyro, extra: &[&str]) -> String {
-    let mut args = vec![
-        "workspace",
-        "create",
-        "debian:12",
-        "--isolation",
-        "container",
-    ];
-    args.extend_from_slice(extra);
-    let (out, v) = p.json(&args);
-    assert_eq!(out.status.code(), Some(0), "{v}\n{}", stderr(&out));
-    v["workspace_id"].as_str().unwrap().to_string()
+    p.create_workspace(extra).0
 }
 
 // ---------------------------------------------------------------------------------------------

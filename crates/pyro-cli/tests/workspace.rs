@@ -31,23 +31,7 @@ macro_rules! require_containers {
 
 /// `pyro workspace create debian:12 --isolation container --json EXTRA…`; returns the id.
 fn create(p: &TestPyro, extra: &[&str]) -> (String, Value) {
-    let mut args = vec![
-        "workspace",
-        "create",
-        "debian:12",
-        "--isolation",
-        "container",
-    ];
-    args.extend_from_slice(extra);
-    let (out, v) = p.json(&args);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "create failed: {v}\n{}",
-        stderr(&out)
-    );
-    assert_eq!(v["state"], "running", "{v}");
-    (v["workspace_id"].as_str().unwrap().to_string(), v)
+    p.create_workspace(extra)
 }
 
 /// `pyro workspace SUB… --json`, asserting success.

@@ -11,17 +11,7 @@ use std::time::Duration;
 use util::{container_tests_enabled, TestPyro};
 
 fn create(p: &TestPyro, extra: &[&str]) -> String {
-    let mut args = vec![
-        "workspace",
-        "create",
-        "debian:12",
-        "--isolation",
-        "container",
-    ];
-    args.extend_from_slice(extra);
-    let (out, v) = p.json(&args);
-    assert_eq!(out.status.code(), Some(0), "{v}");
-    v["workspace_id"].as_str().unwrap().to_string()
+    p.create_workspace(extra).0
 }
 
 fn state(p: &TestPyro, id: &str) -> serde_json::Value {

@@ -210,6 +210,30 @@ impl Drop for TestPyro {
     }
 }
 
+impl TestPyro {
+    /// `pyro workspace create debian:12 --isolation container --json EXTRA…`, asserting that
+    /// it made a running workspace; returns its id and the result.
+    pub fn create_workspace(&self, extra: &[&str]) -> (String, Value) {
+        let mut args = vec![
+            "workspace",
+            "create",
+            "debian:12",
+            "--isolation",
+            "container",
+        ];
+        args.extend_from_slice(extra);
+        let (out, v) = self.json(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "create failed: {v}\n{}",
+            stderr(&out)
+        );
+        assert_eq!(v["state"], "running", "{v}");
+        (v["workspace_id"].as_str().unwrap().to_string(), v)
+    }
+}
+
 /// Whether a sandbox with this id still has any trace on the host: runc state, an overlay
 /// mount, a run directory, or processes.
 pub fn host_traces(id: &str) -> Vec<String> {
