@@ -63,7 +63,19 @@ impl From<pyro::Error> for ToolError {
                 "the workspace is unchanged; regenerate the patch against the current files (workspace_diff, workspace_file_read)"
                     .into(),
             ),
+            pyro::Error::AlreadyExists(what) if what.starts_with("a workspace named") => Some(
+                "names are unique: choose another name, or delete that workspace first (workspace_delete)".into(),
+            ),
             pyro::Error::AlreadyExists(_) => Some("pass overwrite: true to replace it".into()),
+            pyro::Error::WorkspaceExpired(_) => Some(
+                "extend its ttl with workspace_update (ttl_seconds, or clear_ttl: true), then call workspace_start".into(),
+            ),
+            pyro::Error::IsolationUnavailable { available, .. } if !available.is_empty() => Some(format!(
+                "this host can give: {}; pass isolation: \"{}\", or make it the default for every call once on the host with `pyro config set isolation {}`",
+                available.join(", "),
+                available[0],
+                available[0]
+            )),
             pyro::Error::VmNotStarted { .. } => Some("call vm_start first".into()),
             _ => e.hint(),
         };

@@ -257,8 +257,9 @@ impl Error {
                 Some("no isolation level is usable on this host; run `pyro doctor`".into())
             }
             Error::IsolationUnavailable { available, .. } => Some(format!(
-                "this host can give: {}; pass --isolation {} or see `pyro doctor`",
+                "this host can give: {}; pass --isolation {}, or make it the default once with `pyro config set isolation {}` (see `pyro doctor`)",
                 available.join(", "),
+                available[0],
                 available[0]
             )),
             Error::Build { .. } => Some("check network access to the Debian mirror and that mmdebstrap is installed (`pyro doctor`)".into()),
