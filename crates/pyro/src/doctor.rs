@@ -522,6 +522,10 @@ fn empty_root_image(cache: &Path) -> crate::error::Result<PathBuf> {
     let made = crate::env::mkfs_ext4(Some(&tree), &tmp, 16 << 20, 16);
     let _ = std::fs::remove_dir_all(&tree);
     made?;
+    // 0644 whatever the umask, like environment images: a jailed Firecracker opens it as its uid.
+    let mode = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o644);
+    std::fs::set_permissions(&tmp, mode)
+        .map_err(|e| crate::error::Error::io(format!("chmod {}", tmp.display()), e))?;
     std::fs::rename(&tmp, &target)
         .map_err(|e| crate::error::Error::io(format!("install {}", target.display()), e))?;
     Ok(target)
