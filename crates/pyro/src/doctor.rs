@@ -6,7 +6,7 @@ use std::process::Command;
 use serde::Serialize;
 
 use crate::backend::container::{cgroup_version, find_runc};
-use crate::backend::firecracker::{find_firecracker, find_jailer};
+use crate::backend::firecracker::{find_firecracker, find_jailer, jail_problems};
 use crate::backend::qemu::{find_qemu, find_vhost_vsock};
 use crate::backend::vm::find_kernel;
 use crate::backend::Isolation;
@@ -242,6 +242,23 @@ fn can_open(path: &str, write: bool) -> bool {
         .is_ok()
 }
 
+/// What stops the jailed microvm level, which pyro uses when it is root and the jailer is found:
+/// a nodev run directory, or no cgroup memory controller (`jail_problems`).
+fn jail_issues(run_dir: &Path) -> Vec<String> {
+    let jailed = nix::unistd::geteuid().is_root()
+        && find_firecracker()
+            .as_deref()
+            .and_then(find_jailer)
+            .is_some();
+    if !jailed {
+        return Vec::new();
+    }
+    jail_problems(run_dir)
+        .into_iter()
+        .map(|p| format!("microvm (jailed): {p}"))
+        .collect()
+}
+
 fn dir_writable(p: &Path) -> bool {
     if std::fs::create_dir_all(p).is_err() {
         return false;
@@ -339,6 +356,7 @@ impl Pyro {
         for d in dirs.iter().filter(|d| !d.writable) {
             issues.push(format!("{} is not writable", d.path.display()));
         }
+        issues.extend(jail_issues(&cfg.paths.run));
         let mmdebstrap = tool_at(which("mmdebstrap"), "--version");
         if !mmdebstrap.found {
             issues.push("mmdebstrap is missing, so environments cannot be built (apt-get install mmdebstrap)".into());
@@ -504,6 +522,10 @@ fn empty_root_image(cache: &Path) -> crate::error::Result<PathBuf> {
     let made = crate::env::mkfs_ext4(Some(&tree), &tmp, 16 << 20, 16);
     let _ = std::fs::remove_dir_all(&tree);
     made?;
+    // 0644 whatever the umask, like environment images: a jailed Firecracker opens it as its uid.
+    let mode = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o644);
+    std::fs::set_permissions(&tmp, mode)
+        .map_err(|e| crate::error::Error::io(format!("chmod {}", tmp.display()), e))?;
     std::fs::rename(&tmp, &target)
         .map_err(|e| crate::error::Error::io(format!("install {}", target.display()), e))?;
     Ok(target)

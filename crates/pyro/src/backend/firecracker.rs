@@ -39,7 +39,9 @@ const MAX_RESPONSE: usize = 64 * 1024;
 
 /// Boot arguments: a quiet serial console, a reset on reboot (Firecracker exits on it), no
 /// probing of devices the guest kernel does not have.
-pub const BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 quiet";
+/// `random.trust_cpu=on`: the guest kernel is built from `tinyconfig`, which leaves
+/// `RANDOM_TRUST_CPU` off, so without it the guest's CRNG waits for entropy a VM barely has.
+pub const BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 quiet random.trust_cpu=on";
 
 /// `firecracker`: `$PYRO_FIRECRACKER`, else PATH, else `~/.cache/pyro/firecracker/` (where
 /// `scripts/setup --vm` installs the pinned build).
@@ -115,6 +117,73 @@ impl Layout {
             host.to_path_buf()
         }
     }
+}
+
+/// Whether `path` (or, while it does not exist yet, its nearest existing parent) is on a
+/// filesystem mounted `nodev`, where device nodes cannot be opened. The jailer makes `/dev/kvm`
+/// in Firecracker's chroot under the run directory, so a nodev run directory (a tmpfs `/run` or
+/// `/tmp` often is) fails the boot with "Error creating KVM object: Permission denied".
+pub fn on_nodev_mount(path: &Path) -> bool {
+    use nix::sys::statvfs::{statvfs, FsFlags};
+    path.ancestors()
+        .find_map(|p| statvfs(p).ok())
+        .is_some_and(|s| s.flags().contains(FsFlags::ST_NODEV))
+}
+
+/// The cgroup v2 root the jailer makes the VMM's cgroup under.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// Whether a cgroup v2 controller list file (`cgroup.controllers`, `cgroup.subtree_control`)
+/// of the root cgroup names `controller`.
+fn root_cgroup_lists(file: &str, controller: &str) -> bool {
+    std::fs::read_to_string(Path::new(CGROUP_ROOT).join(file))
+        .is_ok_and(|s| s.split_whitespace().any(|c| c == controller))
+}
+
+/// What would stop the jailer from starting a VMM whose sandbox run directory is under
+/// `run_dir`, one sentence each (empty when nothing is in the way). Reads only; a cgroup v2
+/// memory controller that exists but is not passed on to child cgroups is not a problem, since
+/// [`enable_jail_cgroup`] turns it on before a jailed start.
+pub fn jail_problems(run_dir: &Path) -> Vec<String> {
+    let mut problems = Vec::new();
+    if on_nodev_mount(run_dir) {
+        problems.push(format!(
+            "the run directory {} is on a nodev mount, where the jailer's /dev/kvm cannot be opened (\"Error creating KVM object: Permission denied\"); set PYRO_RUN_DIR to a directory on a filesystem mounted without nodev",
+            run_dir.display()
+        ));
+    }
+    match crate::backend::container::cgroup_version() {
+        "none" => problems.push(format!(
+            "no cgroup filesystem is mounted at {CGROUP_ROOT}, so the jailer cannot limit the VMM's memory (mount -t cgroup2 none {CGROUP_ROOT})"
+        )),
+        "v2" if !root_cgroup_lists("cgroup.controllers", "memory") => problems.push(format!(
+            "the cgroup v2 memory controller is missing ({CGROUP_ROOT}/cgroup.controllers has no memory), so the jailer cannot limit the VMM's memory"
+        )),
+        _ => {}
+    }
+    problems
+}
+
+/// Passes the cgroup v2 memory controller on to child cgroups (`+memory` in the root's
+/// `cgroup.subtree_control`) when the root has it but does not yet, as on a host without
+/// systemd: the jailer's `memory.max` needs it. Nothing to do on cgroup v1 or when it is on.
+fn enable_jail_cgroup() -> Result<()> {
+    if crate::backend::container::cgroup_version() != "v2"
+        || root_cgroup_lists("cgroup.subtree_control", "memory")
+        || !root_cgroup_lists("cgroup.controllers", "memory")
+    {
+        return Ok(());
+    }
+    let control = Path::new(CGROUP_ROOT).join("cgroup.subtree_control");
+    std::fs::write(&control, "+memory").map_err(|e| {
+        vm_err(
+            NAME,
+            format!(
+                "enable the cgroup memory controller for the jailer ({}): {e}",
+                control.display()
+            ),
+        )
+    })
 }
 
 /// Bind-mounts `src` onto a new empty file `dst` (read-only when asked).
@@ -270,6 +339,11 @@ impl FirecrackerBackend {
         console: std::fs::File,
         log: std::fs::File,
     ) -> Result<Option<crate::procinfo::ProcessId>> {
+        let problems = jail_problems(spec.run_dir);
+        if !problems.is_empty() {
+            return Err(vm_err(NAME, problems.join("; ")));
+        }
+        enable_jail_cgroup()?;
         let chroot = lay.chroot.as_deref().unwrap_or(spec.run_dir);
         std::fs::create_dir_all(chroot).ctx(|| format!("create {}", chroot.display()))?;
         for (src, name, ro) in files {
@@ -568,5 +642,17 @@ fn remove_jail_cgroups(id: &str) {
     }
     for d in dirs {
         let _ = std::fs::remove_dir(d);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_directory_not_made_yet_is_judged_by_its_parent() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let later = tmp.path().join("not/made/yet");
+        assert_eq!(on_nodev_mount(&later), on_nodev_mount(tmp.path()));
     }
 }

@@ -69,7 +69,12 @@ impl QemuBackend {
 
     /// The kernel command line.
     fn cmdline(&self, net: Option<&crate::network::NetPlan>) -> String {
-        let mut c = format!("console=ttyS0 reboot=t panic=-1 quiet pyro.port={AGENT_PORT}");
+        // random.trust_cpu=on: the tinyconfig-based guest kernel does not credit RDRAND
+        // otherwise, and a guest process that needs random numbers early (Firecracker inside a
+        // test host, for one) blocks for seconds waiting for entropy.
+        let mut c = format!(
+            "console=ttyS0 reboot=t panic=-1 quiet random.trust_cpu=on pyro.port={AGENT_PORT}"
+        );
         if let Some(plan) = net {
             c.push(' ');
             c.push_str(&plan.kernel_arg());

@@ -221,6 +221,9 @@ pub fn initramfs(cache: &Path, agent: &Path) -> Result<PathBuf> {
     f.write_all(&initramfs_bytes(&bytes))
         .and_then(|()| f.sync_all())
         .ctx(|| format!("write {}", tmp.display()))?;
+    // 0644 whatever the umask: a jailed Firecracker reads it as its own uid (bind-mounted).
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))
+        .ctx(|| format!("chmod {}", tmp.display()))?;
     std::fs::rename(&tmp, &target).ctx(|| format!("install {}", target.display()))?;
     Ok(target)
 }

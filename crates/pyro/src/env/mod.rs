@@ -502,6 +502,10 @@ impl EnvCache {
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }
+        // 0644 whatever the umask: a jailed Firecracker opens it as its own uid, through a bind
+        // mount in its chroot, so only the file's own mode lets it in.
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644))
+            .ctx(|| format!("setting mode of {}", tmp.display()))?;
         File::open(&tmp)
             .and_then(|f| f.sync_all())
             .ctx(|| format!("syncing {}", tmp.display()))?;
