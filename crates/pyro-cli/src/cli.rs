@@ -187,7 +187,7 @@ pub struct RunArgs {
     #[arg(long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
     /// Bytes of stdout and of stderr to keep, each.
-    #[arg(long, default_value_t = 1 << 20)]
+    #[arg(long, default_value_t = pyro::limits::CLI_OUTPUT_BYTES)]
     pub max_output_bytes: u64,
     /// Fail instead of building (or pulling) an environment that is not in the cache yet.
     #[arg(long)]

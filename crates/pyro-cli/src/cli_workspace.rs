@@ -76,10 +76,10 @@ pub struct ShellOpenArgs {
     #[arg(long)]
     pub cwd: Option<String>,
     /// Terminal columns.
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, default_value_t = pyro::limits::SHELL_COLS)]
     pub cols: u16,
     /// Terminal rows.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = pyro::limits::SHELL_ROWS)]
     pub rows: u16,
     /// Map a secret into the shell's environment: NAME or NAME=VAR (repeatable).
     #[arg(long = "secret-env", value_name = "NAME[=VAR]")]
@@ -112,7 +112,7 @@ pub struct ShellReadArgs {
     #[arg(long, default_value_t = 0)]
     pub cursor: u64,
     /// Most bytes to return.
-    #[arg(long, default_value_t = 65536)]
+    #[arg(long, default_value_t = pyro::limits::READ_CHUNK_BYTES)]
     pub max_chars: u64,
     /// Strip terminal control sequences.
     #[arg(long)]
@@ -196,7 +196,7 @@ pub struct ServiceStartArgs {
     #[arg(long, group = "ready")]
     pub ready_command: Option<String>,
     /// Seconds to wait for readiness.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = pyro::limits::READY_TIMEOUT_S)]
     pub ready_timeout: u64,
     /// Restart policy: never or on-failure.
     #[arg(long, default_value = "never")]
@@ -243,7 +243,7 @@ pub struct ServiceStopArgs {
     /// Service name.
     pub name: String,
     /// Seconds between TERM and KILL.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = pyro::limits::STOP_GRACE_S)]
     pub grace: u64,
     #[command(flatten)]
     pub out: OutputArgs,
@@ -366,7 +366,7 @@ pub struct ExecArgs {
     #[arg(long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
     /// Bytes of stdout and of stderr to keep, each.
-    #[arg(long, default_value_t = 1 << 20)]
+    #[arg(long, default_value_t = pyro::limits::CLI_OUTPUT_BYTES)]
     pub max_output_bytes: u64,
     /// Map a secret into the command's environment: NAME or NAME=VAR (repeatable).
     #[arg(long = "secret-env", value_name = "NAME[=VAR]")]
@@ -401,7 +401,7 @@ pub struct FileReadArgs {
     /// Path in the workspace.
     pub path: String,
     /// Most bytes to return.
-    #[arg(long, default_value_t = 65536)]
+    #[arg(long, default_value_t = pyro::limits::READ_CHUNK_BYTES)]
     pub max_bytes: u64,
     /// Print the content only, exactly (no added newline, no summary line).
     #[arg(long, conflicts_with = "json")]
@@ -490,10 +490,10 @@ pub struct ExportArgs {
     #[arg(long)]
     pub force: bool,
     /// Most bytes of file content to write; a larger export is refused whole.
-    #[arg(long, default_value_t = pyro::unpack::DEFAULT_OUTPUT_MAX_BYTES)]
+    #[arg(long, default_value_t = pyro::limits::EXPORT_MAX_BYTES)]
     pub max_bytes: u64,
     /// Most entries to write; a larger export is refused whole.
-    #[arg(long, default_value_t = pyro::unpack::DEFAULT_OUTPUT_MAX_ENTRIES)]
+    #[arg(long, default_value_t = pyro::limits::EXPORT_MAX_ENTRIES)]
     pub max_entries: u64,
     #[command(flatten)]
     pub out: OutputArgs,

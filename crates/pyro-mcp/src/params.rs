@@ -7,11 +7,9 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-/// Most output an MCP call returns per stream, and most bytes one file read returns: a tool
-/// result goes into a model's context, where a megabyte is already a lot.
-pub const MAX_OUTPUT_BYTES: u64 = 1 << 20;
-/// Output returned per stream unless the call asks for more.
-pub const DEFAULT_OUTPUT_BYTES: u64 = 64 << 10;
+pub use pyro::limits::{
+    MCP_DEFAULT_OUTPUT_BYTES as DEFAULT_OUTPUT_BYTES, MCP_MAX_OUTPUT_BYTES as MAX_OUTPUT_BYTES,
+};
 
 // The user's config file (checked when the server starts) may change these defaults.
 pub(crate) fn default_vcpus() -> u32 {
@@ -246,11 +244,11 @@ pub struct ShellOpenParams {
 }
 
 fn default_cols() -> u16 {
-    120
+    pyro::limits::SHELL_COLS
 }
 
 fn default_rows() -> u16 {
-    30
+    pyro::limits::SHELL_ROWS
 }
 
 /// `shell_read`.
@@ -370,7 +368,7 @@ pub struct ServiceStartParams {
 }
 
 fn default_ready_timeout() -> u64 {
-    30
+    pyro::limits::READY_TIMEOUT_S
 }
 
 fn default_restart() -> String {
@@ -402,7 +400,7 @@ pub struct ServiceLogsParams {
 }
 
 fn default_tail() -> u64 {
-    200
+    pyro::limits::LOG_TAIL_LINES
 }
 
 /// `workspace_sync_push`.

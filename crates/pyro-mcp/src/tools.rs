@@ -1026,7 +1026,11 @@ impl PyroTools {
         let _call = self.in_flight.enter();
         let r = self
             .pyro
-            .workspace_service_stop(&p.workspace_id, &p.service_name, Duration::from_secs(5))
+            .workspace_service_stop(
+                &p.workspace_id,
+                &p.service_name,
+                Duration::from_secs(pyro::limits::STOP_GRACE_S),
+            )
             .await
             .map_err(ToolError::from);
         Ok(outcome(r, |s| {

@@ -59,19 +59,17 @@ pub mod blocking;
 pub mod doctor;
 pub mod embedded_agent;
 pub mod env;
-pub mod error;
 pub mod facade;
 pub mod network;
-pub mod paths;
-pub mod procinfo;
 pub mod run;
 pub mod runtime;
 pub mod sandbox;
 pub mod store;
 pub mod unpack;
-pub mod user_config;
 pub mod vm;
 pub mod workspace;
+
+pub use pyro_api::{error, ids, limits, paths, procinfo, user_config};
 
 pub use agent_client::{OutputSink, OutputStream};
 pub use backend::Isolation;

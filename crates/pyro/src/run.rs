@@ -33,20 +33,7 @@ pub struct Quiet;
 impl Observer for Quiet {}
 
 /// Limits on requests, shared by every front door.
-pub mod limits {
-    /// Most vCPUs per sandbox.
-    pub const MAX_VCPUS: u32 = 64;
-    /// Least memory per sandbox, MiB.
-    pub const MIN_MEM_MIB: u64 = 64;
-    /// Most memory per sandbox, MiB.
-    pub const MAX_MEM_MIB: u64 = 256 * 1024;
-    /// Longest exec timeout, seconds (a day).
-    pub const MAX_TIMEOUT_S: u64 = 86_400;
-    /// Most output bytes kept per stream.
-    pub const MAX_OUTPUT_BYTES: u64 = 64 << 20;
-    /// Default process limit.
-    pub const DEFAULT_PIDS: u64 = 1024;
-}
+pub use pyro_api::limits;
 
 /// The network of a one-shot run, as its result shows it.
 #[derive(Debug, Clone, Default, Serialize)]

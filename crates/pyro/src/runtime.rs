@@ -96,7 +96,7 @@ pub fn install(from: Option<&Path>) -> Result<RuntimeInstall> {
         });
     }
     std::fs::create_dir_all(&dest).ctx(|| format!("create {}", dest.display()))?;
-    let scratch = dest.join(format!(".tmp-{}", crate::env::unique_suffix()));
+    let scratch = dest.join(format!(".tmp-{}", pyro_api::ids::unique_suffix()));
     std::fs::create_dir_all(&scratch).ctx(|| format!("create {}", scratch.display()))?;
     let result = install_into(from, &scratch, &fc_dst, &jl_dst);
     let _ = std::fs::remove_dir_all(&scratch);

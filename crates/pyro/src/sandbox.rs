@@ -23,22 +23,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Extra time the host waits beyond an exec's own timeout before giving up on the agent.
 const EXEC_MARGIN: Duration = Duration::from_secs(15);
 
-/// A fresh random sandbox id: 12 lowercase hex characters.
-pub fn new_id() -> String {
-    let mut b = [0u8; 6];
-    // getrandom cannot fail for a 6-byte request once the pool is initialized; fall back to
-    // time and pid if it somehow does, since ids only need to be unique, not secret.
-    // SAFETY: the buffer is valid for writes of its length.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    if n != b.len() as isize {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let mix = t ^ (u128::from(std::process::id()) << 64);
-        b.copy_from_slice(&mix.to_le_bytes()[..6]);
-    }
-    hex::encode(b)
-}
+pub use pyro_api::ids::new_id;
 
 /// Output collected from one exec, capped on the host side too so a misbehaving agent cannot
 /// make the host hold more than it asked for. Everything is passed on to `forward`: a stream

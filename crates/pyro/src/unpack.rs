@@ -40,9 +40,9 @@ const WHITEOUT_PREFIX: &str = ".wh.";
 const WHITEOUT_OPAQUE: &str = ".wh..wh..opq";
 
 /// Default cap on the bytes of file content guest output may write on the host.
-pub const DEFAULT_OUTPUT_MAX_BYTES: u64 = 4 << 30;
+pub const DEFAULT_OUTPUT_MAX_BYTES: u64 = pyro_api::limits::EXPORT_MAX_BYTES;
 /// Default cap on the entries guest output may hold.
-pub const DEFAULT_OUTPUT_MAX_ENTRIES: u64 = 1_000_000;
+pub const DEFAULT_OUTPUT_MAX_ENTRIES: u64 = pyro_api::limits::EXPORT_MAX_ENTRIES;
 /// Most skipped entries listed by name in [`UnpackStats::skipped`]; the count covers all.
 pub const MAX_SKIPPED_LISTED: usize = 100;
 
@@ -715,7 +715,7 @@ pub fn staging_path(out: &Path) -> Result<PathBuf> {
     Ok(parent.join(format!(
         ".{}.pyro-partial-{}",
         name.to_string_lossy(),
-        crate::sandbox::new_id()
+        pyro_api::ids::new_id()
     )))
 }
 

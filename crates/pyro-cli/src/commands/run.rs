@@ -59,7 +59,7 @@ pub async fn demo(pyro: &Pyro, a: crate::cli::DemoArgs) -> anyhow::Result<ExitCo
             mem: None,
             timeout: Some(120),
             env: Vec::new(),
-            max_output_bytes: 1 << 20,
+            max_output_bytes: pyro::limits::CLI_OUTPUT_BYTES,
             no_build: false,
             network: a.network,
             allow_hosts: Vec::new(),

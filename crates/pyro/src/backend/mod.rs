@@ -15,76 +15,11 @@ use serde::Serialize;
 
 pub use crate::agent_client::Endpoint;
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{IoContext, Result};
 use crate::procinfo::ProcessId;
 use crate::store::SandboxRecord;
 
-/// How strongly a sandbox is isolated from the host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Isolation {
-    /// A hardware-virtualized microVM (Firecracker, or QEMU with KVM).
-    Microvm,
-    /// A software-emulated VM (QEMU with TCG).
-    VmEmulated,
-    /// Linux namespaces, seccomp and cgroups through an OCI runtime.
-    Container,
-}
-
-impl Isolation {
-    /// Every level, strongest first.
-    pub const ALL: [Isolation; 3] = [
-        Isolation::Microvm,
-        Isolation::VmEmulated,
-        Isolation::Container,
-    ];
-
-    /// The level's name as used on the command line and in results.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Isolation::Microvm => "microvm",
-            Isolation::VmEmulated => "vm-emulated",
-            Isolation::Container => "container",
-        }
-    }
-
-    /// The default level: `$PYRO_ISOLATION`, else the config file's, else `microvm` (see
-    /// [`crate::user_config`]).
-    pub fn default_from_env() -> Result<Isolation> {
-        crate::user_config::default_isolation().map(|(level, _)| level)
-    }
-}
-
-impl std::fmt::Display for Isolation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Isolation {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Isolation> {
-        Isolation::ALL
-            .into_iter()
-            .find(|l| l.as_str() == s)
-            .ok_or_else(|| {
-                Error::InvalidRequest(format!(
-                    "unknown isolation level {s:?} (expected microvm, vm-emulated or container)"
-                ))
-            })
-    }
-}
-
-/// Resource limits for one sandbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Resources {
-    /// Virtual CPUs (for containers: a CPU quota of this many CPUs).
-    pub vcpus: u32,
-    /// Memory in MiB.
-    pub mem_mib: u64,
-    /// Most processes at once.
-    pub pids: u64,
-}
+pub use pyro_api::{Isolation, Resources};
 
 /// Which limits the host actually enforced, read back after start.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]

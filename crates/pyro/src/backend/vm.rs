@@ -216,7 +216,7 @@ pub fn initramfs(cache: &Path, agent: &Path) -> Result<PathBuf> {
     }
     let bytes = std::fs::read(agent).ctx(|| format!("read agent {}", agent.display()))?;
     std::fs::create_dir_all(&dir).ctx(|| format!("create {}", dir.display()))?;
-    let tmp = dir.join(format!(".tmp-{}", crate::env::unique_suffix()));
+    let tmp = dir.join(format!(".tmp-{}", pyro_api::ids::unique_suffix()));
     let mut f = std::fs::File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
     f.write_all(&initramfs_bytes(&bytes))
         .and_then(|()| f.sync_all())

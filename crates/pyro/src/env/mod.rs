@@ -33,7 +33,6 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{lchown, DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -805,19 +804,7 @@ fn sanitize(name: &str) -> String {
         .collect()
 }
 
-/// A suffix no other temp name in this cache has: pid, a per-process counter and the time.
-pub(crate) fn unique_suffix() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!(
-        "{}-{}-{nanos}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
+pub(crate) use pyro_api::ids::unique_suffix;
 
 /// A held exclusive flock; released on drop (or when the process dies, however it dies).
 #[derive(Debug)]

@@ -150,7 +150,7 @@ fn parse_record(rec: &str, prefix: &str, boot_ms: i64) -> Option<Kept> {
     let at_ms = boot_ms + usec / 1000;
     Some(Kept {
         seq,
-        at: crate::env::rfc3339((at_ms.max(0) / 1000) as u64),
+        at: pyro_api::ids::rfc3339((at_ms.max(0) / 1000) as u64),
         protocol: field(rest, "PROTO")
             .unwrap_or(if rest.contains("SRC=") { "ip" } else { "ipv6" })
             .to_ascii_lowercase(),

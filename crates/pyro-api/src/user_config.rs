@@ -10,8 +10,8 @@ use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Isolation;
 use crate::error::{Error, Result};
+use crate::isolation::Isolation;
 
 /// The keys the file may hold, for messages and `pyro config set`.
 pub const KEYS: &[(&str, &str)] = &[
@@ -218,15 +218,7 @@ pub fn default_isolation() -> Result<(Isolation, Source)> {
     }
 }
 
-/// Built-in defaults for resources and timeouts, where no flag, parameter or file sets them.
-pub mod builtin {
-    /// Virtual CPUs.
-    pub const VCPUS: u32 = 1;
-    /// Memory in MiB.
-    pub const MEM_MIB: u64 = 1024;
-    /// Seconds before a command is killed.
-    pub const TIMEOUT_S: u64 = 30;
-}
+pub use crate::limits::builtin;
 
 /// Default virtual CPUs: the config file's, else [`builtin::VCPUS`].
 pub fn default_vcpus() -> Result<u32> {

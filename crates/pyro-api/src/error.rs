@@ -127,7 +127,7 @@ pub enum Error {
     SandboxNotFound(String),
     /// The state database failed.
     #[error("state database: {0}")]
-    Store(#[from] rusqlite::Error),
+    Store(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A file operation failed.
     #[error("{context}: {source}")]
     Io {
@@ -292,7 +292,8 @@ impl Error {
         }
     }
 
-    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Error {
+    /// An I/O error with what pyro was doing.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Error {
         Error::Io {
             context: context.into(),
             source,
@@ -304,12 +305,22 @@ impl Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Adds context to I/O results.
-pub(crate) trait IoContext<T> {
+pub trait IoContext<T> {
+    /// Adds what pyro was doing to an I/O error.
     fn ctx(self, context: impl FnOnce() -> String) -> Result<T>;
 }
 
 impl<T> IoContext<T> for std::io::Result<T> {
     fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
         self.map_err(|e| Error::io(context(), e))
+    }
+}
+
+/// The state database's errors convert with `?` in the crate that owns the database (the
+/// `sqlite` feature), so this crate's users need not link SQLite.
+#[cfg(feature = "sqlite")]
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Error {
+        Error::Store(Box::new(e))
     }
 }
