@@ -2,6 +2,8 @@
 
 use clap::{Args, Parser, Subcommand};
 
+pub use crate::cli_common::OutputArgs;
+
 /// pyro: run commands for coding agents in isolated, disposable Linux sandboxes.
 #[derive(Debug, Parser)]
 #[command(name = "pyro", version, about, long_about = None, propagate_version = true)]
@@ -155,13 +157,6 @@ pub struct DoctorArgs {
     pub boot: bool,
     #[command(flatten)]
     pub out: OutputArgs,
-}
-
-#[derive(Debug, Args)]
-pub struct OutputArgs {
-    /// Print one JSON object on stdout.
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -2,7 +2,7 @@
 
 use clap::{Args, Subcommand};
 
-use crate::cli::OutputArgs;
+use crate::cli_common::OutputArgs;
 
 #[derive(Debug, Subcommand)]
 pub enum KernelCommand {

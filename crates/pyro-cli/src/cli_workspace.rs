@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use crate::cli::OutputArgs;
+use crate::cli_common::OutputArgs;
 
 #[derive(Debug, Subcommand)]
 pub enum WorkspaceCommand {
