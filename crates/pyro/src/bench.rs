@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::backend::{Isolation, Resources};
+use crate::engine::Pyro;
 use crate::error::Result;
-use crate::facade::Pyro;
 use crate::run::{limits, Quiet, RunRequest};
 use crate::sandbox::{ExecOptions, Sandbox};
 
@@ -168,7 +168,8 @@ impl Pyro {
             mem_mib: 1024,
             pids: limits::DEFAULT_PIDS,
         };
-        let mut sb = Sandbox::create(self.inner.clone(), backend, &env, &rootfs, resources).await?;
+        let mut sb =
+            Sandbox::create(self.inner.ctx.clone(), backend, &env, &rootfs, resources).await?;
         let opts = ExecOptions {
             timeout: Duration::from_secs(30),
             env: Default::default(),

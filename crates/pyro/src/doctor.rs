@@ -488,9 +488,14 @@ impl Pyro {
             mem_mib: 256,
             pids: 64,
         };
-        let mut sb =
-            crate::sandbox::Sandbox::create(self.inner.clone(), backend, &env, &image, resources)
-                .await?;
+        let mut sb = crate::sandbox::Sandbox::create(
+            self.inner.ctx.clone(),
+            backend,
+            &env,
+            &image,
+            resources,
+        )
+        .await?;
         let ms = sb.create_ms + sb.boot_ms;
         let report = sb.destroy("post_exec").await;
         if !report.deleted {

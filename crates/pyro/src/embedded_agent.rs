@@ -94,6 +94,6 @@ mod tests {
         assert_eq!(digest.len(), 64);
         let dir = tempfile::tempdir().unwrap();
         let p = install(dir.path()).unwrap().unwrap();
-        assert!(crate::facade::is_static_binary(&p));
+        assert!(crate::context::is_static_binary(&p));
     }
 }

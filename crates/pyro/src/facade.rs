@@ -1,155 +1,27 @@
 //! The `Pyro` facade: the one door into the library for the CLI, the MCP server and SDK users.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::backend::container::{find_runc, ContainerBackend};
+use crate::backend::container::ContainerBackend;
 use crate::backend::firecracker::{find_firecracker, find_jailer, FirecrackerBackend};
 use crate::backend::qemu::{find_qemu, find_vhost_vsock, QemuBackend};
 use crate::backend::vm::{find_kernel, kvm_usable};
 use crate::backend::{Backend, Isolation};
+use crate::context::Context;
+pub use crate::context::{find_agent, is_static_binary, Config};
+pub use crate::engine::Pyro;
+use crate::engine::{Engine, Prepared};
 use crate::env::{
     is_image_reference, BuildOptions, EnvCache, EnvInfo, PruneResult, PullResult, PushResult,
-    RegistrySettings, ResolvedEnv, Transfer,
+    ResolvedEnv, Transfer,
 };
 use crate::error::{Error, IoContext, Result};
-use crate::paths::Paths;
+pub use crate::gc::GcReport;
 use crate::procinfo::ProcessId;
-use crate::sandbox::destroy_record;
 use crate::store::Store;
-
-/// How to set up a [`Pyro`].
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Where state, cache and runtime files go.
-    pub paths: Paths,
-    /// The agent binary; `None` finds it (see [`find_agent`]).
-    pub agent: Option<PathBuf>,
-    /// The runc binary; `None` finds it (`$PYRO_RUNC`, then PATH).
-    pub runc: Option<PathBuf>,
-    /// Debian mirror for environment builds; `None` uses `$PYRO_DEBIAN_MIRROR` or mmdebstrap's.
-    pub debian_mirror: Option<String>,
-    /// Registries: where catalog environments are pulled from, plain-HTTP registries, pins.
-    pub registry: RegistrySettings,
-}
-
-impl Config {
-    /// Configuration from the environment variables listed in [`crate::paths::ENV_VARS`].
-    pub fn from_env() -> Config {
-        Config {
-            paths: Paths::from_env(),
-            agent: std::env::var_os("PYRO_AGENT")
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from),
-            runc: None,
-            debian_mirror: std::env::var("PYRO_DEBIAN_MIRROR")
-                .ok()
-                .filter(|v| !v.is_empty()),
-            registry: RegistrySettings::from_env(),
-        }
-    }
-}
-
-/// Finds the statically linked agent: next to the running executable, or in the Cargo target
-/// directory where `scripts/build-agent` puts it (for runs from a source checkout).
-pub fn find_agent() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let dir = exe.parent()?;
-    let triple = "x86_64-unknown-linux-gnu";
-    let mut candidates = vec![dir.join("pyro-agent")];
-    // target/<profile>/pyro and target/<profile>/deps/<test binary>.
-    for up in [dir.parent(), dir.parent().and_then(Path::parent)]
-        .into_iter()
-        .flatten()
-    {
-        for profile in ["release", "debug"] {
-            candidates.push(up.join(triple).join(profile).join("pyro-agent"));
-        }
-    }
-    // A plain `cargo build` also leaves a dynamically linked agent beside `pyro`; prefer the
-    // static one, which runs in any image.
-    let found: Vec<PathBuf> = candidates.into_iter().filter(|p| p.is_file()).collect();
-    found
-        .iter()
-        .find(|p| is_static_binary(p))
-        .or(found.first())
-        .cloned()
-}
-
-/// Whether an ELF binary is statically linked (has no program interpreter).
-pub fn is_static_binary(path: &Path) -> bool {
-    let Ok(bytes) = std::fs::read(path) else {
-        return false;
-    };
-    // A dynamic executable names its interpreter in `.interp`, right after the headers.
-    let head = &bytes[..bytes.len().min(8192)];
-    bytes.starts_with(b"\x7fELF") && !head.windows(12).any(|w| w == b"/lib64/ld-li")
-}
-
-/// Why no agent could be used: only a build made with `PYRO_EMBED_AGENT=0` gets here.
-const AGENT_MISSING: &str = "this pyro was built without its guest agent (PYRO_EMBED_AGENT=0) and none was found: set PYRO_AGENT to a static pyro-agent (scripts/build-agent builds one)";
-
-pub(crate) struct Inner {
-    pub config: Config,
-    pub store: Store,
-    pub envs: EnvCache,
-    pub me: ProcessId,
-    /// The started VMs of this process (see `vm`).
-    pub vms: crate::vm::LiveVms,
-}
-
-impl Inner {
-    /// The runc binary: configured, `$PYRO_RUNC`, or PATH.
-    pub fn runc(&self) -> Option<PathBuf> {
-        self.config.runc.clone().or_else(find_runc)
-    }
-
-    /// The agent sandboxes run: `PYRO_AGENT` (or the configured path), else the one this build
-    /// carries, else (a build without one) a static agent beside the executable.
-    pub fn agent_path(&self) -> Result<PathBuf> {
-        if let Some(p) = &self.config.agent {
-            return Ok(p.clone());
-        }
-        if let Some(installed) = crate::embedded_agent::install(&self.config.paths.cache) {
-            return installed;
-        }
-        find_agent().ok_or_else(|| Error::Backend {
-            backend: "container",
-            message: AGENT_MISSING.into(),
-        })
-    }
-}
-
-/// The pyro library. Cheap to clone; all clones share state.
-#[derive(Clone)]
-pub struct Pyro {
-    pub(crate) inner: Arc<Inner>,
-}
-
-/// What [`Pyro::prepare`] found for a new sandbox.
-pub(crate) struct Prepared {
-    pub level: Isolation,
-    pub backend: Arc<dyn Backend>,
-    pub env: ResolvedEnv,
-    pub rootfs: PathBuf,
-    /// How commands run in the environment (its image config).
-    pub defaults: crate::env::ImageDefaults,
-}
-
-/// What `gc` removed.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct GcReport {
-    /// Sandboxes removed.
-    pub removed: Vec<String>,
-    /// Sandboxes skipped because their owner is alive.
-    pub in_use: Vec<String>,
-    /// What could not be removed.
-    pub errors: Vec<String>,
-    /// Sandbox links and firewall tables removed whose sandbox was already gone.
-    pub network_removed: Vec<String>,
-}
 
 /// Whether one isolation level is usable here.
 #[derive(Debug, Clone, Serialize)]
@@ -219,11 +91,13 @@ impl Pyro {
         let store = Store::open(&config.paths.db())?;
         let envs = EnvCache::new(config.paths.cache.clone());
         let pyro = Pyro {
-            inner: Arc::new(Inner {
-                config,
-                store,
+            inner: Arc::new(Engine {
+                ctx: Arc::new(Context {
+                    config,
+                    store,
+                    me: ProcessId::current(),
+                }),
                 envs,
-                me: ProcessId::current(),
                 vms: Default::default(),
             }),
         };
@@ -461,124 +335,6 @@ impl Pyro {
         }
     }
 
-    /// Removes every sandbox whose owning process is gone (checked by pid and start time).
-    pub async fn gc(&self) -> Result<GcReport> {
-        let mut report = GcReport::default();
-        for rec in self.inner.store.list()? {
-            match rec.owner {
-                // A workspace's sandbox between calls: owned by nobody, and not garbage.
-                None => continue,
-                Some(o) if o.is_alive() => {
-                    report.in_use.push(rec.id);
-                    continue;
-                }
-                Some(_) => {}
-            }
-            if rec.kind == crate::store::SandboxKind::Workspace {
-                if self
-                    .inner
-                    .store
-                    .claim_for_delete(&rec.id, rec.owner, self.inner.me)?
-                    && self.ws_orphan(&rec).await?
-                {
-                    report.removed.push(rec.id);
-                }
-                continue;
-            }
-            self.reap(rec, "orphaned", &mut report).await?;
-        }
-        // VM records of dead processes; their sandboxes went with the loop above.
-        for id in self.vm_forget_orphans() {
-            if !report.removed.contains(&id) {
-                report.removed.push(id);
-            }
-        }
-        self.sweep_networks(&mut report).await?;
-        Ok(report)
-    }
-
-    /// Removes the links, tables and leases of this installation's sandboxes whose record is
-    /// gone. Only ids this state database leased are touched: another `$PYRO_HOME` on the same
-    /// host owns its own sandboxes' links.
-    async fn sweep_networks(&self, report: &mut GcReport) -> Result<()> {
-        let live: std::collections::HashSet<String> =
-            self.inner.store.list()?.into_iter().map(|r| r.id).collect();
-        for id in self.inner.store.network_ids()? {
-            if live.contains(&id) {
-                continue;
-            }
-            let errors = crate::network::link::remove_all(&id).await;
-            if errors.is_empty() {
-                self.inner.store.forget_network(&id)?;
-                report.network_removed.push(id);
-            } else {
-                report.errors.extend(errors);
-            }
-        }
-        Ok(())
-    }
-
-    /// Removes every sandbox this process owns; for a front door that was interrupted.
-    pub async fn cleanup_owned(&self) -> Result<GcReport> {
-        let mut report = GcReport::default();
-        for rec in self.inner.store.list()? {
-            if rec.owner == Some(self.inner.me) {
-                self.reap(rec, "interrupted", &mut report).await?;
-            }
-        }
-        self.vm_forget_mine().await;
-        Ok(report)
-    }
-
-    /// Removes one one-shot sandbox this process owns, leaving every other alone: for a front
-    /// door that serves many calls at once (the MCP server), where one interrupted call must
-    /// not tear down the sandboxes of the calls still running. Workspace sandboxes are not
-    /// touched (their lifecycle goes through `workspace_*`).
-    pub async fn cleanup_sandbox(&self, id: &str) -> Result<GcReport> {
-        let mut report = GcReport::default();
-        let rec = self.inner.store.list()?.into_iter().find(|r| {
-            r.id == id
-                && r.owner == Some(self.inner.me)
-                && r.kind != crate::store::SandboxKind::Workspace
-        });
-        if let Some(rec) = rec {
-            self.reap(rec, "interrupted", &mut report).await?;
-        }
-        Ok(report)
-    }
-
-    async fn reap(
-        &self,
-        rec: crate::store::SandboxRecord,
-        reason: &str,
-        report: &mut GcReport,
-    ) -> Result<()> {
-        if rec.owner != Some(self.inner.me)
-            && !self
-                .inner
-                .store
-                .claim_for_delete(&rec.id, rec.owner, self.inner.me)?
-        {
-            // Another pyro claimed it first.
-            return Ok(());
-        }
-        let Some(backend) = self.backend_named(&rec.backend) else {
-            report
-                .errors
-                .push(format!("{}: unknown backend {}", rec.id, rec.backend));
-            return Ok(());
-        };
-        let r = destroy_record(&self.inner, backend.as_ref(), &rec, reason).await;
-        if r.deleted {
-            report.removed.push(rec.id);
-        } else {
-            report
-                .errors
-                .extend(r.errors.into_iter().map(|e| format!("{}: {e}", rec.id)));
-        }
-        Ok(())
-    }
-
     /// Installs the pinned Firecracker and jailer (`pyro runtime install`), from a directory or
     /// release tarball, or downloaded from the upstream release.
     pub async fn runtime_install(
@@ -730,7 +486,7 @@ impl Pyro {
         environment: &str,
         isolation: Option<Isolation>,
         build_missing: bool,
-        observer: &Arc<dyn crate::run::Observer>,
+        observer: &Arc<dyn crate::observer::Observer>,
     ) -> Result<Prepared> {
         let level = match isolation {
             Some(l) => l,
@@ -748,8 +504,8 @@ impl Pyro {
             .resolve_env(
                 environment,
                 build_missing,
-                crate::run::build_progress(observer, environment),
-                crate::run::transfer_progress(observer, environment),
+                crate::observer::build_progress(observer, environment),
+                crate::observer::transfer_progress(observer, environment),
             )
             .await?;
         let defaults = self.inner.envs.defaults(&env)?;

@@ -9,28 +9,13 @@ use serde::Serialize;
 
 use crate::agent_client::OutputSink;
 use crate::backend::{CleanupReport, Isolation, LimitsReport, Resources};
+use crate::engine::Pyro;
 use crate::env::ImageDefaults;
 use crate::error::{Error, Result};
-use crate::facade::Pyro;
 use crate::sandbox::{new_id, ExecOptions, Sandbox};
 use crate::store::SandboxKind;
 
-/// Receives progress from long operations; front doors render it (phase lines, progress bars).
-pub trait Observer: Send + Sync {
-    /// A lifecycle phase began (`create`, `start`, `exec`, `cleanup`), with details.
-    fn phase(&self, _phase: &str, _fields: &[(&str, String)]) {}
-    /// A step of an environment build.
-    fn build(&self, _environment: &str, _message: &str) {}
-    /// Progress of pulling an image that was not in the cache.
-    fn transfer(&self, _environment: &str, _event: &crate::env::Transfer) {}
-    /// A sandbox with this id is about to be recorded. A front door that may drop the call
-    /// midway keeps it, and removes that sandbox with [`Pyro::cleanup_sandbox`] afterwards.
-    fn sandbox(&self, _id: &str) {}
-}
-
-/// An observer that ignores everything.
-pub struct Quiet;
-impl Observer for Quiet {}
+pub use crate::observer::{Observer, Quiet};
 
 /// Limits on requests, shared by every front door.
 pub use pyro_api::limits;
@@ -257,26 +242,6 @@ pub(crate) fn with_defaults(
     }
 }
 
-/// Forwards build progress to an observer.
-pub(crate) fn build_progress(
-    observer: &Arc<dyn Observer>,
-    env: &str,
-) -> Box<dyn FnMut(&str) + Send> {
-    let o = observer.clone();
-    let env = env.to_string();
-    Box::new(move |m: &str| o.build(&env, m))
-}
-
-/// Forwards pull progress to an observer.
-pub(crate) fn transfer_progress(
-    observer: &Arc<dyn Observer>,
-    env: &str,
-) -> Box<dyn FnMut(crate::env::Transfer) + Send> {
-    let o = observer.clone();
-    let env = env.to_string();
-    Box::new(move |t| o.transfer(&env, &t))
-}
-
 impl Pyro {
     /// Runs one command in a fresh sandbox and deletes the sandbox afterwards: on success, on
     /// command failure, on timeout and on host errors. `output`, when given, receives all of
@@ -293,7 +258,7 @@ impl Pyro {
         req.validate()?;
         let network = req.network.clone().validated()?;
         let t0 = Instant::now();
-        let crate::facade::Prepared {
+        let crate::engine::Prepared {
             level,
             backend,
             env,
@@ -315,7 +280,7 @@ impl Pyro {
         let id = new_id();
         observer.sandbox(&id);
         let mut sb = Sandbox::create_kind(
-            self.inner.clone(),
+            self.inner.ctx.clone(),
             backend.clone(),
             &env,
             &rootfs,

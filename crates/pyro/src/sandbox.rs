@@ -12,9 +12,9 @@ use tokio::io::AsyncRead;
 
 use crate::agent_client::{AgentClient, OutputSink, OutputStream};
 use crate::backend::{Backend, CleanupReport, LimitsReport, Resources, SandboxSpec};
+use crate::context::Context;
 use crate::env::ResolvedEnv;
 use crate::error::{Error, Result};
-use crate::facade::Inner;
 use crate::network::NetworkSpec;
 use crate::store::{SandboxKind, SandboxRecord};
 
@@ -68,7 +68,7 @@ impl OutputSink for Collected<'_> {
 
 /// A sandbox this process created and will destroy.
 pub struct Sandbox {
-    pub(crate) inner: Arc<Inner>,
+    pub(crate) inner: Arc<Context>,
     pub(crate) backend: Arc<dyn Backend>,
     pub(crate) record: SandboxRecord,
     pub(crate) client: AgentClient,
@@ -182,7 +182,7 @@ impl Sandbox {
     /// answers. The record is written before anything else exists, and on any failure
     /// everything made so far is removed.
     pub(crate) async fn create(
-        inner: Arc<Inner>,
+        inner: Arc<Context>,
         backend: Arc<dyn Backend>,
         env: &ResolvedEnv,
         rootfs: &std::path::Path,
@@ -204,7 +204,7 @@ impl Sandbox {
     /// Like [`Sandbox::create`], with a given kind, id and network.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn create_kind(
-        inner: Arc<Inner>,
+        inner: Arc<Context>,
         backend: Arc<dyn Backend>,
         env: &ResolvedEnv,
         rootfs: &std::path::Path,
@@ -255,7 +255,7 @@ impl Sandbox {
     /// Starts an already recorded sandbox (new, or stopped with its writable layer kept) and
     /// waits for its agent. On failure its processes are stopped; its files are kept.
     pub(crate) async fn boot(
-        inner: Arc<Inner>,
+        inner: Arc<Context>,
         backend: Arc<dyn Backend>,
         record: SandboxRecord,
         rootfs: &std::path::Path,
@@ -285,7 +285,7 @@ impl Sandbox {
 
     /// One boot; on failure also says whether it was the agent that never answered.
     async fn boot_once(
-        inner: Arc<Inner>,
+        inner: Arc<Context>,
         backend: Arc<dyn Backend>,
         mut record: SandboxRecord,
         rootfs: &std::path::Path,
@@ -419,7 +419,7 @@ impl Sandbox {
 
     /// A handle on a running sandbox started by an earlier call (perhaps another process).
     pub(crate) fn attach(
-        inner: Arc<Inner>,
+        inner: Arc<Context>,
         backend: Arc<dyn Backend>,
         record: SandboxRecord,
     ) -> Sandbox {
@@ -533,7 +533,7 @@ impl Drop for Sandbox {
 
 /// Destroys a recorded sandbox and forgets it once nothing is left.
 pub(crate) async fn destroy_record(
-    inner: &Inner,
+    inner: &Context,
     backend: &dyn Backend,
     record: &SandboxRecord,
     reason: &str,

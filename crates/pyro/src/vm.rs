@@ -17,9 +17,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{Isolation, Resources};
-use crate::env::ImageDefaults;
+use crate::engine::{LiveVm, Pyro};
 use crate::error::{Error, IoContext, Result};
-use crate::facade::Pyro;
 use crate::procinfo::ProcessId;
 use crate::run::{limits, text_and_bytes};
 use crate::sandbox::{new_id, ExecOptions, Sandbox};
@@ -114,16 +113,6 @@ pub struct VmReapReport {
     pub deleted_vm_ids: Vec<String>,
     /// How many.
     pub count: usize,
-}
-
-/// The started VMs of this process, by id.
-#[derive(Default)]
-pub(crate) struct LiveVms(tokio::sync::Mutex<std::collections::HashMap<String, LiveVm>>);
-
-/// A started VM: its sandbox, and how commands run in its environment.
-pub(crate) struct LiveVm {
-    sb: Sandbox,
-    defaults: ImageDefaults,
 }
 
 impl VmInfo {
@@ -280,7 +269,7 @@ impl Pyro {
             pids: limits::DEFAULT_PIDS,
         };
         let sb = Sandbox::create_kind(
-            self.inner.clone(),
+            self.inner.ctx.clone(),
             backend,
             &env,
             &rootfs,
@@ -500,7 +489,7 @@ impl Pyro {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::facade::Config;
+    use crate::context::Config;
     use crate::paths::Paths;
 
     async fn open(dir: &std::path::Path) -> Pyro {

@@ -11,8 +11,8 @@ use std::time::Instant;
 
 use pyro_patch::{Action, PatchKind};
 
+use crate::engine::Pyro;
 use crate::error::{Error, Result};
-use crate::facade::Pyro;
 use crate::sandbox::Sandbox;
 use crate::workspace::snapshot::{
     DiffEntry, DiffResult, DiffSummary, PatchResult, StatCache, TreeEntry, BASELINE,

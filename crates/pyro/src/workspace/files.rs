@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::engine::Pyro;
 use crate::error::{Error, IoContext, Result};
-use crate::facade::Pyro;
 use crate::sandbox::Sandbox;
 use crate::unpack::{self, ArchiveProfile, OutputLimits, Owner, SkippedEntry, UnpackStats};
 use crate::workspace::snapshot::{MAX_ARCHIVE_BYTES, MAX_ARCHIVE_ENTRIES};

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use pyro_protocol::{Readiness, Request, Response, ServiceInfo, ShellInfo};
 use serde::Serialize;
 
+use crate::engine::Pyro;
 use crate::error::{Error, Result};
-use crate::facade::Pyro;
 use crate::workspace::secrets::{Redactor, REDACTED};
 
 /// Most bytes one shell read returns.

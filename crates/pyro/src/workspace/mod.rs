@@ -26,9 +26,9 @@ use serde::Serialize;
 
 use crate::agent_client::OutputSink;
 use crate::backend::{Backend, Isolation, Resources};
+use crate::engine::Pyro;
 use crate::env::ImageDefaults;
 use crate::error::{Error, IoContext, Result};
-use crate::facade::Pyro;
 use crate::run::{limits, text_and_bytes, Observer};
 use crate::sandbox::{destroy_record, new_id, ExecOptions, Sandbox};
 use crate::store::{now_ms, LogRow, SandboxKind, SandboxRecord, WorkspaceRow};
@@ -539,7 +539,7 @@ impl Pyro {
                 state: "stopped".into(),
             });
         }
-        Ok((w, Sandbox::attach(self.inner.clone(), backend, rec)))
+        Ok((w, Sandbox::attach(self.inner.ctx.clone(), backend, rec)))
     }
 
     /// The rootfs a workspace was created from (same digest), unpacked.
@@ -616,7 +616,7 @@ impl Pyro {
             Some(s) => Some(files::SeedSource::prepare(s)?),
             None => None,
         };
-        let crate::facade::Prepared {
+        let crate::engine::Prepared {
             level,
             backend,
             env,
@@ -664,7 +664,7 @@ impl Pyro {
             self.ws_save_defaults(&id, &defaults)?;
             self.store_secrets(&id, &req.secrets)?;
             let sb = Sandbox::create_kind(
-                self.inner.clone(),
+                self.inner.ctx.clone(),
                 backend.clone(),
                 &env,
                 &rootfs,
@@ -1033,7 +1033,7 @@ impl Pyro {
             mem_mib: w.mem_mib,
             pids: limits::DEFAULT_PIDS,
         };
-        let sb = Sandbox::boot(self.inner.clone(), backend, rec, &rootfs, resources).await?;
+        let sb = Sandbox::boot(self.inner.ctx.clone(), backend, rec, &rootfs, resources).await?;
         self.install_secrets(&w.id, &sb).await?;
         w.state = "running".into();
         w.expired_at_ms = None;
@@ -1096,7 +1096,7 @@ impl Pyro {
                 pids: limits::DEFAULT_PIDS,
             };
             let sb = Sandbox::boot(
-                self.inner.clone(),
+                self.inner.ctx.clone(),
                 backend.clone(),
                 rec.clone(),
                 &rootfs,

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::engine::Pyro;
 use crate::error::{Error, IoContext, Result};
-use crate::facade::Pyro;
 use crate::sandbox::Sandbox;
 
 /// What replaces a secret value in output.

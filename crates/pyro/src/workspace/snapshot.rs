@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::engine::Pyro;
 use crate::error::{Error, IoContext, Result};
-use crate::facade::Pyro;
 use crate::sandbox::Sandbox;
 use crate::store::{now_ms, SnapshotRow};
 use crate::workspace::WORKSPACE_PATH;
