@@ -32,12 +32,6 @@ impl Isolation {
             Isolation::Container => "container",
         }
     }
-
-    /// The default level: `$PYRO_ISOLATION`, else the config file's, else `microvm` (see
-    /// [`crate::user_config`]).
-    pub fn default_from_env() -> Result<Isolation> {
-        crate::user_config::default_isolation().map(|(level, _)| level)
-    }
 }
 
 impl std::fmt::Display for Isolation {

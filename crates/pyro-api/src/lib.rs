@@ -11,6 +11,7 @@ pub mod ids;
 pub mod isolation;
 pub mod limits;
 pub mod paths;
+pub mod ports;
 pub mod procinfo;
 pub mod user_config;
 

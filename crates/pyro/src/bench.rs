@@ -197,7 +197,7 @@ impl Pyro {
         // guest's resolver files add to a one-shot run.
         let mut networked = Vec::new();
         if let Ok(backend) = self.backend_for(req.isolation) {
-            if crate::network::check_backend(backend.as_ref()).is_ok() {
+            if crate::backend::check_network(backend.as_ref()).is_ok() {
                 let mut net_req = run_req.clone();
                 net_req.network = crate::network::NetworkSpec::egress();
                 for _ in 0..runs.min(10) {

@@ -490,7 +490,7 @@ impl Pyro {
     ) -> Result<Prepared> {
         let level = match isolation {
             Some(l) => l,
-            None => Isolation::default_from_env()?,
+            None => crate::user_config::default_isolation()?.0,
         };
         let backend = self.backend_for(level)?;
         observer.phase(

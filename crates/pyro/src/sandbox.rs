@@ -214,7 +214,7 @@ impl Sandbox {
         network: &NetworkSpec,
     ) -> Result<Sandbox> {
         if !network.is_off() {
-            crate::network::check_backend(backend.as_ref())?;
+            crate::backend::check_network(backend.as_ref())?;
         }
         let paths = &inner.config.paths;
         let record = SandboxRecord::creating(

@@ -408,7 +408,7 @@ impl Store {
     }
 
     /// Records a published port; `false` when that host address and port are already taken.
-    pub fn add_published_port(&self, id: &str, p: &crate::network::PublishedPort) -> Result<bool> {
+    pub fn add_published_port(&self, id: &str, p: &pyro_api::ports::PublishedPort) -> Result<bool> {
         let n = self.conn().execute(
             "INSERT OR IGNORE INTO published_ports (sandbox_id, service, host_addr, host_port, guest_port) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![id, p.service, p.host_addr.to_string(), p.host_port, p.guest_port],
@@ -421,14 +421,14 @@ impl Store {
         &self,
         id: &str,
         service: Option<&str>,
-    ) -> Result<Vec<crate::network::PublishedPort>> {
+    ) -> Result<Vec<pyro_api::ports::PublishedPort>> {
         let conn = self.conn();
         let mut st = conn.prepare(
             "SELECT service, host_addr, host_port, guest_port FROM published_ports WHERE sandbox_id = ?1 AND (?2 IS NULL OR service = ?2) ORDER BY host_port",
         )?;
         let rows = st.query_map(params![id, service], |r| {
             let addr: String = r.get(1)?;
-            Ok(crate::network::PublishedPort {
+            Ok(pyro_api::ports::PublishedPort {
                 service: r.get(0)?,
                 host_addr: addr.parse().unwrap_or(std::net::Ipv4Addr::LOCALHOST),
                 host_port: r.get(2)?,

@@ -219,14 +219,14 @@ impl Pyro {
         }
         let level = match req.isolation {
             Some(l) => l,
-            None => Isolation::default_from_env()?,
+            None => crate::user_config::default_isolation()?.0,
         };
         // Refuse now what start would refuse: an unusable level, an unknown environment, a
         // network this host cannot give.
         let network = req.network.clone().validated()?;
         let backend = self.backend_for(level)?;
         if !network.is_off() {
-            crate::network::check_backend(backend.as_ref())?;
+            crate::backend::check_network(backend.as_ref())?;
         }
         self.inner.envs.resolve(&req.environment)?;
         let now = now_ms();

@@ -152,3 +152,16 @@ pub(crate) fn make_traversable_dir(dir: &Path) -> Result<()> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
         .ctx(|| format!("chmod {}", dir.display()))
 }
+
+/// Checks that `backend` can connect a sandbox on this host, before anything is made: a
+/// sandbox that asked for a network never silently runs without.
+pub fn check_network(backend: &dyn Backend) -> Result<crate::network::LinkKind> {
+    let link = backend.network_link().ok_or_else(|| {
+        crate::error::Error::NetworkUnavailable(format!(
+            "the {} backend cannot connect sandboxes to a network; use --isolation vm-emulated or container",
+            backend.name()
+        ))
+    })?;
+    crate::network::check_host(link)?;
+    Ok(link)
+}

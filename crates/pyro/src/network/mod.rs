@@ -264,18 +264,7 @@ pub struct ResolvedAllow {
     pub port: Option<u16>,
 }
 
-/// A port on the host forwarded to a port in the sandbox.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PublishedPort {
-    /// The service it belongs to.
-    pub service: String,
-    /// The host address it is reachable on (`127.0.0.1` unless asked otherwise).
-    pub host_addr: Ipv4Addr,
-    /// The host port.
-    pub host_port: u16,
-    /// The port in the sandbox.
-    pub guest_port: u16,
-}
+pub use pyro_api::ports::PublishedPort;
 
 /// A request to publish a port: `GUEST`, `HOST:GUEST` or `ADDR:HOST:GUEST` (host port 0 or
 /// absent: any free port).
@@ -662,19 +651,6 @@ pub(crate) fn sample_plan(policy: NetworkPolicy) -> NetPlan {
 /// only where this file is present, so sandboxes without a network pay nothing.
 pub fn marker(state_dir: &Path) -> std::path::PathBuf {
     state_dir.join("network.json")
-}
-
-/// Checks that `backend` can connect a sandbox on this host, before anything is made: a
-/// sandbox that asked for a network never silently runs without.
-pub fn check_backend(backend: &dyn crate::backend::Backend) -> Result<LinkKind> {
-    let link = backend.network_link().ok_or_else(|| {
-        Error::NetworkUnavailable(format!(
-            "the {} backend cannot connect sandboxes to a network; use --isolation vm-emulated or container",
-            backend.name()
-        ))
-    })?;
-    check_host(link)?;
-    Ok(link)
 }
 
 /// Checks that this host can give a sandbox a network over `link`, with a hint for each miss.
