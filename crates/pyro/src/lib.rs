@@ -68,12 +68,12 @@ pub mod observer;
 pub mod run;
 pub mod runtime;
 pub mod sandbox;
-pub mod store;
 pub mod unpack;
 pub mod vm;
 pub mod workspace;
 
 pub use pyro_api::{error, ids, limits, paths, procinfo, user_config};
+pub use pyro_store as store;
 
 pub use agent_client::{OutputSink, OutputStream};
 pub use backend::Isolation;

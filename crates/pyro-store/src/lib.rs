@@ -8,8 +8,8 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
-use crate::error::{Error, IoContext, Result};
-use crate::procinfo::ProcessId;
+use pyro_api::error::{Error, IoContext, Result};
+use pyro_api::procinfo::ProcessId;
 
 /// What kind of object a sandbox record belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -210,27 +210,81 @@ fn write_tx(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>
 /// How long a call waits for another process's write before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Brings a database made by an older pyro up to [`SCHEMA`].
-fn migrate(conn: &Connection) -> Result<()> {
-    let has_interrupted = || -> rusqlite::Result<bool> {
-        conn.prepare(
-            "SELECT 1 FROM pragma_table_info('workspace_logs') WHERE name = 'interrupted'",
-        )?
-        .exists([])
+/// The schema version this pyro writes (`PRAGMA user_version`). [`SCHEMA`] is always the
+/// newest schema; [`MIGRATIONS`] bring an older database up to it, one step per version.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// `(version, SQL)`: the SQL that turns a version-`version - 1` database into version `version`.
+/// Version 1 is the schema of the first release, before versions were recorded.
+const MIGRATIONS: &[(u32, &str)] = &[(
+    2,
+    "ALTER TABLE workspace_logs ADD COLUMN interrupted INTEGER NOT NULL DEFAULT 0",
+)];
+
+/// The version of a database, reading an unversioned one (`user_version` 0) by its shape: no
+/// tables yet is a new database; tables from a pyro before versions were recorded are version 1,
+/// or 2 where that pyro already added `interrupted`.
+fn schema_version(conn: &Connection) -> rusqlite::Result<Option<u32>> {
+    let v: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if v != 0 {
+        return Ok(Some(v));
+    }
+    let table = |name: &str| -> rusqlite::Result<bool> {
+        conn.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1")?
+            .exists([name])
     };
-    if !has_interrupted()? {
-        let added = conn.execute_batch(
-            "ALTER TABLE workspace_logs ADD COLUMN interrupted INTEGER NOT NULL DEFAULT 0",
-        );
-        // Another pyro opening the same database may have added it first.
-        if let Err(e) = added {
-            if !has_interrupted()? {
-                return Err(e.into());
+    if !table("sandboxes")? && !table("workspace_logs")? {
+        return Ok(None);
+    }
+    // Without a log table, the schema's CREATE makes it in its newest shape.
+    let logs_current = !table("workspace_logs")?
+        || conn
+            .prepare(
+                "SELECT 1 FROM pragma_table_info('workspace_logs') WHERE name = 'interrupted'",
+            )?
+            .exists([])?;
+    Ok(Some(if logs_current { 2 } else { 1 }))
+}
+
+/// Creates the schema of a new database, or migrates an older one to [`SCHEMA_VERSION`], in one
+/// write transaction: another pyro opening the same database at the same moment waits, then
+/// finds the work done.
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let tx = write_tx(conn)?;
+    match schema_version(&tx)? {
+        None => tx.execute_batch(SCHEMA)?,
+        Some(v) if v > SCHEMA_VERSION => {
+            return Err(Error::InvalidConfig {
+                source_name: "the state database".into(),
+                message: format!(
+                    "it has schema version {v}, made by a newer pyro; this one knows up to {SCHEMA_VERSION}: use the newer pyro, or another PYRO_HOME"
+                ),
+            })
+        }
+        Some(v) => {
+            for (to, sql) in MIGRATIONS.iter().filter(|(to, _)| *to > v) {
+                tx.execute_batch(sql).map_err(|e| Error::Store(Box::new(MigrationError(*to, e))))?;
             }
+            // Tables added since (CREATE IF NOT EXISTS) need no step of their own.
+            tx.execute_batch(SCHEMA)?;
         }
     }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
     Ok(())
 }
+
+/// A migration step that failed, with the version it was heading for.
+#[derive(Debug)]
+struct MigrationError(u32, rusqlite::Error);
+
+impl std::fmt::Display for MigrationError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "migrating to schema version {}: {}", self.0, self.1)
+    }
+}
+
+impl std::error::Error for MigrationError {}
 
 impl Store {
     /// Opens (creating if needed) the database at `path`.
@@ -239,12 +293,11 @@ impl Store {
             std::fs::create_dir_all(dir)
                 .ctx(|| format!("create state directory {}", dir.display()))?;
         }
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.execute_batch(SCHEMA)?;
-        migrate(&conn)?;
+        migrate(&mut conn)?;
         Ok(Store {
             conn: Mutex::new(conn),
         })
@@ -909,6 +962,77 @@ mod tests {
             logs.iter().map(|l| l.interrupted).collect::<Vec<_>>(),
             [false, true]
         );
+    }
+
+    /// The first release's schema: today's without what later versions added.
+    fn schema_v1() -> String {
+        let v1 = SCHEMA.replace("    interrupted INTEGER NOT NULL DEFAULT 0,\n", "");
+        assert_ne!(v1, SCHEMA, "the v1 fixture must differ from today's schema");
+        v1
+    }
+
+    fn user_version(path: &Path) -> u32 {
+        Connection::open(path)
+            .unwrap()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_version_1_database_is_migrated_with_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pyro.db");
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(&schema_v1()).unwrap();
+        old.execute_batch(
+            "INSERT INTO sandboxes VALUES ('aaaaaaaaaaaa', 'workspace', 'container', 'container',
+                 'debian:12', 'sha256:00', 'running', NULL, NULL, NULL, NULL, '/s', '/r', 5);
+             INSERT INTO workspaces (id, name, labels, environment, environment_digest, isolation,
+                 backend, state, vcpus, mem_mib, created_at_ms, last_activity_ms)
+                 VALUES ('aaaaaaaaaaaa', 'demo', '{}', 'debian:12', 'sha256:00', 'container',
+                 'container', 'running', 1, 1024, 5, 6);
+             INSERT INTO workspace_logs VALUES ('aaaaaaaaaaaa', 1, 0, 'true', '/workspace', 0,
+                 NULL, 0, 1, 0, 0);",
+        )
+        .unwrap();
+        drop(old);
+        assert_eq!(user_version(&path), 0);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(user_version(&path), SCHEMA_VERSION);
+        assert_eq!(store.get("aaaaaaaaaaaa").unwrap().unwrap().state, "running");
+        let w = store.workspace("demo").unwrap().unwrap();
+        assert_eq!((w.id.as_str(), w.mem_mib), ("aaaaaaaaaaaa", 1024));
+        let logs = store.logs("aaaaaaaaaaaa").unwrap();
+        assert_eq!((logs.len(), logs[0].interrupted), (1, false));
+        drop(store);
+        // A second open finds nothing to do.
+        Store::open(&path).unwrap();
+        assert_eq!(user_version(&path), SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn a_new_database_gets_the_current_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pyro.db");
+        Store::open(&path).unwrap();
+        assert_eq!(user_version(&path), SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn a_database_from_a_newer_pyro_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pyro.db");
+        Store::open(&path).unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        let err = Store::open(&path)
+            .err()
+            .expect("a newer schema must be refused");
+        assert_eq!(err.kind(), "invalid_config");
+        assert!(err.to_string().contains("newer pyro"), "{err}");
+        assert_eq!(user_version(&path), SCHEMA_VERSION + 1);
     }
 
     #[test]
