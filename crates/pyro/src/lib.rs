@@ -60,7 +60,6 @@ mod context;
 pub mod doctor;
 pub mod embedded_agent;
 mod engine;
-pub mod env;
 pub mod facade;
 mod gc;
 pub mod network;
@@ -68,11 +67,12 @@ pub mod observer;
 pub mod run;
 pub mod runtime;
 pub mod sandbox;
-pub mod unpack;
 pub mod vm;
 pub mod workspace;
 
 pub use pyro_api::{error, ids, limits, paths, procinfo, user_config};
+pub use pyro_image as env;
+pub use pyro_image::unpack;
 pub use pyro_store as store;
 
 pub use agent_client::{OutputSink, OutputStream};

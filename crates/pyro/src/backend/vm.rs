@@ -19,9 +19,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::procinfo::ProcessId;
 pub use crate::procinfo::{signal_and_wait, terminate, wait_gone};
 
-/// The kernel config fragment the guest kernel is built from; a built kernel is recognised by
-/// the sha256 of this text (written beside it as `fragment.sha256`).
-pub const KERNEL_FRAGMENT: &str = include_str!("../../../../resources/kernel/microvm.config");
+pub use pyro_image::kernel::{find_kernel, kernel_dir, KERNEL_FRAGMENT};
 
 /// The guest vsock port the agent listens on (passed as `pyro.port=` on the kernel command line).
 pub const AGENT_PORT: u32 = 1024;
@@ -88,36 +86,6 @@ fn home() -> PathBuf {
     std::env::var_os("HOME")
         .filter(|v| !v.is_empty())
         .map_or_else(|| PathBuf::from("/root"), PathBuf::from)
-}
-
-/// Where `scripts/build-kernel` puts kernels: `$PYRO_KERNEL_DIR`, else `~/.cache/pyro/kernels`.
-pub fn kernel_dir() -> PathBuf {
-    std::env::var_os("PYRO_KERNEL_DIR")
-        .filter(|v| !v.is_empty())
-        .map_or_else(|| home().join(".cache/pyro/kernels"), PathBuf::from)
-}
-
-/// The guest kernel: `$PYRO_KERNEL` when set (an explicit choice that does not exist is "not
-/// found"), else the newest build in [`kernel_dir`] made from this version's config fragment.
-pub fn find_kernel() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("PYRO_KERNEL").filter(|v| !v.is_empty()) {
-        return Some(PathBuf::from(p)).filter(|p| p.is_file());
-    }
-    let want = hex::encode(Sha256::digest(KERNEL_FRAGMENT.as_bytes()));
-    let mut best: Option<(std::time::SystemTime, PathBuf)> = None;
-    for e in std::fs::read_dir(kernel_dir()).ok()?.flatten() {
-        let dir = e.path();
-        let vmlinux = dir.join("vmlinux");
-        let matches =
-            std::fs::read_to_string(dir.join("fragment.sha256")).is_ok_and(|s| s.trim() == want);
-        let Ok(mtime) = std::fs::metadata(&vmlinux).and_then(|m| m.modified()) else {
-            continue;
-        };
-        if matches && best.as_ref().is_none_or(|(t, _)| mtime > *t) {
-            best = Some((mtime, vmlinux));
-        }
-    }
-    best.map(|(_, p)| p)
 }
 
 /// Finds a helper program: `$<env_var>` when set (must exist), else PATH, else the directories

@@ -27,6 +27,7 @@ pub mod kernel;
 mod oci;
 mod recipe;
 mod registry;
+pub mod unpack;
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -39,7 +40,9 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::Serialize;
 
 pub use crate::unpack::{unpack_layer, UnpackStats};
+
 pub use defaults::ImageDefaults;
+pub(crate) use pyro_api::error;
 pub use recipe::{catalog, host_arch, Recipe, BUILDER_VERSION};
 pub use registry::{
     canonical_reference, is_image_reference, parse_reference, PullResult, PushResult,

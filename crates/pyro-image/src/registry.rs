@@ -34,7 +34,7 @@ use crate::error::{Error, IoContext, Result};
 pub const DEFAULT_REGISTRY: &str = "ghcr.io/pyro-sandbox";
 
 /// The pins shipped with this version of pyro (`envs/pins.toml`).
-const SHIPPED_PINS: &str = include_str!("../../../../envs/pins.toml");
+const SHIPPED_PINS: &str = include_str!("../../../envs/pins.toml");
 
 /// Docker's name for an image index.
 const MEDIA_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";

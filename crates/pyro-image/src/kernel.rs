@@ -36,8 +36,47 @@ use super::registry::{
     registry_error, run_blocking, unsupported, upload_file, RegistrySettings, Transfer,
 };
 use super::{remove_abandoned_scratch, unique_suffix, ScratchDir};
-use crate::backend::vm::{find_kernel, kernel_dir, KERNEL_FRAGMENT};
 use crate::error::{Error, IoContext, Result};
+
+/// The kernel config fragment the guest kernel is built from; a built kernel is recognised by
+/// the sha256 of this text (written beside it as `fragment.sha256`).
+pub const KERNEL_FRAGMENT: &str = include_str!("../../../resources/kernel/microvm.config");
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from("/root"), PathBuf::from)
+}
+
+/// Where `scripts/build-kernel` puts kernels: `$PYRO_KERNEL_DIR`, else `~/.cache/pyro/kernels`.
+pub fn kernel_dir() -> PathBuf {
+    std::env::var_os("PYRO_KERNEL_DIR")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| home().join(".cache/pyro/kernels"), PathBuf::from)
+}
+
+/// The guest kernel: `$PYRO_KERNEL` when set (an explicit choice that does not exist is "not
+/// found"), else the newest build in [`kernel_dir`] made from this version's config fragment.
+pub fn find_kernel() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("PYRO_KERNEL").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
+    }
+    let want = hex::encode(Sha256::digest(KERNEL_FRAGMENT.as_bytes()));
+    let mut best: Option<(std::time::SystemTime, PathBuf)> = None;
+    for e in std::fs::read_dir(kernel_dir()).ok()?.flatten() {
+        let dir = e.path();
+        let vmlinux = dir.join("vmlinux");
+        let matches =
+            std::fs::read_to_string(dir.join("fragment.sha256")).is_ok_and(|s| s.trim() == want);
+        let Ok(mtime) = std::fs::metadata(&vmlinux).and_then(|m| m.modified()) else {
+            continue;
+        };
+        if matches && best.as_ref().is_none_or(|(t, _)| mtime > *t) {
+            best = Some((mtime, vmlinux));
+        }
+    }
+    best.map(|(_, p)| p)
+}
 
 /// `artifactType` of a pyro guest kernel.
 pub const ARTIFACT_TYPE: &str = "application/vnd.pyro.kernel.v1";

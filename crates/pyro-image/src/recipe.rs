@@ -19,15 +19,15 @@ pub const BUILDER_VERSION: &str = "1";
 const RECIPE_FILES: &[(&str, &str)] = &[
     (
         "envs/debian-12.toml",
-        include_str!("../../../../envs/debian-12.toml"),
+        include_str!("../../../envs/debian-12.toml"),
     ),
     (
         "envs/debian-12-base.toml",
-        include_str!("../../../../envs/debian-12-base.toml"),
+        include_str!("../../../envs/debian-12-base.toml"),
     ),
     (
         "envs/debian-12-build.toml",
-        include_str!("../../../../envs/debian-12-build.toml"),
+        include_str!("../../../envs/debian-12-build.toml"),
     ),
 ];
 
