@@ -55,3 +55,11 @@ pub fn rfc3339(secs: u64) -> String {
         rem % 60
     )
 }
+
+/// The current time in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -184,13 +184,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
 );
 ";
 
-/// The current time in Unix milliseconds.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use pyro_api::ids::now_ms;
 
 fn proc_from(pid: Option<i64>, start: Option<i64>) -> Option<ProcessId> {
     Some(ProcessId {
@@ -1071,5 +1065,33 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+}
+
+/// The network's leases and published ports live in this database.
+impl pyro_net::LeaseStore for Store {
+    fn lease_slot(
+        &self,
+        id: &str,
+        spec_json: &str,
+        pick: &mut dyn FnMut(&std::collections::HashSet<u32>) -> Option<u32>,
+    ) -> Result<Option<u32>> {
+        self.lease_network(id, spec_json, pick)
+    }
+
+    fn move_slot(
+        &self,
+        id: &str,
+        pick: &mut dyn FnMut(&std::collections::HashSet<u32>) -> Option<u32>,
+    ) -> Result<Option<u32>> {
+        self.move_network(id, pick)
+    }
+
+    fn leased(&self, id: &str) -> Result<Option<(u32, String)>> {
+        self.network(id)
+    }
+
+    fn published_ports(&self, id: &str) -> Result<Vec<pyro_api::ports::PublishedPort>> {
+        Store::published_ports(self, id, None)
     }
 }

@@ -62,7 +62,6 @@ pub mod embedded_agent;
 mod engine;
 pub mod facade;
 mod gc;
-pub mod network;
 pub mod observer;
 pub mod run;
 pub mod runtime;
@@ -73,6 +72,7 @@ pub mod workspace;
 pub use pyro_api::{error, ids, limits, paths, procinfo, user_config};
 pub use pyro_image as env;
 pub use pyro_image::unpack;
+pub use pyro_net as network;
 pub use pyro_store as store;
 
 pub use agent_client::{OutputSink, OutputStream};

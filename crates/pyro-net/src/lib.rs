@@ -27,7 +27,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::store::Store;
+pub(crate) use pyro_api::error;
 
 /// What a sandbox may reach.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -266,6 +266,30 @@ pub struct ResolvedAllow {
 
 pub use pyro_api::ports::PublishedPort;
 
+/// What the network needs of the state database, and nothing more: a sandbox's lease of one
+/// address slot (with its spec as JSON), and the ports published from it. The state database
+/// implements it; the network never sees SQL.
+pub trait LeaseStore: Send + Sync {
+    /// Leases a free slot for `id` (chosen by `pick` from the slots in use) with its spec;
+    /// `None` when `pick` found none.
+    fn lease_slot(
+        &self,
+        id: &str,
+        spec_json: &str,
+        pick: &mut dyn FnMut(&std::collections::HashSet<u32>) -> Option<u32>,
+    ) -> Result<Option<u32>>;
+    /// Moves `id`'s lease to another free slot chosen by `pick`.
+    fn move_slot(
+        &self,
+        id: &str,
+        pick: &mut dyn FnMut(&std::collections::HashSet<u32>) -> Option<u32>,
+    ) -> Result<Option<u32>>;
+    /// `id`'s slot and spec, if it holds a lease.
+    fn leased(&self, id: &str) -> Result<Option<(u32, String)>>;
+    /// The ports published from `id`.
+    fn published_ports(&self, id: &str) -> Result<Vec<PublishedPort>>;
+}
+
 /// A request to publish a port: `GUEST`, `HOST:GUEST` or `ADDR:HOST:GUEST` (host port 0 or
 /// absent: any free port).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -418,11 +442,11 @@ pub fn guest_files_command(
 }
 
 /// Leases a subnet for a new sandbox and records what network it asked for.
-pub fn lease(store: &Store, id: &str, spec: &NetworkSpec) -> Result<()> {
+pub fn lease(store: &dyn LeaseStore, id: &str, spec: &NetworkSpec) -> Result<()> {
     let pool = addr::pool()?;
     let routes = addr::host_routes(&[]);
     let json = serde_json::to_string(spec).map_err(|e| Error::Network(e.to_string()))?;
-    match store.lease_network(id, &json, |used| addr::free_slot(pool, used, &routes))? {
+    match store.lease_slot(id, &json, &mut |used| addr::free_slot(pool, used, &routes))? {
         Some(_) => Ok(()),
         None => Err(Error::NetworkUnavailable(format!(
             "the sandbox address pool {pool} has no free /{} left that does not overlap a host route (set PYRO_NET_POOL)",
@@ -458,8 +482,8 @@ pub async fn host_lock() -> Result<HostLock> {
 /// Under the host lock, before a sandbox's link is made: if its leased subnet now overlaps a
 /// route of the host (another installation's sandbox, a network that appeared since), the lease
 /// moves to a free slot. Its address may change across a stop; nothing else depends on it.
-pub fn settle_lease(store: &Store, id: &str) -> Result<()> {
-    let Some((slot, _)) = store.network(id)? else {
+pub fn settle_lease(store: &dyn LeaseStore, id: &str) -> Result<()> {
+    let Some((slot, _)) = store.leased(id)? else {
         return Ok(());
     };
     let pool = addr::pool()?;
@@ -478,7 +502,7 @@ pub fn settle_lease(store: &Store, id: &str) -> Result<()> {
     if !clash(slot) {
         return Ok(());
     }
-    match store.move_network(id, |used| addr::free_slot(pool, used, &routes))? {
+    match store.move_slot(id, &mut |used| addr::free_slot(pool, used, &routes))? {
         Some(_) => Ok(()),
         None => Err(Error::NetworkUnavailable(format!(
             "the sandbox address pool {pool} has no free /{} left that does not overlap a host route (set PYRO_NET_POOL)",
@@ -488,8 +512,8 @@ pub fn settle_lease(store: &Store, id: &str) -> Result<()> {
 }
 
 /// A sandbox's lease as recorded: its slot and the network it asked for.
-fn recorded(store: &Store, id: &str) -> Result<Option<(u32, NetworkSpec)>> {
-    let Some((slot, json)) = store.network(id)? else {
+fn recorded(store: &dyn LeaseStore, id: &str) -> Result<Option<(u32, NetworkSpec)>> {
+    let Some((slot, json)) = store.leased(id)? else {
         return Ok(None);
     };
     let spec = serde_json::from_str(&json)
@@ -498,13 +522,13 @@ fn recorded(store: &Store, id: &str) -> Result<Option<(u32, NetworkSpec)>> {
 }
 
 /// The recorded network spec of a sandbox (`off` when it has none).
-pub fn spec_of(store: &Store, id: &str) -> Result<NetworkSpec> {
+pub fn spec_of(store: &dyn LeaseStore, id: &str) -> Result<NetworkSpec> {
     Ok(recorded(store, id)?.map_or_else(NetworkSpec::off, |(_, spec)| spec))
 }
 
 /// The plan of a leased sandbox as of now (allow-listed names resolved again, published ports
 /// as recorded); `None` when it has no network.
-pub async fn plan(store: &Store, id: &str, link: LinkKind) -> Result<Option<NetPlan>> {
+pub async fn plan(store: &dyn LeaseStore, id: &str, link: LinkKind) -> Result<Option<NetPlan>> {
     let Some((slot, spec)) = recorded(store, id)? else {
         return Ok(None);
     };
@@ -537,7 +561,7 @@ pub async fn plan(store: &Store, id: &str, link: LinkKind) -> Result<Option<NetP
         resolvers,
         allowed,
         pool,
-        published_ports: store.published_ports(id, None)?,
+        published_ports: store.published_ports(id)?,
     }))
 }
 
@@ -561,7 +585,11 @@ pub struct NetworkInfo {
 }
 
 /// The network of sandbox `id` as recorded (`link`: how its backend connects it).
-pub fn network_info(store: &Store, id: &str, link: Option<LinkKind>) -> Result<NetworkInfo> {
+pub fn network_info(
+    store: &dyn LeaseStore,
+    id: &str,
+    link: Option<LinkKind>,
+) -> Result<NetworkInfo> {
     let Some((slot, spec)) = recorded(store, id)? else {
         return Ok(NetworkInfo::default());
     };
@@ -574,7 +602,7 @@ pub fn network_info(store: &Store, id: &str, link: Option<LinkKind>) -> Result<N
         gateway: ends.map(|e| e.0),
         subnet,
         host_interface: link.map(|l| host_ifname(id, l)),
-        published_ports: store.published_ports(id, None)?,
+        published_ports: store.published_ports(id)?,
     })
 }
 

@@ -132,7 +132,7 @@ fn boot_time_ms() -> i64 {
     // SAFETY: clock_gettime writes the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     let mono_ms = ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000;
-    crate::store::now_ms() - mono_ms
+    pyro_api::ids::now_ms() - mono_ms
 }
 
 fn field<'a>(msg: &'a str, key: &str) -> Option<&'a str> {
