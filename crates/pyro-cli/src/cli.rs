@@ -6,7 +6,7 @@ pub use crate::cli_common::OutputArgs;
 
 /// pyro: run commands for coding agents in isolated, disposable Linux sandboxes.
 #[derive(Debug, Parser)]
-#[command(name = "pyro", version, about, long_about = None, propagate_version = true)]
+#[command(name = "pyro", version, long_about = None, propagate_version = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

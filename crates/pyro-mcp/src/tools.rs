@@ -1144,3 +1144,57 @@ impl ServerHandler for PyroTools {
             ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The MCP contract, frozen: what `tools/list` answers for every profile (names,
+    //! descriptions, annotations, input schemas), snapshotted in `src/snapshots/`. The list is
+    //! the one the `#[tool_handler]`'s `list_tools` returns, taken in-process from the router
+    //! a real server uses, without a transport.
+
+    use super::*;
+
+    async fn server(profile: Profile) -> (tempfile::TempDir, PyroTools) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = pyro::Config {
+            paths: pyro::paths::Paths::under(dir.path()),
+            agent: None,
+            runc: None,
+            debian_mirror: None,
+            registry: Default::default(),
+        };
+        let pyro = pyro::Pyro::open(config).await.unwrap();
+        let roots = AllowedRoots::new(&[dir.path().to_path_buf()]).unwrap();
+        (dir, PyroTools::new(pyro, profile, roots))
+    }
+
+    #[tokio::test]
+    async fn tools_list_of_every_profile() {
+        for profile in Profile::ALL {
+            let (_dir, tools) = server(profile).await;
+            let listed = tools.tool_router.list_all();
+            let mut names: Vec<_> = listed.iter().map(|t| t.name.to_string()).collect();
+            let mut want: Vec<_> = profile.tools().into_iter().map(String::from).collect();
+            names.sort();
+            want.sort();
+            assert_eq!(names, want, "{profile} registers exactly its tools");
+            insta::assert_json_snapshot!(format!("tools_list@{profile}"), listed);
+        }
+    }
+
+    #[tokio::test]
+    async fn instructions_of_every_profile() {
+        let mut text = String::new();
+        for profile in Profile::ALL {
+            let (dir, tools) = server(profile).await;
+            let root = dir.path().canonicalize().unwrap();
+            let info = tools.get_info();
+            let instructions = info.instructions.unwrap_or_default();
+            text.push_str(&format!(
+                "{profile}\n  {}\n",
+                instructions.replace(&root.display().to_string(), "[ROOT]")
+            ));
+        }
+        insta::assert_snapshot!("instructions", text);
+    }
+}
