@@ -13,6 +13,7 @@ pub mod limits;
 pub mod paths;
 pub mod ports;
 pub mod procinfo;
+pub mod sandbox;
 pub mod user_config;
 
 pub use error::{Error, Result};

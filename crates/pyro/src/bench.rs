@@ -122,7 +122,7 @@ fn host_memory(record: &crate::store::SandboxRecord) -> Option<HostMemory> {
     }
     let mut total = 0u64;
     let mut names = Vec::new();
-    for (name, p) in crate::backend::vm::recorded_processes(&record.run_dir) {
+    for (name, p) in crate::backend::vmm::recorded_processes(&record.run_dir) {
         let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", p.pid)).ok()?;
         let kb: u64 = rollup
             .lines()

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::backend::container::{cgroup_version, find_runc};
 use crate::backend::firecracker::{find_firecracker, find_jailer, jail_problems};
 use crate::backend::qemu::{find_qemu, find_vhost_vsock};
-use crate::backend::vm::find_kernel;
+use crate::backend::vmm::find_kernel;
 use crate::backend::Isolation;
 use crate::facade::{find_agent, is_static_binary, LevelStatus, Pyro};
 

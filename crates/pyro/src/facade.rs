@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::backend::container::ContainerBackend;
 use crate::backend::firecracker::{find_firecracker, find_jailer, FirecrackerBackend};
 use crate::backend::qemu::{find_qemu, find_vhost_vsock, QemuBackend};
-use crate::backend::vm::{find_kernel, kvm_usable};
+use crate::backend::vmm::{find_kernel, kvm_usable};
 use crate::backend::{Backend, Isolation};
 use crate::context::Context;
 pub use crate::context::{find_agent, is_static_binary, Config};

@@ -52,8 +52,6 @@
 //! # Ok(()) }
 //! ```
 
-pub mod agent_client;
-pub mod backend;
 pub mod bench;
 pub mod blocking;
 mod context;
@@ -70,6 +68,8 @@ pub mod vm;
 pub mod workspace;
 
 pub use pyro_api::{error, ids, limits, paths, procinfo, user_config};
+pub use pyro_backend as backend;
+pub use pyro_backend::agent_client;
 pub use pyro_image as env;
 pub use pyro_image::unpack;
 pub use pyro_net as network;

@@ -361,7 +361,8 @@ impl Sandbox {
         let ready: Result<()> = async {
             // A VM's agent announces itself first (see `vm::ready_listener`).
             if let Some(ready) = &started.ready {
-                crate::backend::vm::wait_announced(ready, sb.record.runtime, READY_TIMEOUT).await?;
+                crate::backend::vmm::wait_announced(ready, sb.record.runtime, READY_TIMEOUT)
+                    .await?;
             }
             sb.client.wait_ready(READY_TIMEOUT).await.map(|_| ())
         }

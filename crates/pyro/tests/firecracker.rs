@@ -17,7 +17,7 @@ use pyro::agent_client::AgentClient;
 use pyro::backend::firecracker::{
     api, find_firecracker, find_jailer, FirecrackerBackend, JAIL_UID,
 };
-use pyro::backend::vm::{find_kernel, kvm_usable, processes_mentioning};
+use pyro::backend::vmm::{find_kernel, kvm_usable, processes_mentioning};
 use pyro::backend::{Backend, Resources, SandboxSpec};
 use pyro::store::{SandboxKind, SandboxRecord};
 

@@ -21,13 +21,11 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-use crate::backend::qemu::destroy_vm;
-use crate::backend::vm::{self, vm_err, AGENT_PORT, VSOCK_SOCKET};
-use crate::backend::{
-    Backend, CleanupReport, Endpoint, Isolation, LimitsReport, SandboxSpec, Started,
-};
 use crate::error::{IoContext, Result};
-use crate::store::SandboxRecord;
+use crate::qemu::destroy_vm;
+use crate::vmm::{self, vm_err, AGENT_PORT, VSOCK_SOCKET};
+use crate::{Backend, CleanupReport, Endpoint, Isolation, LimitsReport, SandboxSpec, Started};
+use pyro_api::sandbox::SandboxRecord;
 
 const NAME: &str = "firecracker";
 
@@ -46,7 +44,7 @@ pub const BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 quiet random.trust_c
 /// `firecracker`: `$PYRO_FIRECRACKER`, else PATH, else `~/.cache/pyro/firecracker/` (where
 /// `scripts/setup --vm` installs the pinned build).
 pub fn find_firecracker() -> Option<PathBuf> {
-    vm::find_tool("firecracker", "PYRO_FIRECRACKER").or_else(|| {
+    vmm::find_tool("firecracker", "PYRO_FIRECRACKER").or_else(|| {
         let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
         Some(home.join(".cache/pyro/firecracker/firecracker")).filter(|p| p.is_file())
     })
@@ -152,7 +150,7 @@ pub fn jail_problems(run_dir: &Path) -> Vec<String> {
             run_dir.display()
         ));
     }
-    match crate::backend::container::cgroup_version() {
+    match crate::container::cgroup_version() {
         "none" => problems.push(format!(
             "no cgroup filesystem is mounted at {CGROUP_ROOT}, so the jailer cannot limit the VMM's memory (mount -t cgroup2 none {CGROUP_ROOT})"
         )),
@@ -168,7 +166,7 @@ pub fn jail_problems(run_dir: &Path) -> Vec<String> {
 /// `cgroup.subtree_control`) when the root has it but does not yet, as on a host without
 /// systemd: the jailer's `memory.max` needs it. Nothing to do on cgroup v1 or when it is on.
 fn enable_jail_cgroup() -> Result<()> {
-    if crate::backend::container::cgroup_version() != "v2"
+    if crate::container::cgroup_version() != "v2"
         || root_cgroup_lists("cgroup.subtree_control", "memory")
         || !root_cgroup_lists("cgroup.controllers", "memory")
     {
@@ -338,7 +336,7 @@ impl FirecrackerBackend {
         files: &[(&Path, &str, bool)],
         console: std::fs::File,
         log: std::fs::File,
-    ) -> Result<Option<crate::procinfo::ProcessId>> {
+    ) -> Result<Option<pyro_api::procinfo::ProcessId>> {
         let problems = jail_problems(spec.run_dir);
         if !problems.is_empty() {
             return Err(vm_err(NAME, problems.join("; ")));
@@ -352,10 +350,10 @@ impl FirecrackerBackend {
         let netns = spec.run_dir.join("netns");
         new_netns(&netns)?;
         if let Some(plan) = spec.network {
-            crate::network::link::create_bridged(plan, &netns, JAIL_UID).await?;
+            pyro_net::link::create_bridged(plan, &netns, JAIL_UID).await?;
         }
         let limit = (spec.resources.mem_mib << 20) + VMM_OVERHEAD;
-        let (version, cgroup) = if crate::backend::container::cgroup_version() == "v2" {
+        let (version, cgroup) = if crate::container::cgroup_version() == "v2" {
             ("2", format!("memory.max={limit}"))
         } else {
             ("1", format!("memory.limit_in_bytes={limit}"))
@@ -391,14 +389,14 @@ impl FirecrackerBackend {
         }
         // With a new pid namespace the jailer forks Firecracker, writes its pid here and exits.
         let pid_file = chroot.join("firecracker.pid");
-        if !vm::wait_for_path(&pid_file, None, Duration::from_secs(10)).await {
+        if !vmm::wait_for_path(&pid_file, None, Duration::from_secs(10)).await {
             return Err(vm_err(NAME, "the jailer wrote no firecracker.pid"));
         }
         let pid: u32 = std::fs::read_to_string(&pid_file)
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .ok_or_else(|| vm_err(NAME, "unreadable firecracker.pid"))?;
-        Ok(vm::record_process(spec.run_dir, "firecracker", pid))
+        Ok(vmm::record_process(spec.run_dir, "firecracker", pid))
     }
 
     /// Configures the VM through the API and starts it.
@@ -433,14 +431,14 @@ impl FirecrackerBackend {
         if let Some(plan) = spec.network {
             // Jailed, the tap is the one in the VMM's own namespace; unjailed, the host's.
             let tap = if lay.chroot.is_some() {
-                crate::network::link::JAIL_TAP.to_string()
+                pyro_net::link::JAIL_TAP.to_string()
             } else {
                 plan.host_interface.clone()
             };
             put(
                 api_sock,
                 "/network-interfaces/eth0",
-                json!({"iface_id": "eth0", "host_dev_name": tap, "guest_mac": crate::network::guest_mac(spec.id)}),
+                json!({"iface_id": "eth0", "host_dev_name": tap, "guest_mac": pyro_net::guest_mac(spec.id)}),
             )
             .await?;
         }
@@ -495,19 +493,19 @@ impl Backend for FirecrackerBackend {
         true
     }
 
-    fn network_link(&self) -> Option<crate::network::LinkKind> {
+    fn network_link(&self) -> Option<pyro_net::LinkKind> {
         Some(if self.jailed() {
-            crate::network::LinkKind::Bridged
+            pyro_net::LinkKind::Bridged
         } else {
-            crate::network::LinkKind::Tap
+            pyro_net::LinkKind::Tap
         })
     }
 
     async fn start(&self, spec: &SandboxSpec<'_>) -> Result<Started> {
-        vm::make_private_dirs(&[spec.run_dir, spec.state_dir])?;
-        let initrd = vm::initramfs(&self.cache, spec.agent)?;
+        vmm::make_private_dirs(&[spec.run_dir, spec.state_dir])?;
+        let initrd = vmm::initramfs(&self.cache, spec.agent)?;
         let rw_disk = spec.state_dir.join("rw.ext4");
-        vm::ensure_scratch_disk(&rw_disk)?;
+        vmm::ensure_scratch_disk(&rw_disk)?;
         let jailed = self.jailed();
         let lay = Layout::new(spec.run_dir, spec.id, jailed);
         // The guest's serial console is Firecracker's stdout.
@@ -520,7 +518,7 @@ impl Backend for FirecrackerBackend {
         if let Some(chroot) = &lay.chroot {
             std::fs::create_dir_all(chroot).ctx(|| format!("create {}", chroot.display()))?;
         }
-        let ready = vm::ready_listener(&lay.vsock_host)?;
+        let ready = vmm::ready_listener(&lay.vsock_host)?;
         let runtime = match (&self.jailer, jailed) {
             (Some(jailer), true) => {
                 std::os::unix::fs::chown(&rw_disk, Some(JAIL_UID), Some(JAIL_UID))
@@ -536,7 +534,7 @@ impl Backend for FirecrackerBackend {
             }
             _ => {
                 if let Some(plan) = spec.network {
-                    crate::network::link::create_tap(plan).await?;
+                    pyro_net::link::create_tap(plan).await?;
                 }
                 tracing::warn!(
                     "firecracker runs without the jailer (not root, or no jailer): no chroot, uid, cgroup or namespace confinement of the VMM"
@@ -560,10 +558,10 @@ impl Backend for FirecrackerBackend {
                     })?;
                 child
                     .id()
-                    .and_then(|pid| vm::record_process(spec.run_dir, "firecracker", pid))
+                    .and_then(|pid| vmm::record_process(spec.run_dir, "firecracker", pid))
             }
         };
-        if !vm::wait_for_path(&lay.api_sock, runtime, Duration::from_secs(10)).await {
+        if !vmm::wait_for_path(&lay.api_sock, runtime, Duration::from_secs(10)).await {
             let text = std::fs::read_to_string(&log_path).unwrap_or_default();
             return Err(vm_err(
                 NAME,

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, IoContext, Result};
-use crate::procinfo::ProcessId;
-pub use crate::procinfo::{signal_and_wait, terminate, wait_gone};
+use pyro_api::procinfo::ProcessId;
+pub use pyro_api::procinfo::{signal_and_wait, terminate, wait_gone};
 
 pub use pyro_image::kernel::{find_kernel, kernel_dir, KERNEL_FRAGMENT};
 
@@ -199,7 +199,7 @@ pub fn initramfs(cache: &Path, agent: &Path) -> Result<PathBuf> {
 /// Creates a sandbox's empty writable disk: a sparse file with an ext4 filesystem. Its cost does
 /// not depend on the environment's size.
 pub fn make_scratch_disk(path: &Path) -> Result<()> {
-    crate::env::mkfs_ext4(None, path, SCRATCH_DISK_BYTES, 0)
+    pyro_image::mkfs_ext4(None, path, SCRATCH_DISK_BYTES, 0)
 }
 
 /// The sandbox's writable disk: kept when a stopped sandbox starts again (a workspace's files

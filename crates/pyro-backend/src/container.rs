@@ -17,15 +17,13 @@ use std::time::Duration;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use serde_json::{json, Value};
 
-use crate::backend::{
-    Backend, CleanupReport, Isolation, LimitsReport, Resources, SandboxSpec, Started,
-};
 use crate::error::{Error, IoContext, Result};
-use crate::procinfo::ProcessId;
-use crate::store::SandboxRecord;
+use crate::{Backend, CleanupReport, Isolation, LimitsReport, Resources, SandboxSpec, Started};
+use pyro_api::procinfo::ProcessId;
+use pyro_api::sandbox::SandboxRecord;
 
 /// The seccomp profile, loaded in this one place.
-pub const SECCOMP_PROFILE: &str = include_str!("../../../../resources/seccomp/container.json");
+pub const SECCOMP_PROFILE: &str = include_str!("../../../resources/seccomp/container.json");
 
 /// The host uid (and gid) the container's root maps to; 65536 ids from here are mapped.
 pub const UID_SHIFT: u32 = 100_000;
@@ -100,7 +98,7 @@ impl ContainerBackend {
 
     /// Copies the agent where the container's root can reach it, once per agent build.
     fn stage_agent(&self, agent: &Path) -> Result<PathBuf> {
-        crate::backend::stage_executable(agent, &self.agent_dir, "pyro-agent")
+        crate::stage_executable(agent, &self.agent_dir, "pyro-agent")
     }
 }
 
@@ -263,17 +261,17 @@ impl Backend for ContainerBackend {
         UID_SHIFT
     }
 
-    fn network_link(&self) -> Option<crate::network::LinkKind> {
-        Some(crate::network::LinkKind::Veth)
+    fn network_link(&self) -> Option<pyro_net::LinkKind> {
+        Some(pyro_net::LinkKind::Veth)
     }
 
     async fn start(&self, spec: &SandboxSpec<'_>) -> Result<Started> {
         let agent = self.stage_agent(spec.agent)?;
-        crate::backend::make_traversable_dir(spec.run_dir)?;
+        crate::make_traversable_dir(spec.run_dir)?;
         if let Some(parent) = spec.run_dir.parent() {
-            crate::backend::make_traversable_dir(parent)?;
+            crate::make_traversable_dir(parent)?;
             if let Some(root) = parent.parent() {
-                crate::backend::make_traversable_dir(root)?;
+                crate::make_traversable_dir(root)?;
             }
         }
         let upper = spec.state_dir.join("upper");
@@ -361,18 +359,18 @@ impl Backend for ContainerBackend {
             let pid = runtime
                 .map(|p| p.pid)
                 .ok_or_else(|| backend_err("the container's init pid is unknown"))?;
-            crate::network::link::create_veth(plan, pid).await?;
+            pyro_net::link::create_veth(plan, pid).await?;
         }
         Ok(Started {
             runtime,
-            endpoint: crate::backend::Endpoint::Unix(socket_path(spec.run_dir)),
+            endpoint: crate::Endpoint::Unix(socket_path(spec.run_dir)),
             limits: read_limits(spec.id, &spec.resources),
             ready: None,
         })
     }
 
-    fn endpoint(&self, record: &SandboxRecord) -> crate::backend::Endpoint {
-        crate::backend::Endpoint::Unix(socket_path(&record.run_dir))
+    fn endpoint(&self, record: &SandboxRecord) -> crate::Endpoint {
+        crate::Endpoint::Unix(socket_path(&record.run_dir))
     }
 
     async fn stop(&self, record: &SandboxRecord) -> CleanupReport {
@@ -381,7 +379,7 @@ impl Backend for ContainerBackend {
         // do it ourselves, by pidfd (immune to pid reuse), and wait for the exit: `runc delete
         // --force` does the same but sleeps in 100 ms steps.
         let killed = record.runtime.filter(ProcessId::is_alive).is_some_and(|p| {
-            crate::procinfo::signal_and_wait(p, libc::SIGKILL, Duration::from_secs(10))
+            pyro_api::procinfo::signal_and_wait(p, libc::SIGKILL, Duration::from_secs(10))
         });
         let mut args = vec!["delete"];
         if !killed {
@@ -415,7 +413,7 @@ impl Backend for ContainerBackend {
         remove_cgroups(&record.id);
         // After the kill: the veth pair dies with the container's network namespace, so only
         // the table (and a link whose namespace is still being torn down) is left to remove.
-        errors.extend(crate::network::link::teardown(&record.id, &record.state_dir).await);
+        errors.extend(pyro_net::link::teardown(&record.id, &record.state_dir).await);
         let rootfs = record.run_dir.join("rootfs");
         match umount2(&rootfs, MntFlags::MNT_DETACH) {
             Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}

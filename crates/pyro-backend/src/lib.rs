@@ -2,11 +2,12 @@
 //! or one-shot runs: whatever isolates a sandbox, it runs the same agent as PID 1 and the host
 //! reaches it over a Unix socket.
 
+pub mod agent_client;
 pub mod bootcheck;
 pub mod container;
 pub mod firecracker;
 pub mod qemu;
-pub mod vm;
+pub mod vmm;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -16,8 +17,9 @@ use serde::Serialize;
 pub use crate::agent_client::Endpoint;
 
 use crate::error::{IoContext, Result};
-use crate::procinfo::ProcessId;
-use crate::store::SandboxRecord;
+pub(crate) use pyro_api::error;
+use pyro_api::procinfo::ProcessId;
+use pyro_api::sandbox::SandboxRecord;
 
 pub use pyro_api::{Isolation, Resources};
 
@@ -53,7 +55,7 @@ pub struct SandboxSpec<'a> {
     /// Limits.
     pub resources: Resources,
     /// The sandbox's network, if it has one (its lease is recorded and its marker written).
-    pub network: Option<&'a crate::network::NetPlan>,
+    pub network: Option<&'a pyro_net::NetPlan>,
 }
 
 /// A started sandbox.
@@ -96,7 +98,7 @@ pub trait Backend: Send + Sync {
         false
     }
     /// How this backend connects a sandbox to the host's network, or `None` when it cannot.
-    fn network_link(&self) -> Option<crate::network::LinkKind> {
+    fn network_link(&self) -> Option<pyro_net::LinkKind> {
         None
     }
     /// Creates and starts a sandbox; the agent may not be ready yet when this returns.
@@ -155,13 +157,13 @@ pub(crate) fn make_traversable_dir(dir: &Path) -> Result<()> {
 
 /// Checks that `backend` can connect a sandbox on this host, before anything is made: a
 /// sandbox that asked for a network never silently runs without.
-pub fn check_network(backend: &dyn Backend) -> Result<crate::network::LinkKind> {
+pub fn check_network(backend: &dyn Backend) -> Result<pyro_net::LinkKind> {
     let link = backend.network_link().ok_or_else(|| {
         crate::error::Error::NetworkUnavailable(format!(
             "the {} backend cannot connect sandboxes to a network; use --isolation vm-emulated or container",
             backend.name()
         ))
     })?;
-    crate::network::check_host(link)?;
+    pyro_net::check_host(link)?;
     Ok(link)
 }

@@ -17,12 +17,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::agent_client::AgentClient;
-use crate::backend::vm::{self, vm_err, AGENT_PORT, VSOCK_SOCKET};
-use crate::backend::{
-    Backend, CleanupReport, Endpoint, Isolation, LimitsReport, SandboxSpec, Started,
-};
 use crate::error::{IoContext, Result};
-use crate::store::SandboxRecord;
+use crate::vmm::{self, vm_err, AGENT_PORT, VSOCK_SOCKET};
+use crate::{Backend, CleanupReport, Endpoint, Isolation, LimitsReport, SandboxSpec, Started};
+use pyro_api::sandbox::SandboxRecord;
 
 const NAME: &str = "qemu";
 
@@ -41,12 +39,12 @@ pub struct QemuBackend {
 
 /// `qemu-system-x86_64`: `$PYRO_QEMU`, else PATH.
 pub fn find_qemu() -> Option<PathBuf> {
-    vm::find_tool("qemu-system-x86_64", "PYRO_QEMU")
+    vmm::find_tool("qemu-system-x86_64", "PYRO_QEMU")
 }
 
 /// `vhost-device-vsock`: `$PYRO_VHOST_VSOCK`, else PATH, `~/.cache/pyro/cargo/bin`, `~/.cargo/bin`.
 pub fn find_vhost_vsock() -> Option<PathBuf> {
-    vm::find_tool("vhost-device-vsock", "PYRO_VHOST_VSOCK")
+    vmm::find_tool("vhost-device-vsock", "PYRO_VHOST_VSOCK")
 }
 
 impl QemuBackend {
@@ -68,7 +66,7 @@ impl QemuBackend {
     }
 
     /// The kernel command line.
-    fn cmdline(&self, net: Option<&crate::network::NetPlan>) -> String {
+    fn cmdline(&self, net: Option<&pyro_net::NetPlan>) -> String {
         // random.trust_cpu=on: the tinyconfig-based guest kernel does not credit RDRAND
         // otherwise, and a guest process that needs random numbers early (Firecracker inside a
         // test host, for one) blocks for seconds waiting for entropy.
@@ -80,7 +78,7 @@ impl QemuBackend {
             c.push_str(&plan.kernel_arg());
         }
         if !self.kvm {
-            if let Some(khz) = vm::host_tsc_khz() {
+            if let Some(khz) = vmm::host_tsc_khz() {
                 c.push_str(&format!(" tsc_early_khz={khz}"));
             }
             // The guest's TSC is the host's (constant) TSC; without this the clocksource
@@ -134,7 +132,7 @@ impl QemuBackend {
                 "-device".into(),
                 format!(
                     "virtio-net-device,netdev=net0,mac={}",
-                    crate::network::guest_mac(spec.id)
+                    pyro_net::guest_mac(spec.id)
                 ),
             ];
         }
@@ -249,21 +247,21 @@ impl Backend for QemuBackend {
         true
     }
 
-    fn network_link(&self) -> Option<crate::network::LinkKind> {
-        Some(crate::network::LinkKind::Tap)
+    fn network_link(&self) -> Option<pyro_net::LinkKind> {
+        Some(pyro_net::LinkKind::Tap)
     }
 
     async fn start(&self, spec: &SandboxSpec<'_>) -> Result<Started> {
-        vm::make_private_dirs(&[spec.run_dir, spec.state_dir])?;
-        let initrd = vm::initramfs(&self.cache, spec.agent)?;
+        vmm::make_private_dirs(&[spec.run_dir, spec.state_dir])?;
+        let initrd = vmm::initramfs(&self.cache, spec.agent)?;
         let rw_disk = spec.state_dir.join("rw.ext4");
-        vm::ensure_scratch_disk(&rw_disk)?;
+        vmm::ensure_scratch_disk(&rw_disk)?;
         // vhost-device-vsock maps all guest memory and parses the guest's virtqueues, so as
         // root it too runs under the sandbox's own uid; its sockets live in a directory of
         // that uid, inside a run directory others may traverse but not list or write.
         let as_root = nix::unistd::geteuid().is_root();
         let sock_dir = socket_dir(spec.run_dir);
-        vm::make_private_dirs(&[&sock_dir])?;
+        vmm::make_private_dirs(&[&sock_dir])?;
         let uid = vmm_uid(spec.id);
         if as_root {
             std::os::unix::fs::chown(&sock_dir, Some(uid), Some(uid))
@@ -287,9 +285,9 @@ impl Backend for QemuBackend {
             let sandboxes = spec.run_dir.parent().unwrap_or(spec.run_dir);
             let run_root = sandboxes.parent().unwrap_or(sandboxes);
             for d in [run_root, sandboxes] {
-                crate::backend::make_traversable_dir(d)?;
+                crate::make_traversable_dir(d)?;
             }
-            let bin = crate::backend::stage_executable(
+            let bin = crate::stage_executable(
                 &self.vhost_vsock,
                 &run_root.join("bin"),
                 "vhost-device-vsock",
@@ -323,8 +321,8 @@ impl Backend for QemuBackend {
             })?;
         let helper_id = helper
             .id()
-            .and_then(|pid| vm::record_process(spec.run_dir, "vhost-device-vsock", pid));
-        if !vm::wait_for_path(&vhost_sock, helper_id, Duration::from_secs(10)).await {
+            .and_then(|pid| vmm::record_process(spec.run_dir, "vhost-device-vsock", pid));
+        if !vmm::wait_for_path(&vhost_sock, helper_id, Duration::from_secs(10)).await {
             let text = std::fs::read_to_string(spec.state_dir.join("vhost-device-vsock.log"))
                 .unwrap_or_default();
             return Err(vm_err(
@@ -337,9 +335,9 @@ impl Backend for QemuBackend {
         }
 
         let args = self.args(spec, &initrd, &rw_disk, &vhost_sock, &console)?;
-        let ready = vm::ready_listener(&vsock)?;
+        let ready = vmm::ready_listener(&vsock)?;
         if let Some(plan) = spec.network {
-            crate::network::link::create_tap(plan).await?;
+            pyro_net::link::create_tap(plan).await?;
         }
         let qlog = log("qemu.log")?;
         let child = tokio::process::Command::new(&self.qemu)
@@ -352,7 +350,7 @@ impl Backend for QemuBackend {
             .map_err(|e| vm_err(NAME, format!("cannot start {}: {e}", self.qemu.display())))?;
         let runtime = child
             .id()
-            .and_then(|pid| vm::record_process(spec.run_dir, "qemu", pid));
+            .and_then(|pid| vmm::record_process(spec.run_dir, "qemu", pid));
         if runtime.is_none() {
             let text = std::fs::read_to_string(spec.state_dir.join("qemu.log")).unwrap_or_default();
             return Err(vm_err(
@@ -406,7 +404,7 @@ pub(crate) async fn destroy_vm(
     keep_state: bool,
 ) -> CleanupReport {
     let mut errors = Vec::new();
-    let had_network = crate::network::marker(&record.state_dir).exists();
+    let had_network = pyro_net::marker(&record.state_dir).exists();
     if let Some(vmm) = record.runtime.filter(|p| p.is_alive()) {
         let client = AgentClient::at(Endpoint::HybridVsock {
             uds: vsock.to_path_buf(),
@@ -414,13 +412,13 @@ pub(crate) async fn destroy_vm(
         });
         let asked = tokio::time::timeout(Duration::from_secs(2), client.shutdown()).await;
         if matches!(asked, Ok(Ok(()))) {
-            let _ = tokio::task::spawn_blocking(move || vm::wait_gone(vmm, POWER_OFF_GRACE)).await;
+            let _ = tokio::task::spawn_blocking(move || vmm::wait_gone(vmm, POWER_OFF_GRACE)).await;
         }
     }
     let (run_dir, state_dir) = (record.run_dir.clone(), record.state_dir.clone());
     match tokio::task::spawn_blocking(move || {
         let mut errors = Vec::new();
-        vm::remove_vm_sandbox(
+        vmm::remove_vm_sandbox(
             &run_dir,
             (!keep_state).then_some(state_dir.as_path()),
             &mut errors,
@@ -434,9 +432,9 @@ pub(crate) async fn destroy_vm(
     }
     // The tap goes once the VMM holding it is gone.
     if had_network {
-        let net_errors = crate::network::link::remove_all(&record.id).await;
+        let net_errors = pyro_net::link::remove_all(&record.id).await;
         if net_errors.is_empty() && keep_state {
-            let _ = std::fs::remove_file(crate::network::marker(&record.state_dir));
+            let _ = std::fs::remove_file(pyro_net::marker(&record.state_dir));
         }
         errors.extend(net_errors);
     }
