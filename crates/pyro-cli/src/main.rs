@@ -1,6 +1,7 @@
 //! The `pyro` binary: parse, call the library, print. No business logic lives here.
 
 mod cli;
+mod cli_host;
 mod cli_kernel;
 mod cli_workspace;
 mod commands;
