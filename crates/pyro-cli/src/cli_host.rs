@@ -43,7 +43,8 @@ pub struct HostEntryArgs {
     #[arg(long)]
     pub isolation: Option<String>,
     /// The client's project file in the current directory instead of the user's: Claude
-    /// Code's .mcp.json, Codex's .codex/config.toml, OpenCode's opencode.json.
+    /// Code's .mcp.json (Claude asks to approve it on first use), Codex's .codex/config.toml
+    /// (read only in a project Codex trusts), OpenCode's opencode.json.
     #[arg(long)]
     pub project: bool,
     #[command(flatten)]

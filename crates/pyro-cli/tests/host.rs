@@ -475,6 +475,17 @@ fn unshare_prefix() -> Result<Vec<&'static str>, String> {
 /// Runs a client's CLI with the temporary HOME, only loopback, and the environment the server
 /// it starts needs to find this test's state.
 fn run_client(h: &Host, bin: &Path, args: &[&str]) -> Output {
+    run_client_in(h, &h.home, bin, args, &[])
+}
+
+/// [`run_client`] in the directory `cwd`, where a project's config file may be.
+fn run_client_in(
+    h: &Host,
+    cwd: &Path,
+    bin: &Path,
+    args: &[&str],
+    envs: &[(&str, &Path)],
+) -> Output {
     let prefix = unshare_prefix().unwrap();
     let script = "ip link set lo up 2>/dev/null; exec timeout 120 \"$@\"";
     let mut c = Command::new(prefix[0]);
@@ -489,7 +500,9 @@ fn run_client(h: &Host, bin: &Path, args: &[&str]) -> Output {
         .env("PYRO_CACHE_DIR", &h.pyro.cache)
         .env("PYRO_CONFIG", h.pyro.config_file())
         .env("NO_COLOR", "1")
-        .env("TERM", "dumb");
+        .env("TERM", "dumb")
+        .envs(envs.iter().copied())
+        .current_dir(cwd);
     if let Some(a) = util::agent() {
         c.env("PYRO_AGENT", a);
     }
@@ -527,6 +540,23 @@ fn real_claude_code_lists_and_connects_to_pyro() {
     let text = stdout(&out);
     assert!(text.contains("PYRO_ISOLATION=container"), "{text}");
     assert!(text.contains("User config"), "{text}");
+
+    // A project's .mcp.json (in a HOME without the user's entry): listed, waiting for the
+    // user's approval as Claude Code does.
+    let h = Host::new();
+    let project = h.home.join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    let out = h
+        .cmd(&["host", "connect", "claude-code", "--project"])
+        .current_dir(&project)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(project.join(".mcp.json").exists());
+    let out = run_client_in(&h, &project, &claude, &["mcp", "get", "pyro"], &[]);
+    let text = stdout(&out);
+    assert!(text.contains("Project config"), "{text}");
+    assert!(text.contains(&format!("Command: {}", exe())), "{text}");
 }
 
 #[test]
@@ -554,6 +584,27 @@ fn real_codex_lists_pyro() {
         serde_json::json!(["mcp", "serve"])
     );
     assert_eq!(pyro["transport"]["env"]["PYRO_ISOLATION"], "container");
+
+    // $CODEX_HOME moves Codex's file, for pyro as for Codex.
+    let h = Host::new();
+    let codex_home = h.home.join("elsewhere");
+    let out = h
+        .cmd(&["host", "connect", "codex"])
+        .env("CODEX_HOME", &codex_home)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(codex_home.join("config.toml").exists());
+    let out = run_client_in(
+        &h,
+        &h.home,
+        &codex,
+        &["mcp", "list", "--json"],
+        &[("CODEX_HOME", &codex_home)],
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["name"], "pyro", "{v}");
+    assert_eq!(v[0]["transport"]["command"], exe(), "{v}");
 }
 
 #[test]
@@ -576,4 +627,18 @@ fn real_opencode_lists_and_connects_to_pyro() {
         rest.starts_with("pyro") && rest.contains("connected"),
         "{text}"
     );
+
+    // A project's opencode.json.
+    let h = Host::new();
+    let project = h.home.join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    let out = h
+        .cmd(&["host", "connect", "opencode", "--project"])
+        .current_dir(&project)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(project.join("opencode.json").exists());
+    let out = run_client_in(&h, &project, &opencode, &["mcp", "list"], &[]);
+    assert!(stdout(&out).contains("connected"), "{}", stdout(&out));
 }
