@@ -199,6 +199,8 @@ fn the_models_tool_call_runs_in_a_real_sandbox() {
         let params = &tool["function"]["parameters"];
         assert!(params["properties"]["command"].is_object(), "{params}");
         assert!(params["properties"]["environment"].is_object(), "{params}");
+        // The level is the demo's to choose, so the model is not offered it.
+        assert!(params["properties"].get("isolation").is_none(), "{params}");
     }
     let second = &requests[1].1["messages"];
     assert_eq!(second[2]["tool_calls"][0]["id"], "call_git", "{second}");

@@ -166,7 +166,7 @@ async fn talk(
         "function": {
             "name": TOOL,
             "description": tool.description.as_deref().unwrap_or_default(),
-            "parameters": Value::Object((*tool.input_schema).clone()),
+            "parameters": model_schema(&tool.input_schema),
         }
     }]);
 
@@ -315,6 +315,30 @@ async fn talk(
         "raise --max-rounds, or try another model",
     )
     .into())
+}
+
+/// The MCP tool's input schema as the model is shown it: without `isolation` (the demo sets
+/// the level), without `$schema`, and with `["T", "null"]` types as plain `T`, which chat
+/// servers that read only one type (older Ollama releases) accept.
+fn model_schema(schema: &serde_json::Map<String, Value>) -> Value {
+    let mut schema = schema.clone();
+    schema.remove("$schema");
+    if let Some(Value::Object(props)) = schema.get_mut("properties") {
+        props.remove("isolation");
+        for prop in props.values_mut() {
+            if let Some(Value::Array(types)) = prop.get("type") {
+                let plain: Vec<&Value> = types.iter().filter(|t| *t != "null").collect();
+                if let [only] = plain[..] {
+                    let only = only.clone();
+                    prop["type"] = only;
+                }
+            }
+        }
+    }
+    if let Some(Value::Array(required)) = schema.get_mut("required") {
+        required.retain(|r| r != "isolation");
+    }
+    Value::Object(schema)
 }
 
 /// A tool call's arguments: OpenAI sends a JSON string, some servers an object.
@@ -504,6 +528,28 @@ mod tests {
         assert_eq!(arguments_of(&o).unwrap()["command"], "true");
         let bad = json!({"function": {"name": "vm_run", "arguments": "[1]"}});
         assert!(arguments_of(&bad).is_none());
+    }
+
+    #[test]
+    fn the_model_sees_a_plain_schema_without_isolation() {
+        let schema = json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "type": "object",
+            "properties": {
+                "command": {"type": "string"},
+                "isolation": {"type": ["string", "null"]},
+                "stdin": {"type": ["string", "null"], "default": null},
+            },
+            "required": ["command"],
+        });
+        let Value::Object(schema) = schema else {
+            unreachable!()
+        };
+        let s = model_schema(&schema);
+        assert!(s.get("$schema").is_none(), "{s}");
+        assert!(s["properties"].get("isolation").is_none(), "{s}");
+        assert_eq!(s["properties"]["stdin"]["type"], "string", "{s}");
+        assert_eq!(s["required"], json!(["command"]));
     }
 
     #[test]
