@@ -319,7 +319,7 @@ async fn talk(
 
 /// The MCP tool's input schema as the model is shown it: without `isolation` (the demo sets
 /// the level), without `$schema`, and with `["T", "null"]` types as plain `T`, which chat
-/// servers that read only one type (older Ollama releases) accept.
+/// servers that read only one type accept (Ollama 0.6 refused the array: ollama/ollama#10328).
 fn model_schema(schema: &serde_json::Map<String, Value>) -> Value {
     let mut schema = schema.clone();
     schema.remove("$schema");
