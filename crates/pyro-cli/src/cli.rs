@@ -47,7 +47,8 @@ pub enum Command {
     /// VM runtime pieces: the pinned Firecracker and jailer.
     Runtime(RuntimeArgs),
     /// Prove the one-shot lifecycle on this host: `git --version` in a fresh debian:12 sandbox
-    /// (with --network: `apt-get update` through the sandbox's own network).
+    /// (with --network: `apt-get update` through the sandbox's own network). `pyro demo
+    /// ollama`: a model drives the same run through an OpenAI-compatible chat API.
     Demo(DemoArgs),
     /// The guest kernel of the VM levels as an OCI artifact: list, inspect, pull, push.
     #[command(subcommand)]
@@ -56,6 +57,10 @@ pub enum Command {
     /// ~/.config/pyro/config.toml ($PYRO_CONFIG). Flags and PYRO_* variables override them.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Register pyro's MCP server with an MCP client (Claude Code, Codex, OpenCode), print
+    /// the entry, or check the entries.
+    #[command(subcommand)]
+    Host(crate::cli_host::HostCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,7 +143,10 @@ pub struct RuntimeInstallArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct DemoArgs {
+    #[command(subcommand)]
+    pub command: Option<crate::cli_host::DemoCommand>,
     /// Give the sandbox egress and fetch the Debian package lists through it.
     #[arg(long)]
     pub network: bool,

@@ -2,6 +2,7 @@
 
 mod cli;
 mod cli_common;
+mod cli_host;
 mod cli_kernel;
 mod cli_workspace;
 mod commands;

@@ -34,9 +34,13 @@ fn format_phase_line(tag: &str, fields: &[(&str, String)]) -> String {
 /// Reports an error (JSON envelope on stdout with `--json`, else `error:` and `hint:` on
 /// stderr) and returns exit code 2 for usage errors, else 1.
 pub fn fail(json: bool, err: &anyhow::Error) -> ExitCode {
-    let (kind, hint) = match err.downcast_ref::<pyro::Error>() {
-        Some(e) => (e.kind(), e.hint()),
-        None => ("error", None),
+    let (kind, hint) = match (
+        err.downcast_ref::<pyro::Error>(),
+        err.downcast_ref::<Hinted>(),
+    ) {
+        (Some(e), _) => (e.kind(), e.hint()),
+        (None, Some(h)) => (h.kind, h.hint.clone()),
+        (None, None) => ("error", None),
     };
     // A request pyro refused before doing anything (a value out of range, a bad setting) is a
     // usage error, like one clap refuses.
@@ -57,6 +61,36 @@ pub fn fail(json: bool, err: &anyhow::Error) -> ExitCode {
     }
     ExitCode::from(code)
 }
+
+/// An error of the CLI's own (not the library's), with a stable kind and a hint for the user.
+#[derive(Debug)]
+pub struct Hinted {
+    /// The `kind` in the JSON envelope, e.g. `client_config_invalid`.
+    pub kind: &'static str,
+    /// What went wrong.
+    pub message: String,
+    /// What to do about it.
+    pub hint: Option<String>,
+}
+
+impl Hinted {
+    /// An error of `kind` with a message and a hint.
+    pub fn new(kind: &'static str, message: impl Into<String>, hint: impl Into<String>) -> Hinted {
+        Hinted {
+            kind,
+            message: message.into(),
+            hint: Some(hint.into()),
+        }
+    }
+}
+
+impl std::fmt::Display for Hinted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Hinted {}
 
 /// The error with its causes, each said once: a library error already shows its cause (an OS
 /// error) in its own text, and `{:#}` would repeat it.

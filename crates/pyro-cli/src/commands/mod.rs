@@ -5,8 +5,10 @@ mod config;
 mod doctor;
 mod env;
 mod gc;
+mod host;
 mod kernel;
 mod mcp;
+mod ollama;
 mod run;
 mod runtime;
 mod workspace;
@@ -18,11 +20,15 @@ use crate::cli::{Cli, Command};
 /// Runs the chosen command.
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     // The config file is edited without opening the state database.
-    if let Command::Config(c) = cli.command {
-        return config::config(c);
-    }
+    // The config file, and MCP clients' config files, are edited without opening the state
+    // database.
+    let command = match cli.command {
+        Command::Config(c) => return config::config(c),
+        Command::Host(c) => return host::host(c),
+        other => other,
+    };
     let pyro = pyro::Pyro::open(pyro::Config::from_env()).await?;
-    match cli.command {
+    match command {
         Command::Run(a) => run::run(&pyro, a).await,
         Command::Env(a) => env::env(&pyro, a).await,
         Command::Doctor(a) => doctor::doctor(&pyro, a).await,
@@ -32,8 +38,12 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Mcp(c) => mcp::mcp(pyro, c).await,
         Command::Runtime(a) => runtime::runtime(&pyro, a).await,
         Command::Kernel(c) => kernel::kernel(&pyro, c).await,
-        Command::Demo(a) => run::demo(&pyro, a).await,
+        Command::Demo(a) => match a.command {
+            Some(crate::cli_host::DemoCommand::Ollama(o)) => ollama::ollama(pyro, o).await,
+            None => run::demo(&pyro, a).await,
+        },
         Command::Config(c) => config::config(c),
+        Command::Host(c) => host::host(c),
     }
 }
 
