@@ -14,7 +14,9 @@ pub mod paths;
 pub mod ports;
 pub mod procinfo;
 pub mod sandbox;
+pub mod state;
 pub mod user_config;
 
 pub use error::{Error, Result};
 pub use isolation::{Isolation, Resources};
+pub use state::{BackendKind, SandboxState, VmState, WorkspaceState};

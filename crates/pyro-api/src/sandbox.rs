@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::ids::now_ms;
 use crate::procinfo::ProcessId;
+use crate::state::{BackendKind, SandboxState};
 
 /// What kind of object a sandbox record belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -48,14 +49,14 @@ pub struct SandboxRecord {
     pub kind: SandboxKind,
     /// Isolation level name.
     pub isolation: String,
-    /// Backend name.
-    pub backend: String,
+    /// Backend.
+    pub backend: BackendKind,
     /// Environment name.
     pub environment: String,
     /// Manifest digest of the environment.
     pub environment_digest: String,
-    /// `creating`, `running` or `deleting`.
-    pub state: String,
+    /// Where it is.
+    pub state: SandboxState,
     /// The process that owns this sandbox, if it is ephemeral.
     #[serde(skip)]
     pub owner: Option<ProcessId>,
@@ -77,7 +78,7 @@ impl SandboxRecord {
         id: String,
         kind: SandboxKind,
         isolation: &str,
-        backend: &str,
+        backend: BackendKind,
         environment: &str,
         digest: &str,
         state_dir: PathBuf,
@@ -88,10 +89,10 @@ impl SandboxRecord {
             id,
             kind,
             isolation: isolation.into(),
-            backend: backend.into(),
+            backend,
             environment: environment.into(),
             environment_digest: digest.into(),
-            state: "creating".into(),
+            state: SandboxState::Creating,
             owner,
             runtime: None,
             state_dir,

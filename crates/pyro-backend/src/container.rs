@@ -249,8 +249,8 @@ fn read_limits(id: &str, res: &Resources) -> LimitsReport {
 
 #[async_trait::async_trait]
 impl Backend for ContainerBackend {
-    fn name(&self) -> &'static str {
-        "container"
+    fn kind(&self) -> crate::BackendKind {
+        crate::BackendKind::Container
     }
 
     fn isolation(&self) -> Isolation {

@@ -477,8 +477,8 @@ impl FirecrackerBackend {
 
 #[async_trait::async_trait]
 impl Backend for FirecrackerBackend {
-    fn name(&self) -> &'static str {
-        NAME
+    fn kind(&self) -> crate::BackendKind {
+        crate::BackendKind::Firecracker
     }
 
     fn isolation(&self) -> Isolation {

@@ -21,7 +21,7 @@ pub(crate) use pyro_api::error;
 use pyro_api::procinfo::ProcessId;
 use pyro_api::sandbox::SandboxRecord;
 
-pub use pyro_api::{Isolation, Resources};
+pub use pyro_api::{BackendKind, Isolation, Resources};
 
 /// Which limits the host actually enforced, read back after start.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -86,8 +86,12 @@ pub struct CleanupReport {
 /// A way to isolate sandboxes.
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync {
-    /// The backend's name (`container`, `firecracker`, `qemu`).
-    fn name(&self) -> &'static str;
+    /// Which backend it is.
+    fn kind(&self) -> BackendKind;
+    /// The backend's name, as results show it.
+    fn name(&self) -> &'static str {
+        self.kind().as_str()
+    }
     /// The isolation level it gives.
     fn isolation(&self) -> Isolation;
     /// The host uid that the sandbox's root maps to, for unpacking root filesystems.

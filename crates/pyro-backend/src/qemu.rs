@@ -227,8 +227,8 @@ pub const VMM_UID_BASE: u32 = 1 << 30;
 
 #[async_trait::async_trait]
 impl Backend for QemuBackend {
-    fn name(&self) -> &'static str {
-        NAME
+    fn kind(&self) -> crate::BackendKind {
+        crate::BackendKind::Qemu
     }
 
     fn isolation(&self) -> Isolation {

@@ -12,6 +12,7 @@ use pyro_api::error::{Error, IoContext, Result};
 use pyro_api::procinfo::ProcessId;
 
 pub use pyro_api::sandbox::{SandboxKind, SandboxRecord};
+pub use pyro_api::{BackendKind, SandboxState, WorkspaceState};
 
 /// The state database.
 pub struct Store {
@@ -447,7 +448,7 @@ pub struct WorkspaceRow {
     /// Backend.
     pub backend: String,
     /// `creating`, `running`, `stopped`, `resetting` or `broken`.
-    pub state: String,
+    pub state: WorkspaceState,
     /// vCPUs.
     pub vcpus: u32,
     /// Memory, MiB.
@@ -635,7 +636,7 @@ impl Store {
     }
 
     /// Sets a workspace's state.
-    pub fn set_workspace_state(&self, id: &str, state: &str) -> Result<()> {
+    pub fn set_workspace_state(&self, id: &str, state: WorkspaceState) -> Result<()> {
         self.conn().execute(
             "UPDATE workspaces SET state = ?2 WHERE id = ?1",
             params![id, state],
@@ -813,6 +814,34 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<SandboxRecord> {
     })
 }
 
+/// The network's leases and published ports live in this database.
+impl pyro_net::LeaseStore for Store {
+    fn lease_slot(
+        &self,
+        id: &str,
+        spec_json: &str,
+        pick: &mut dyn FnMut(&std::collections::HashSet<u32>) -> Option<u32>,
+    ) -> Result<Option<u32>> {
+        self.lease_network(id, spec_json, pick)
+    }
+
+    fn move_slot(
+        &self,
+        id: &str,
+        pick: &mut dyn FnMut(&std::collections::HashSet<u32>) -> Option<u32>,
+    ) -> Result<Option<u32>> {
+        self.move_network(id, pick)
+    }
+
+    fn leased(&self, id: &str) -> Result<Option<(u32, String)>> {
+        self.network(id)
+    }
+
+    fn published_ports(&self, id: &str) -> Result<Vec<pyro_api::ports::PublishedPort>> {
+        Store::published_ports(self, id, None)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -822,7 +851,7 @@ mod tests {
             id.into(),
             SandboxKind::Run,
             "container",
-            "container",
+            BackendKind::Container,
             "debian:12",
             "sha256:00",
             "/s".into(),
@@ -905,7 +934,10 @@ mod tests {
         assert_eq!(user_version(&path), 0);
         let store = Store::open(&path).unwrap();
         assert_eq!(user_version(&path), SCHEMA_VERSION);
-        assert_eq!(store.get("aaaaaaaaaaaa").unwrap().unwrap().state, "running");
+        assert_eq!(
+            store.get("aaaaaaaaaaaa").unwrap().unwrap().state,
+            SandboxState::Running
+        );
         let w = store.workspace("demo").unwrap().unwrap();
         assert_eq!((w.id.as_str(), w.mem_mib), ("aaaaaaaaaaaa", 1024));
         let logs = store.logs("aaaaaaaaaaaa").unwrap();
@@ -953,7 +985,7 @@ mod tests {
         let me = ProcessId::current();
         store.set_running("aaaaaaaaaaaa", Some(me)).unwrap();
         let got = store.get("aaaaaaaaaaaa").unwrap().unwrap();
-        assert_eq!(got.state, "running");
+        assert_eq!(got.state, SandboxState::Running);
         assert_eq!(got.owner, Some(dead));
         assert_eq!(got.runtime, Some(me));
         assert!(store
@@ -977,33 +1009,5 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
-    }
-}
-
-/// The network's leases and published ports live in this database.
-impl pyro_net::LeaseStore for Store {
-    fn lease_slot(
-        &self,
-        id: &str,
-        spec_json: &str,
-        pick: &mut dyn FnMut(&std::collections::HashSet<u32>) -> Option<u32>,
-    ) -> Result<Option<u32>> {
-        self.lease_network(id, spec_json, pick)
-    }
-
-    fn move_slot(
-        &self,
-        id: &str,
-        pick: &mut dyn FnMut(&std::collections::HashSet<u32>) -> Option<u32>,
-    ) -> Result<Option<u32>> {
-        self.move_network(id, pick)
-    }
-
-    fn leased(&self, id: &str) -> Result<Option<(u32, String)>> {
-        self.network(id)
-    }
-
-    fn published_ports(&self, id: &str) -> Result<Vec<pyro_api::ports::PublishedPort>> {
-        Store::published_ports(self, id, None)
     }
 }

@@ -100,7 +100,7 @@ pub struct HostMemory {
 
 /// Reads the host memory of a live sandbox.
 fn host_memory(record: &crate::store::SandboxRecord) -> Option<HostMemory> {
-    if record.backend == "container" {
+    if record.backend == crate::backend::BackendKind::Container {
         let id = &record.id;
         let v1 = format!("/sys/fs/cgroup/memory/pyro/{id}/memory.usage_in_bytes");
         let v2 = format!("/sys/fs/cgroup/pyro/{id}/memory.current");

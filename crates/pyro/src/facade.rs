@@ -9,7 +9,7 @@ use crate::backend::container::ContainerBackend;
 use crate::backend::firecracker::{find_firecracker, find_jailer, FirecrackerBackend};
 use crate::backend::qemu::{find_qemu, find_vhost_vsock, QemuBackend};
 use crate::backend::vmm::{find_kernel, kvm_usable};
-use crate::backend::{Backend, Isolation};
+use crate::backend::{Backend, BackendKind, Isolation};
 use crate::context::Context;
 pub use crate::context::{find_agent, is_static_binary, Config};
 pub use crate::engine::Pyro;
@@ -306,32 +306,29 @@ impl Pyro {
         }
     }
 
-    pub(crate) fn backend_named(&self, name: &str) -> Option<Arc<dyn Backend>> {
-        match name {
-            "container" => {
+    /// The backend that removes or stops a recorded sandbox of `kind`.
+    pub(crate) fn backend_of(&self, kind: BackendKind) -> Arc<dyn Backend> {
+        match kind {
+            BackendKind::Container => {
                 // Deleting needs runc even when it vanished since; "runc" fails cleanly.
                 let runc = self.inner.runc().unwrap_or_else(|| PathBuf::from("runc"));
-                Some(Arc::new(ContainerBackend::new(
-                    runc,
-                    &self.inner.config.paths.run,
-                )))
+                Arc::new(ContainerBackend::new(runc, &self.inner.config.paths.run))
             }
             // Deleting a VM sandbox needs none of the tools: it ends recorded processes and
             // removes files.
-            "firecracker" => Some(Arc::new(FirecrackerBackend::new(
+            BackendKind::Firecracker => Arc::new(FirecrackerBackend::new(
                 PathBuf::new(),
                 None,
                 PathBuf::new(),
                 self.inner.config.paths.cache.clone(),
-            ))),
-            "qemu" => Some(Arc::new(QemuBackend::new(
+            )),
+            BackendKind::Qemu => Arc::new(QemuBackend::new(
                 PathBuf::new(),
                 PathBuf::new(),
                 PathBuf::new(),
                 self.inner.config.paths.cache.clone(),
                 false,
-            ))),
-            _ => None,
+            )),
         }
     }
 

@@ -122,12 +122,7 @@ impl Pyro {
             // Another pyro claimed it first.
             return Ok(());
         }
-        let Some(backend) = self.backend_named(&rec.backend) else {
-            report
-                .errors
-                .push(format!("{}: unknown backend {}", rec.id, rec.backend));
-            return Ok(());
-        };
+        let backend = self.backend_of(rec.backend);
         let r = destroy_record(&self.inner, backend.as_ref(), &rec, reason).await;
         if r.deleted {
             report.removed.push(rec.id);

@@ -221,7 +221,7 @@ impl Sandbox {
             id.clone(),
             kind,
             backend.isolation().as_str(),
-            backend.name(),
+            backend.kind(),
             &env.name,
             &env.manifest_digest,
             paths.sandbox_state(&id),
@@ -340,7 +340,7 @@ impl Sandbox {
         drop(host_lock);
         let create_ms = t0.elapsed().as_millis() as u64;
         record.runtime = started.runtime;
-        record.state = "running".into();
+        record.state = pyro_api::SandboxState::Running;
         inner
             .store
             .set_running(&record.id, started.runtime)

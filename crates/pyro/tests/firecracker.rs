@@ -142,7 +142,7 @@ async fn firecracker_is_driven_through_its_api_and_destroyed_without_traces() {
         id.into(),
         SandboxKind::Run,
         "microvm",
-        "firecracker",
+        pyro::backend::BackendKind::Firecracker,
         "test",
         &format!("sha256:{}", "0".repeat(64)),
         state_dir.clone(),

@@ -97,8 +97,11 @@ fn the_vm_lifecycle_through_the_blocking_sdk() {
     let mut req = CreateVm::new("debian:12");
     req.isolation = Some(Isolation::Container);
     let vm = pyro.vm_create(&req).unwrap();
-    assert_eq!(vm.state, "created");
-    assert_eq!(pyro.vm_start(&vm.vm_id).unwrap().state, "started");
+    assert_eq!(vm.state, pyro::VmState::Created);
+    assert_eq!(
+        pyro.vm_start(&vm.vm_id).unwrap().state,
+        pyro::VmState::Started
+    );
     let r = pyro
         .vm_exec(&vm.vm_id, &argv(&["uname", "-s"]), &ExecOptions::default())
         .unwrap();

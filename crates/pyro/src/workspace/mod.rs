@@ -31,7 +31,7 @@ use crate::env::ImageDefaults;
 use crate::error::{Error, IoContext, Result};
 use crate::run::{limits, text_and_bytes, Observer};
 use crate::sandbox::{destroy_record, new_id, ExecOptions, Sandbox};
-use crate::store::{now_ms, LogRow, SandboxKind, SandboxRecord, WorkspaceRow};
+use crate::store::{now_ms, LogRow, SandboxKind, SandboxRecord, WorkspaceRow, WorkspaceState};
 
 pub use files::{ExportResult, FileListResult, FileReadResult, FileWriteResult, SyncResult};
 pub use interactive::{
@@ -203,7 +203,7 @@ pub struct WorkspaceInfo {
     /// Backend.
     pub backend: String,
     /// `running`, `stopped`, `creating`, `resetting` or `broken`.
-    pub state: String,
+    pub state: WorkspaceState,
     /// The guest working directory.
     pub workspace_path: String,
     /// vCPUs.
@@ -243,9 +243,6 @@ fn expires_at(w: &WorkspaceRow) -> Option<i64> {
     }
 }
 
-/// The states a workspace can be in, for filters.
-pub const WORKSPACE_STATES: &[&str] = &["creating", "running", "stopped", "resetting", "broken"];
-
 /// Whether the workspace's absolute ttl has passed (an idle ttl is renewed by starting it).
 fn past_ttl(w: &WorkspaceRow) -> bool {
     w.ttl_s.is_some() && expires_at(w).is_some_and(|t| t <= now_ms())
@@ -261,7 +258,7 @@ impl From<&WorkspaceRow> for WorkspaceInfo {
             environment_digest: w.environment_digest.clone(),
             isolation: w.isolation.clone(),
             backend: w.backend.clone(),
-            state: w.state.clone(),
+            state: w.state,
             workspace_path: WORKSPACE_PATH.into(),
             vcpus: w.vcpus,
             mem_mib: w.mem_mib,
@@ -514,15 +511,15 @@ impl Pyro {
     /// workspace is found stopped and says so.
     pub(crate) async fn ws_running(&self, id: &str) -> Result<(WorkspaceRow, Sandbox)> {
         let w = self.ws_row(id)?;
-        if w.state != "running" {
+        if w.state != WorkspaceState::Running {
             // A workspace stopped at its ttl cannot simply be started again: say so, so the
             // hint names the step that works.
-            if w.state == "stopped" && past_ttl(&w) {
+            if w.state == WorkspaceState::Stopped && past_ttl(&w) {
                 return Err(Error::WorkspaceExpired(w.id));
             }
             return Err(Error::WorkspaceNotRunning {
                 id: w.id,
-                state: w.state,
+                state: w.state.to_string(),
             });
         }
         let rec = self.ws_sandbox(&w.id)?;
@@ -533,10 +530,12 @@ impl Pyro {
             let _lock = self.ws_lock(&w.id, true).await?;
             backend.stop(&rec).await;
             self.inner.store.set_stopped(&w.id)?;
-            self.inner.store.set_workspace_state(&w.id, "stopped")?;
+            self.inner
+                .store
+                .set_workspace_state(&w.id, WorkspaceState::Stopped)?;
             return Err(Error::WorkspaceNotRunning {
                 id: w.id,
-                state: "stopped".into(),
+                state: WorkspaceState::Stopped.to_string(),
             });
         }
         Ok((w, Sandbox::attach(self.inner.ctx.clone(), backend, rec)))
@@ -640,7 +639,7 @@ impl Pyro {
             environment_digest: env.manifest_digest.clone(),
             isolation: level.to_string(),
             backend: backend.name().to_string(),
-            state: "creating".into(),
+            state: WorkspaceState::Creating,
             vcpus: req.vcpus,
             mem_mib: req.mem_mib,
             ttl_s: req.ttl.map(|d| d.as_secs()),
@@ -689,7 +688,9 @@ impl Pyro {
             return Err(e);
         }
         self.inner.store.set_owner(&id, None)?;
-        self.inner.store.set_workspace_state(&id, "running")?;
+        self.inner
+            .store
+            .set_workspace_state(&id, WorkspaceState::Running)?;
         Ok(self.ws_info(&self.ws_row(&id)?))
     }
 
@@ -697,13 +698,9 @@ impl Pyro {
     async fn ws_destroy(&self, id: &str, reason: &str) -> DeleteResult {
         let mut errors = Vec::new();
         if let Ok(Some(rec)) = self.inner.store.get(id) {
-            match self.backend_named(&rec.backend) {
-                Some(b) => {
-                    let r = destroy_record(&self.inner, b.as_ref(), &rec, reason).await;
-                    errors.extend(r.errors);
-                }
-                None => errors.push(format!("unknown backend {}", rec.backend)),
-            }
+            let b = self.backend_of(rec.backend);
+            let r = destroy_record(&self.inner, b.as_ref(), &rec, reason).await;
+            errors.extend(r.errors);
         }
         for dir in [self.ws_dir(id), self.secrets_dir(id)] {
             match std::fs::remove_dir_all(&dir) {
@@ -731,12 +728,7 @@ impl Pyro {
         labels: &BTreeMap<String, String>,
         state: Option<&str>,
     ) -> Result<Vec<WorkspaceInfo>> {
-        if let Some(s) = state.filter(|s| !WORKSPACE_STATES.contains(s)) {
-            return Err(Error::InvalidRequest(format!(
-                "unknown workspace state {s:?} (expected one of: {})",
-                WORKSPACE_STATES.join(", ")
-            )));
-        }
+        let state: Option<WorkspaceState> = state.map(str::parse).transpose()?;
         Ok(self
             .inner
             .store
@@ -971,12 +963,7 @@ impl Pyro {
     async fn ws_stop_locked(&self, id: &str, expired: Option<i64>) -> Result<()> {
         let mut w = self.ws_row(id)?;
         let rec = self.ws_sandbox(id)?;
-        let backend = self
-            .backend_named(&rec.backend)
-            .ok_or_else(|| Error::Backend {
-                backend: "container",
-                message: format!("unknown backend {}", rec.backend),
-            })?;
+        let backend = self.backend_of(rec.backend);
         let report = backend.stop(&rec).await;
         if !report.errors.is_empty() {
             return Err(Error::Backend {
@@ -987,8 +974,8 @@ impl Pyro {
         // Services do not survive a stop, so neither do their published ports.
         self.inner.store.remove_published_ports(id, None)?;
         self.inner.store.set_stopped(id)?;
-        if w.state == "running" {
-            w.state = "stopped".into();
+        if w.state == WorkspaceState::Running {
+            w.state = WorkspaceState::Stopped;
         }
         w.stopped_at_ms = Some(now_ms());
         if expired.is_some() {
@@ -1003,8 +990,8 @@ impl Pyro {
         let w = self.ws_row(id)?;
         let _lock = self.ws_lock(&w.id, true).await?;
         let mut w = self.ws_row(&w.id)?;
-        match w.state.as_str() {
-            "running"
+        match w.state {
+            WorkspaceState::Running
                 if self
                     .ws_sandbox(&w.id)?
                     .runtime
@@ -1012,7 +999,7 @@ impl Pyro {
             {
                 return Ok(self.ws_info(&w))
             }
-            "running" | "stopped" => {}
+            WorkspaceState::Running | WorkspaceState::Stopped => {}
             other => {
                 return Err(Error::WorkspaceNotRunning {
                     id: w.id.clone(),
@@ -1035,7 +1022,7 @@ impl Pyro {
         };
         let sb = Sandbox::boot(self.inner.ctx.clone(), backend, rec, &rootfs, resources).await?;
         self.install_secrets(&w.id, &sb).await?;
-        w.state = "running".into();
+        w.state = WorkspaceState::Running;
         w.expired_at_ms = None;
         w.last_activity_ms = now_ms();
         self.inner.store.update_workspace(&w)?;
@@ -1079,7 +1066,9 @@ impl Pyro {
         // Owned by this process while it is rebuilt: if pyro dies here, the workspace is left
         // `resetting` and the next reset (or gc) knows what happened.
         self.inner.store.set_owner(&w.id, Some(self.inner.me))?;
-        self.inner.store.set_workspace_state(&w.id, "resetting")?;
+        self.inner
+            .store
+            .set_workspace_state(&w.id, WorkspaceState::Resetting)?;
         let rebuilt: Result<()> = async {
             let report = backend.destroy(&rec).await;
             self.inner.store.remove_published_ports(&w.id, None)?;
@@ -1109,12 +1098,14 @@ impl Pyro {
         }
         .await;
         if let Err(e) = rebuilt {
-            self.inner.store.set_workspace_state(&w.id, "broken")?;
+            self.inner
+                .store
+                .set_workspace_state(&w.id, WorkspaceState::Broken)?;
             self.inner.store.set_owner(&w.id, None)?;
             return Err(e);
         }
         self.inner.store.set_owner(&w.id, None)?;
-        w.state = "running".into();
+        w.state = WorkspaceState::Running;
         w.reset_count += 1;
         w.expired_at_ms = None;
         w.last_activity_ms = now_ms();
@@ -1130,9 +1121,10 @@ impl Pyro {
         let grace = expiry_grace().as_millis() as i64;
         for w in self.inner.store.workspaces()? {
             // Only a workspace still stopped since its expiry; a restart clears `expired_at`.
-            let expired_long_ago =
-                w.state == "stopped" && w.expired_at_ms.is_some_and(|t| now - t >= grace);
-            let due = w.state == "running" && expires_at(&w).is_some_and(|t| t <= now);
+            let expired_long_ago = w.state == WorkspaceState::Stopped
+                && w.expired_at_ms.is_some_and(|t| now - t >= grace);
+            let due =
+                w.state == WorkspaceState::Running && expires_at(&w).is_some_and(|t| t <= now);
             if !due && !expired_long_ago {
                 continue;
             }
@@ -1159,18 +1151,18 @@ impl Pyro {
             // A sandbox of a workspace that no longer exists.
             return Ok(false);
         };
-        match w.state.as_str() {
-            "creating" => {
+        match w.state {
+            WorkspaceState::Creating => {
                 self.ws_destroy(&w.id, "interrupted_create").await;
             }
             _ => {
-                if let Some(b) = self.backend_named(&rec.backend) {
-                    b.stop(rec).await;
-                }
+                self.backend_of(rec.backend).stop(rec).await;
                 self.inner.store.set_stopped(&w.id)?;
                 self.inner.store.set_owner(&w.id, None)?;
-                if w.state == "resetting" {
-                    self.inner.store.set_workspace_state(&w.id, "broken")?;
+                if w.state == WorkspaceState::Resetting {
+                    self.inner
+                        .store
+                        .set_workspace_state(&w.id, WorkspaceState::Broken)?;
                 }
             }
         }
