@@ -15,4 +15,4 @@ pub mod server;
 pub mod services;
 pub mod shells;
 pub mod user;
-pub mod vm;
+pub mod vm_root;

@@ -30,7 +30,7 @@ use crate::facade::{Config, GcReport, LevelStatus};
 use crate::run::{Observer, Quiet, RunRequest, RunResult};
 use crate::sandbox::ExecOptions;
 use crate::store::{LogRow, SnapshotRow};
-use crate::vm::{CreateVm, VmDeleteResult, VmInfo, VmReapReport};
+use crate::vm_calls::{CreateVm, VmDeleteResult, VmInfo, VmReapReport};
 use crate::workspace::{
     CreateWorkspace, DeleteResult, DiffResult, ExportResult, FileListResult, FileReadResult,
     FileWriteResult, PatchResult, ReapReport, SnapshotResult, SyncResult, UpdateWorkspace,

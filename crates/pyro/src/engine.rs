@@ -16,7 +16,7 @@ use crate::sandbox::Sandbox;
 pub(crate) struct Engine {
     pub ctx: Arc<Context>,
     pub envs: EnvCache,
-    /// The started VMs of this process (see `vm`).
+    /// The started VMs of this process (see `vm_calls`).
     pub vms: LiveVms,
 }
 

@@ -64,7 +64,7 @@ pub mod observer;
 pub mod run;
 pub mod runtime;
 pub mod sandbox;
-pub mod vm;
+pub mod vm_calls;
 pub mod workspace;
 
 pub use pyro_api::{error, ids, limits, paths, procinfo, user_config};
@@ -82,5 +82,5 @@ pub use facade::{Config, GcReport, Pyro};
 pub use pyro_api::{BackendKind, SandboxState, VmState, WorkspaceState};
 pub use run::{Observer, Quiet, RunRequest, RunResult};
 pub use sandbox::{ExecOptions, Stdin, StdinStream};
-pub use vm::{CreateVm, VmDeleteResult, VmInfo, VmReapReport};
+pub use vm_calls::{CreateVm, VmDeleteResult, VmInfo, VmReapReport};
 pub use workspace::{CreateWorkspace, Seed, UpdateWorkspace, WorkspaceExecResult, WorkspaceInfo};

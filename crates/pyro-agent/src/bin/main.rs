@@ -5,7 +5,7 @@ use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use pyro_agent::{init, reaper, server, vm};
+use pyro_agent::{init, reaper, server, vm_root};
 
 const USAGE: &str = "usage: pyro-agent --listen unix:PATH|vsock:PORT [--workdir DIR]\n       \
                      (as PID 1 with no arguments: VM init, settings from /proc/cmdline)";
@@ -46,7 +46,7 @@ fn run() -> Result<(), String> {
     let listen = match listen {
         Some(l) => l,
         // The kernel starts /init with no arguments: this is a VM. Build the root first.
-        None if pid1 => format!("vsock:{}", vm::boot()?.port),
+        None if pid1 => format!("vsock:{}", vm_root::boot()?.port),
         None => return Err(USAGE.into()),
     };
 
