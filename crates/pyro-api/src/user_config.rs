@@ -71,7 +71,7 @@ pub fn path() -> PathBuf {
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
     };
-    if let Some(p) = var("PYRO_CONFIG") {
+    if let Some(p) = crate::paths::var_path(crate::paths::Var::Config) {
         return p;
     }
     let base = var("XDG_CONFIG_HOME").unwrap_or_else(|| {
@@ -203,15 +203,16 @@ fn unknown_key(key: &str) -> String {
 /// The default isolation level and where it came from: `$PYRO_ISOLATION`, else the config
 /// file's `isolation`, else `microvm`.
 pub fn default_isolation() -> Result<(Isolation, Source)> {
-    match std::env::var("PYRO_ISOLATION") {
-        Ok(v) if !v.is_empty() => {
+    let var = crate::paths::Var::Isolation;
+    match crate::paths::var(var) {
+        Some(v) => {
             let level = v.parse().map_err(|e: Error| Error::InvalidConfig {
-                source_name: "PYRO_ISOLATION".into(),
+                source_name: var.name().into(),
                 message: e.to_string(),
             })?;
             Ok((level, Source::Environment))
         }
-        _ => Ok(match get()?.isolation {
+        None => Ok(match get()?.isolation {
             Some(level) => (level, Source::ConfigFile),
             None => (Isolation::Microvm, Source::BuiltIn),
         }),

@@ -68,7 +68,7 @@ pub struct ContainerBackend {
 
 /// The runc binary pyro uses: `$PYRO_RUNC`, else `runc` on PATH.
 pub fn find_runc() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("PYRO_RUNC").filter(|v| !v.is_empty()) {
+    if let Some(p) = pyro_api::paths::var_os(pyro_api::paths::Var::Runc) {
         // An explicit choice that does not exist is "not found", not a fallback to PATH.
         return Some(PathBuf::from(p)).filter(|p| p.is_file());
     }

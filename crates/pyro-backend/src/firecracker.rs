@@ -44,7 +44,7 @@ pub const BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 quiet random.trust_c
 /// `firecracker`: `$PYRO_FIRECRACKER`, else PATH, else `~/.cache/pyro/firecracker/` (where
 /// `scripts/setup --vm` installs the pinned build).
 pub fn find_firecracker() -> Option<PathBuf> {
-    vmm::find_tool("firecracker", "PYRO_FIRECRACKER").or_else(|| {
+    vmm::find_tool("firecracker", pyro_api::paths::Var::Firecracker).or_else(|| {
         let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
         Some(home.join(".cache/pyro/firecracker/firecracker")).filter(|p| p.is_file())
     })
@@ -59,7 +59,7 @@ const VMM_OVERHEAD: u64 = 128 << 20;
 
 /// `jailer`: `$PYRO_JAILER`, else next to `firecracker`.
 pub fn find_jailer(firecracker: &Path) -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("PYRO_JAILER").filter(|v| !v.is_empty()) {
+    if let Some(p) = pyro_api::paths::var_os(pyro_api::paths::Var::Jailer) {
         return Some(PathBuf::from(p)).filter(|p| p.is_file());
     }
     firecracker

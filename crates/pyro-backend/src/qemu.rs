@@ -39,12 +39,12 @@ pub struct QemuBackend {
 
 /// `qemu-system-x86_64`: `$PYRO_QEMU`, else PATH.
 pub fn find_qemu() -> Option<PathBuf> {
-    vmm::find_tool("qemu-system-x86_64", "PYRO_QEMU")
+    vmm::find_tool("qemu-system-x86_64", pyro_api::paths::Var::Qemu)
 }
 
 /// `vhost-device-vsock`: `$PYRO_VHOST_VSOCK`, else PATH, `~/.cache/pyro/cargo/bin`, `~/.cargo/bin`.
 pub fn find_vhost_vsock() -> Option<PathBuf> {
-    vmm::find_tool("vhost-device-vsock", "PYRO_VHOST_VSOCK")
+    vmm::find_tool("vhost-device-vsock", pyro_api::paths::Var::VhostVsock)
 }
 
 impl QemuBackend {

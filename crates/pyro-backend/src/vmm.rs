@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, IoContext, Result};
+use pyro_api::paths::{var_path, Var};
 use pyro_api::procinfo::ProcessId;
 pub use pyro_api::procinfo::{signal_and_wait, terminate, wait_gone};
 
@@ -90,9 +91,9 @@ fn home() -> PathBuf {
 
 /// Finds a helper program: `$<env_var>` when set (must exist), else PATH, else the directories
 /// where `scripts/setup --vm` and `cargo install` put things.
-pub fn find_tool(name: &str, env_var: &str) -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os(env_var).filter(|v| !v.is_empty()) {
-        return Some(PathBuf::from(p)).filter(|p| p.is_file());
+pub fn find_tool(name: &str, env_var: Var) -> Option<PathBuf> {
+    if let Some(p) = var_path(env_var) {
+        return Some(p).filter(|p| p.is_file());
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)

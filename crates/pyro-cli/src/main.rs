@@ -36,7 +36,7 @@ fn main() -> ExitCode {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PYRO_LOG")
+    let filter = tracing_subscriber::EnvFilter::try_from_env(pyro::paths::Var::Log.name())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

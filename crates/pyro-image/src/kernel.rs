@@ -42,24 +42,17 @@ use crate::error::{Error, IoContext, Result};
 /// the sha256 of this text (written beside it as `fragment.sha256`).
 pub const KERNEL_FRAGMENT: &str = include_str!("../../../resources/kernel/microvm.config");
 
-fn home() -> PathBuf {
-    std::env::var_os("HOME")
-        .filter(|v| !v.is_empty())
-        .map_or_else(|| PathBuf::from("/root"), PathBuf::from)
-}
-
 /// Where `scripts/build-kernel` puts kernels: `$PYRO_KERNEL_DIR`, else `~/.cache/pyro/kernels`.
 pub fn kernel_dir() -> PathBuf {
-    std::env::var_os("PYRO_KERNEL_DIR")
-        .filter(|v| !v.is_empty())
-        .map_or_else(|| home().join(".cache/pyro/kernels"), PathBuf::from)
+    pyro_api::paths::var_path(pyro_api::paths::Var::KernelDir)
+        .unwrap_or_else(|| pyro_api::paths::home_dir().join(".cache/pyro/kernels"))
 }
 
 /// The guest kernel: `$PYRO_KERNEL` when set (an explicit choice that does not exist is "not
 /// found"), else the newest build in [`kernel_dir`] made from this version's config fragment.
 pub fn find_kernel() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("PYRO_KERNEL").filter(|v| !v.is_empty()) {
-        return Some(PathBuf::from(p)).filter(|p| p.is_file());
+    if let Some(p) = pyro_api::paths::var_path(pyro_api::paths::Var::Kernel) {
+        return Some(p).filter(|p| p.is_file());
     }
     let want = hex::encode(Sha256::digest(KERNEL_FRAGMENT.as_bytes()));
     let mut best: Option<(std::time::SystemTime, PathBuf)> = None;

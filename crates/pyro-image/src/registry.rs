@@ -83,12 +83,12 @@ impl Default for RegistrySettings {
 impl RegistrySettings {
     /// Settings from `PYRO_REGISTRY`, `PYRO_INSECURE_REGISTRIES` and `PYRO_PINS`.
     pub fn from_env() -> RegistrySettings {
-        let var = |n: &str| std::env::var(n).ok().filter(|v| !v.trim().is_empty());
+        use pyro_api::paths::{var, Var};
         RegistrySettings {
-            registry: var("PYRO_REGISTRY")
+            registry: var(Var::Registry)
                 .map(|r| r.trim().trim_end_matches('/').to_owned())
                 .unwrap_or_else(|| DEFAULT_REGISTRY.to_owned()),
-            insecure: var("PYRO_INSECURE_REGISTRIES")
+            insecure: var(Var::InsecureRegistries)
                 .map(|v| {
                     v.split(',')
                         .map(|s| s.trim().to_owned())
@@ -96,7 +96,7 @@ impl RegistrySettings {
                         .collect()
                 })
                 .unwrap_or_default(),
-            pins_file: var("PYRO_PINS").map(PathBuf::from),
+            pins_file: pyro_api::paths::var_path(Var::Pins),
         }
     }
 
@@ -214,18 +214,24 @@ pub fn canonical_reference(text: &str) -> Result<String> {
     Ok(parse_reference(text)?.whole())
 }
 
+/// `$HOME` when set and not empty.
+fn var_raw_home() -> Option<String> {
+    std::env::var("HOME").ok().filter(|v| !v.is_empty())
+}
+
 /// Credentials for a registry: `PYRO_REGISTRY_USERNAME`/`PYRO_REGISTRY_PASSWORD`, else the
 /// entry for the registry in `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`, else
 /// anonymous. Credentials are never logged.
 pub(crate) fn auth_for(registry: &str) -> RegistryAuth {
-    let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
-    if let (Some(user), Some(pass)) = (var("PYRO_REGISTRY_USERNAME"), var("PYRO_REGISTRY_PASSWORD"))
-    {
+    use pyro_api::paths::{var_raw, Var};
+    if let (Some(user), Some(pass)) = (
+        var_raw(Var::RegistryUsername),
+        var_raw(Var::RegistryPassword),
+    ) {
         return RegistryAuth::Basic(user, pass);
     }
-    let config = var("DOCKER_CONFIG")
-        .map(PathBuf::from)
-        .or_else(|| var("HOME").map(|h| Path::new(&h).join(".docker")))
+    let config = pyro_api::paths::var_path(Var::DockerConfig)
+        .or_else(|| var_raw_home().map(|h| Path::new(&h).join(".docker")))
         .map(|d| d.join("config.json"));
     if let Some(auth) = config
         .and_then(|p| std::fs::read(p).ok())

@@ -17,9 +17,7 @@ pub const SLOT_PREFIX: u8 = 30;
 
 /// The pool: `$PYRO_NET_POOL` (an IPv4 CIDR of at most `/29`), else [`DEFAULT_POOL`].
 pub fn pool() -> Result<Ipv4Net> {
-    let s = std::env::var("PYRO_NET_POOL")
-        .ok()
-        .filter(|v| !v.is_empty())
+    let s = pyro_api::paths::var(pyro_api::paths::Var::NetPool)
         .unwrap_or_else(|| DEFAULT_POOL.to_string());
     let net: Ipv4Net = s
         .parse()

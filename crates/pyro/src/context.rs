@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use crate::backend::container::find_runc;
 use crate::env::RegistrySettings;
 use crate::error::{Error, Result};
-use crate::paths::Paths;
+use crate::paths::{var, var_path, Paths, Var};
 use crate::procinfo::ProcessId;
 use crate::store::Store;
 
@@ -29,13 +29,9 @@ impl Config {
     pub fn from_env() -> Config {
         Config {
             paths: Paths::from_env(),
-            agent: std::env::var_os("PYRO_AGENT")
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from),
+            agent: var_path(Var::Agent),
             runc: None,
-            debian_mirror: std::env::var("PYRO_DEBIAN_MIRROR")
-                .ok()
-                .filter(|v| !v.is_empty()),
+            debian_mirror: var(Var::DebianMirror),
             registry: RegistrySettings::from_env(),
         }
     }

@@ -53,8 +53,7 @@ pub const EXPIRY_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 /// The grace period in force.
 pub fn expiry_grace() -> Duration {
-    std::env::var("PYRO_WORKSPACE_GRACE_S")
-        .ok()
+    pyro_api::paths::var(pyro_api::paths::Var::WorkspaceGraceS)
         .and_then(|v| v.parse().ok())
         .map_or(EXPIRY_GRACE, Duration::from_secs)
 }
