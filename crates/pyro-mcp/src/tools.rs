@@ -2,7 +2,7 @@
 //! [`pyro::Pyro`], and rendering the result. No sandbox or workspace logic lives here.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rmcp::handler::server::router::tool::ToolRouter;
@@ -57,24 +57,6 @@ impl Drop for CallGuard {
         if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.0.done.notify_waiters();
         }
-    }
-}
-
-/// Remembers the sandbox a run announces, so an interrupted run can remove exactly that one.
-#[derive(Default)]
-struct SandboxId(Mutex<Option<String>>);
-
-impl pyro::Observer for SandboxId {
-    fn sandbox(&self, id: &str) {
-        if let Ok(mut slot) = self.0.lock() {
-            *slot = Some(id.to_string());
-        }
-    }
-}
-
-impl SandboxId {
-    fn get(&self) -> Option<String> {
-        self.0.lock().ok().and_then(|s| s.clone())
     }
 }
 
@@ -135,10 +117,18 @@ fn ttl(s: Option<u64>) -> Option<Duration> {
     s.map(Duration::from_secs)
 }
 
-fn interrupted() -> ToolError {
+fn interrupted(cleanup: &pyro::GcReport) -> ToolError {
+    let message = if cleanup.errors.is_empty() {
+        "the call was cancelled; its sandbox was removed".to_string()
+    } else {
+        format!(
+            "the call was cancelled; removing its sandbox failed: {}",
+            cleanup.errors.join("; ")
+        )
+    };
     ToolError {
         kind: "interrupted".into(),
-        message: "the call was cancelled; its sandbox was removed".into(),
+        message,
         hint: None,
     }
 }
@@ -220,19 +210,16 @@ impl PyroTools {
             Ok(r) => r,
             Err(e) => return Ok(e.into_result()),
         };
-        let ids = Arc::new(SandboxId::default());
-        let r = tokio::select! {
-            r = self.pyro.run(&req, ids.clone(), None) => r.map_err(ToolError::from),
-            () = either(&ct, &self.closed) => {
-                // The client went away or cancelled: the run future is dropped here, so remove
-                // its sandbox now rather than leave it until the server exits.
-                if let Some(id) = ids.get() {
-                    if let Err(e) = self.pyro.cleanup_sandbox(&id).await {
-                        tracing::warn!("cleaning up interrupted run {id}: {e}");
-                    }
-                }
-                Err(interrupted())
-            }
+        // The client went away or cancelled: the library drops the run and removes its sandbox
+        // now rather than leave it until the server exits.
+        let r = match self
+            .pyro
+            .run_or_cancel(&req, Arc::new(pyro::Quiet), None, either(&ct, &self.closed))
+            .await
+        {
+            Ok(pyro::Outcome::Done(r)) => Ok(r),
+            Ok(pyro::Outcome::Cancelled(report)) => Err(interrupted(&report)),
+            Err(e) => Err(ToolError::from(e)),
         };
         Ok(outcome(r, |r| {
             exec_summary(&r.command, r.exit_code, r.timed_out, r.truncated, cap)
@@ -302,15 +289,14 @@ impl PyroTools {
                 stdin: stdin(p.stdin, p.stdin_base64)?,
                 ..pyro::ExecOptions::default()
             };
-            tokio::select! {
-                r = self.pyro.vm_exec(&p.vm_id, &argv, &opts) => Ok(r?),
-                () = either(&ct, &self.closed) => {
-                    // The exec owned the VM's sandbox and was dropped: remove it now.
-                    if let Err(e) = self.pyro.cleanup_sandbox(&p.vm_id).await {
-                        tracing::warn!("cleaning up interrupted vm {}: {e}", p.vm_id);
-                    }
-                    Err(interrupted())
-                }
+            // The exec owns the VM's sandbox: on a cancel the library removes it.
+            match self
+                .pyro
+                .vm_exec_or_cancel(&p.vm_id, &argv, &opts, either(&ct, &self.closed))
+                .await?
+            {
+                pyro::Outcome::Done(r) => Ok(r),
+                pyro::Outcome::Cancelled(report) => Err(interrupted(&report)),
             }
         }
         .await;
@@ -540,10 +526,21 @@ impl PyroTools {
                 max_output_bytes: output_cap(p.max_output_bytes, "max_output_bytes")?,
                 stdin: stdin(p.stdin, p.stdin_base64)?,
             };
-            // Dropping the exec closes its agent connection, which kills the command.
-            tokio::select! {
-                r = self.pyro.workspace_exec_with_secrets(&p.workspace_id, &argv, &opts, &p.secret_env, None) => Ok(r?),
-                () = either(&ct, &self.closed) => Err(ToolError {
+            let cancel = either(&ct, &self.closed);
+            match self
+                .pyro
+                .workspace_exec_or_cancel(
+                    &p.workspace_id,
+                    &argv,
+                    &opts,
+                    &p.secret_env,
+                    None,
+                    cancel,
+                )
+                .await?
+            {
+                pyro::Outcome::Done(r) => Ok(r),
+                pyro::Outcome::Cancelled(_) => Err(ToolError {
                     kind: "interrupted".into(),
                     message: "the call was cancelled; the command was killed".into(),
                     hint: None,

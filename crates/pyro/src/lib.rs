@@ -54,6 +54,7 @@
 
 pub mod bench;
 pub mod blocking;
+pub mod cancel;
 mod context;
 pub mod doctor;
 pub mod embedded_agent;
@@ -77,6 +78,7 @@ pub use pyro_store as store;
 
 pub use agent_client::{OutputSink, OutputStream};
 pub use backend::Isolation;
+pub use cancel::Outcome;
 pub use error::{Error, Result};
 pub use facade::{Config, GcReport, Pyro};
 pub use pyro_api::{BackendKind, SandboxState, VmState, WorkspaceState};

@@ -131,3 +131,36 @@ mod tests {
         assert!(parse_pairs("--env", &["NOEQUALS".into()]).is_err());
     }
 }
+
+/// The exit code of the signal that interrupted a command (130 for SIGINT, 143 for SIGTERM),
+/// readable once the future of [`interrupt_signal`] has resolved.
+#[derive(Clone, Default)]
+pub struct SignalCode(std::sync::Arc<std::sync::atomic::AtomicU8>);
+
+impl SignalCode {
+    /// 128 plus the signal's number; 130 if read before any signal came.
+    pub fn get(&self) -> u8 {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => 130,
+            c => c,
+        }
+    }
+}
+
+/// A future that resolves on SIGINT or SIGTERM, for the library's `*_or_cancel` calls, and the
+/// exit code the signal calls for.
+pub fn interrupt_signal() -> std::io::Result<(impl std::future::Future<Output = ()>, SignalCode)> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let code = SignalCode::default();
+    let set = code.clone();
+    let fired = async move {
+        let c = tokio::select! {
+            _ = sigint.recv() => 130,
+            _ = sigterm.recv() => 143,
+        };
+        set.0.store(c, std::sync::atomic::Ordering::Relaxed);
+    };
+    Ok((fired, code))
+}

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pyro::{OutputSink, Pyro, RunRequest};
-use tokio::signal::unix::{signal, SignalKind};
 
 use super::{or_default, parse_pairs};
 use crate::cli::RunArgs;
@@ -88,20 +87,16 @@ pub async fn run(pyro: &Pyro, a: RunArgs) -> anyhow::Result<ExitCode> {
         pull: TransferProgress::new("env-pull"),
     });
 
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
     let mut passthrough = super::Passthrough;
     let output: Option<&mut dyn OutputSink> = if a.json { None } else { Some(&mut passthrough) };
-    let outcome = tokio::select! {
-        r = pyro.run(&req, observer.clone(), output) => Ok(r),
-        _ = sigint.recv() => Err(130u8),
-        _ = sigterm.recv() => Err(143u8),
-    };
-    let result = match outcome {
-        Ok(r) => r?,
-        Err(code) => {
-            // The run future was dropped mid-way: remove everything it started.
-            let report = pyro.cleanup_owned().await?;
+    let (signalled, code) = super::interrupt_signal()?;
+    let result = match pyro
+        .run_or_cancel(&req, observer.clone(), output, signalled)
+        .await?
+    {
+        pyro::Outcome::Done(r) => r,
+        pyro::Outcome::Cancelled(report) => {
+            // The library dropped the run and removed what it started.
             phase_line(
                 "run",
                 &[
@@ -110,7 +105,7 @@ pub async fn run(pyro: &Pyro, a: RunArgs) -> anyhow::Result<ExitCode> {
                     ("errors", report.errors.len().to_string()),
                 ],
             );
-            return Ok(ExitCode::from(code));
+            return Ok(ExitCode::from(code.get()));
         }
     };
     if a.json {

@@ -13,7 +13,6 @@ use pyro::workspace::{
 
 use pyro::{OutputSink, Pyro};
 use tokio::io::AsyncReadExt;
-use tokio::signal::unix::{signal, SignalKind};
 
 use super::{or_default, parse_pairs, Passthrough};
 use crate::cli_workspace::*;
@@ -250,19 +249,15 @@ pub async fn workspace(pyro: &Pyro, cmd: WorkspaceCommand) -> anyhow::Result<Exi
             };
             let mut pass = Passthrough;
             let out: Option<&mut dyn OutputSink> = if a.json { None } else { Some(&mut pass) };
-            let mut sigint = signal(SignalKind::interrupt())?;
-            let mut sigterm = signal(SignalKind::terminate())?;
-            // On a signal the exec future is dropped: that closes the agent connection, which
-            // stops the command, and the library records it in the workspace's logs before the
-            // drop returns, so there is nothing left to wait for once `select!` is done.
-            let r = tokio::select! {
-                r = pyro.workspace_exec_with_secrets(&a.id, &a.command, &opts, &a.secret_env, out) => Ok(r),
-                _ = sigint.recv() => Err(130u8),
-                _ = sigterm.recv() => Err(143u8),
-            };
-            let r = match r {
-                Ok(r) => r?,
-                Err(code) => {
+            // On a signal the library stops the command and logs it as interrupted.
+            let (signalled, code) = super::interrupt_signal()?;
+            let r = match pyro
+                .workspace_exec_or_cancel(&a.id, &a.command, &opts, &a.secret_env, out, signalled)
+                .await?
+            {
+                pyro::Outcome::Done(r) => r,
+                pyro::Outcome::Cancelled(_) => {
+                    let code = code.get();
                     phase_line(
                         "workspace-exec",
                         &[
