@@ -243,8 +243,16 @@ impl Error {
         }
     }
 
-    /// A next step for the user, where one helps.
+    /// A next step for the user of the CLI or the SDK, where one helps.
     pub fn hint(&self) -> Option<String> {
+        self.hint_for(Surface::Cli)
+    }
+
+    /// A next step, where one helps, in the words of the front door the caller came through:
+    /// each hint names the operation that helps, and `surface` says how that operation is
+    /// called there (a command line, or an MCP tool and its parameters).
+    pub fn hint_for(&self, surface: Surface) -> Option<String> {
+        let s = surface;
         match self {
             Error::UnknownEnvironment { known, .. } => Some(format!(
                 "known environments: {}; see `pyro env list`; OCI images are named by reference, e.g. registry.example/repo:tag",
@@ -256,24 +264,50 @@ impl Error {
             Error::IsolationUnavailable { available, .. } if available.is_empty() => {
                 Some("no isolation level is usable on this host; run `pyro doctor`".into())
             }
-            Error::IsolationUnavailable { available, .. } => Some(format!(
-                "this host can give: {}; pass --isolation {}, or make it the default once with `pyro config set isolation {}` (see `pyro doctor`)",
-                available.join(", "),
-                available[0],
-                available[0]
-            )),
+            Error::IsolationUnavailable { available, .. } => Some(match s {
+                Surface::Cli => format!(
+                    "this host can give: {}; pass --isolation {}, or make it the default once with `pyro config set isolation {}` (see `pyro doctor`)",
+                    available.join(", "),
+                    available[0],
+                    available[0]
+                ),
+                Surface::Mcp => format!(
+                    "this host can give: {}; pass isolation: \"{}\", or make it the default for every call once on the host with `pyro config set isolation {}`",
+                    available.join(", "),
+                    available[0],
+                    available[0]
+                ),
+            }),
             Error::Build { .. } => Some("check network access to the Debian mirror and that mmdebstrap is installed (`pyro doctor`)".into()),
             Error::CorruptCache { .. } => Some("run `pyro env prune` and build the environment again".into()),
             Error::UnsafeArchive { .. } => Some("the whole archive was refused and nothing of it was kept; an archive from a workspace is the guest's to shape, so look at what the workspace holds at that path".into()),
-            Error::ExportTooLarge { .. } => Some("nothing was written; export a smaller path, or raise the limits with --max-bytes/--max-entries (MCP: max_bytes/max_entries)".into()),
+            Error::ExportTooLarge { .. } => Some(format!(
+                "nothing was written; export a smaller path, or raise the limits with {}",
+                s.pick("--max-bytes/--max-entries", "max_bytes/max_entries")
+            )),
             Error::Backend { backend: "container", .. } => Some("run `pyro doctor` to check the container runtime".into()),
-            Error::WorkspaceNotFound(_) => Some("see `pyro workspace list`".into()),
-            Error::WorkspaceNotRunning { id, state } if state == "broken" => Some(format!("an earlier call was interrupted; run `pyro workspace reset {id}`")),
-            Error::WorkspaceExpired(id) => Some(format!("extend its ttl with `pyro workspace update {id} --ttl SECONDS` (or --clear-ttl), then `pyro workspace start {id}`")),
-            Error::WorkspaceNotRunning { id, .. } => Some(format!("start it with `pyro workspace start {id}`")),
-            Error::PatchFailed(_) => Some("the workspace is unchanged; regenerate the patch against the current files (`pyro workspace diff`)".into()),
-            Error::AlreadyExists(what) if what.starts_with("a workspace named") => Some("names are unique: choose another --name, or delete that workspace first (`pyro workspace delete NAME`)".into()),
-            Error::AlreadyExists(_) => Some("pass --force to overwrite".into()),
+            Error::WorkspaceNotFound(_) => Some(s.pick("see `pyro workspace list`", "call workspace_list to see the workspaces").into()),
+            Error::WorkspaceNotRunning { id, state } if state == "broken" => Some(match s {
+                Surface::Cli => format!("an earlier call was interrupted; run `pyro workspace reset {id}`"),
+                Surface::Mcp => "an earlier call was interrupted; call workspace_reset".into(),
+            }),
+            Error::WorkspaceExpired(id) => Some(match s {
+                Surface::Cli => format!("extend its ttl with `pyro workspace update {id} --ttl SECONDS` (or --clear-ttl), then `pyro workspace start {id}`"),
+                Surface::Mcp => "extend its ttl with workspace_update (ttl_seconds, or clear_ttl: true), then call workspace_start".into(),
+            }),
+            Error::WorkspaceNotRunning { id, .. } => Some(match s {
+                Surface::Cli => format!("start it with `pyro workspace start {id}`"),
+                Surface::Mcp => "call workspace_start (in the workspace-full profile) or workspace_reset".into(),
+            }),
+            Error::PatchFailed(_) => Some(format!(
+                "the workspace is unchanged; regenerate the patch against the current files ({})",
+                s.pick("`pyro workspace diff`", "workspace_diff, workspace_file_read")
+            )),
+            Error::AlreadyExists(what) if what.starts_with("a workspace named") => Some(s.pick(
+                "names are unique: choose another --name, or delete that workspace first (`pyro workspace delete NAME`)",
+                "names are unique: choose another name, or delete that workspace first (workspace_delete)",
+            ).into()),
+            Error::AlreadyExists(_) => Some(s.pick("pass --force to overwrite", "pass overwrite: true to replace it").into()),
             Error::AgentRefused { kind, .. } if kind == "bad_path" => Some("paths must stay inside /workspace".into()),
             Error::SandboxNotFound(_) => Some("it may have been deleted or reaped; see `pyro gc`".into()),
             Error::AgentRefused { kind, message } if kind == "spawn" && message.contains("/bin/sh") => Some("the environment has no usable /bin/sh: pyro runs every command with `sh -lc`, so an image used as an environment needs a shell".into()),
@@ -285,7 +319,10 @@ impl Error {
             Error::KernelNotFound(_) => Some("build one with `scripts/build-kernel` (or `scripts/setup --vm`), or pull one with `pyro kernel pull`".into()),
             Error::KernelNotPinned => Some("pass `--digest sha256:…` or a reference to `pyro kernel pull`, point PYRO_PINS at a pins file with a \"kernel\" pin, or build it locally with `scripts/build-kernel`".into()),
             Error::VmNotFound(_) => Some("VMs are one-shot: vm_exec and vm_reap_expired delete them; create another".into()),
-            Error::VmNotStarted { id, .. } => Some(format!("start it first (vm_start {id})")),
+            Error::VmNotStarted { id, .. } => Some(match s {
+                Surface::Cli => format!("start it first (vm_start {id})"),
+                Surface::Mcp => "call vm_start first".into(),
+            }),
             Error::NetworkUnavailable(_) => Some("`pyro doctor` lists what networking this host has; install iproute2 and nftables, run as root, and enable forwarding with `sysctl -w net.ipv4.ip_forward=1` (scripts/setup does all of this); or run without --network".into()),
             Error::Network(_) => Some("run `pyro gc` to remove what was left, then `pyro doctor`".into()),
             _ => None,
@@ -322,5 +359,64 @@ impl<T> IoContext<T> for std::io::Result<T> {
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Error {
         Error::Store(Box::new(e))
+    }
+}
+
+/// A front door, for hints in its own words: the CLI (and the SDK, whose calls mirror its
+/// commands) names command lines and flags, the MCP server names tools and parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// The `pyro` command line and the SDKs.
+    Cli,
+    /// The MCP server's tools.
+    Mcp,
+}
+
+impl Surface {
+    /// The words for this front door.
+    pub fn pick(self, cli: &'static str, mcp: &'static str) -> &'static str {
+        match self {
+            Surface::Cli => cli,
+            Surface::Mcp => mcp,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each front door's hints name its own ways in: no command lines or flags over MCP, no
+    /// tool names on the command line (the VM calls exist only as SDK and MCP calls).
+    #[test]
+    fn hints_are_worded_for_their_front_door() {
+        let errors = [
+            Error::WorkspaceNotFound("w".into()),
+            Error::WorkspaceNotRunning {
+                id: "w".into(),
+                state: "broken".into(),
+            },
+            Error::WorkspaceNotRunning {
+                id: "w".into(),
+                state: "stopped".into(),
+            },
+            Error::WorkspaceExpired("w".into()),
+            Error::PatchFailed("x".into()),
+            Error::AlreadyExists("a workspace named demo".into()),
+            Error::AlreadyExists("file".into()),
+            Error::ExportTooLarge { what: "x".into() },
+            Error::IsolationUnavailable {
+                requested: "microvm".into(),
+                reason: "no kvm".into(),
+                available: vec!["container".into()],
+            },
+        ];
+        for e in &errors {
+            let (cli, mcp) = (e.hint_for(Surface::Cli), e.hint_for(Surface::Mcp));
+            let (cli, mcp) = (cli.expect("a CLI hint"), mcp.expect("an MCP hint"));
+            assert!(!mcp.contains("`pyro workspace") && !mcp.contains(" --"), "{e:?}: {mcp}");
+            assert!(!cli.contains("workspace_"), "{e:?}: {cli}");
+            assert_eq!(e.hint(), Some(cli));
+        }
     }
 }

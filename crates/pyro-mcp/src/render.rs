@@ -50,35 +50,8 @@ impl ToolError {
 
 impl From<pyro::Error> for ToolError {
     fn from(e: pyro::Error) -> ToolError {
-        // The library's hints name CLI commands; over MCP the next step is a tool.
-        let hint = match &e {
-            pyro::Error::WorkspaceNotFound(_) => Some("call workspace_list to see the workspaces".into()),
-            pyro::Error::WorkspaceNotRunning { state, .. } if state == "broken" => {
-                Some("an earlier call was interrupted; call workspace_reset".into())
-            }
-            pyro::Error::WorkspaceNotRunning { .. } => {
-                Some("call workspace_start (in the workspace-full profile) or workspace_reset".into())
-            }
-            pyro::Error::PatchFailed(_) => Some(
-                "the workspace is unchanged; regenerate the patch against the current files (workspace_diff, workspace_file_read)"
-                    .into(),
-            ),
-            pyro::Error::AlreadyExists(what) if what.starts_with("a workspace named") => Some(
-                "names are unique: choose another name, or delete that workspace first (workspace_delete)".into(),
-            ),
-            pyro::Error::AlreadyExists(_) => Some("pass overwrite: true to replace it".into()),
-            pyro::Error::WorkspaceExpired(_) => Some(
-                "extend its ttl with workspace_update (ttl_seconds, or clear_ttl: true), then call workspace_start".into(),
-            ),
-            pyro::Error::IsolationUnavailable { available, .. } if !available.is_empty() => Some(format!(
-                "this host can give: {}; pass isolation: \"{}\", or make it the default for every call once on the host with `pyro config set isolation {}`",
-                available.join(", "),
-                available[0],
-                available[0]
-            )),
-            pyro::Error::VmNotStarted { .. } => Some("call vm_start first".into()),
-            _ => e.hint(),
-        };
+        // Over MCP the next step is a tool: the library words its hints for this front door.
+        let hint = e.hint_for(pyro::error::Surface::Mcp);
         ToolError {
             kind: e.kind().into(),
             message: e.to_string(),
