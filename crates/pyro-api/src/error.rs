@@ -414,7 +414,10 @@ mod tests {
         for e in &errors {
             let (cli, mcp) = (e.hint_for(Surface::Cli), e.hint_for(Surface::Mcp));
             let (cli, mcp) = (cli.expect("a CLI hint"), mcp.expect("an MCP hint"));
-            assert!(!mcp.contains("`pyro workspace") && !mcp.contains(" --"), "{e:?}: {mcp}");
+            assert!(
+                !mcp.contains("`pyro workspace") && !mcp.contains(" --"),
+                "{e:?}: {mcp}"
+            );
             assert!(!cli.contains("workspace_"), "{e:?}: {cli}");
             assert_eq!(e.hint(), Some(cli));
         }

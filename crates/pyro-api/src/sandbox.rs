@@ -41,7 +41,7 @@ impl SandboxKind {
 }
 
 /// One recorded sandbox.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct SandboxRecord {
     /// 12 hex characters.
     pub id: String,
@@ -58,10 +58,8 @@ pub struct SandboxRecord {
     /// Where it is.
     pub state: SandboxState,
     /// The process that owns this sandbox, if it is ephemeral.
-    #[serde(skip)]
     pub owner: Option<ProcessId>,
     /// The sandbox's own first process on the host (the container's init), once started.
-    #[serde(skip)]
     pub runtime: Option<ProcessId>,
     /// Persistent per-sandbox directory.
     pub state_dir: PathBuf,

@@ -6,7 +6,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::Serialize;
 
 use pyro_api::error::{Error, IoContext, Result};
 use pyro_api::procinfo::ProcessId;
@@ -431,7 +430,7 @@ impl Store {
 }
 
 /// One recorded workspace.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct WorkspaceRow {
     /// Id (the same as its sandbox's).
     pub id: String,
@@ -474,7 +473,7 @@ pub struct WorkspaceRow {
 }
 
 /// One exec in a workspace's history. Commands are recorded, their output is not.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct LogRow {
     /// 1, 2, 3…
     pub seq: u64,
@@ -503,7 +502,7 @@ pub struct LogRow {
 }
 
 /// One snapshot of a workspace.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct SnapshotRow {
     /// Name (`baseline` for the create-time one).
     pub name: String,

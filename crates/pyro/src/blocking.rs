@@ -29,13 +29,13 @@ use crate::error::{Error, Result};
 use crate::facade::{Config, GcReport, LevelStatus};
 use crate::run::{Observer, Quiet, RunRequest, RunResult};
 use crate::sandbox::ExecOptions;
-use crate::store::{LogRow, SnapshotRow};
 use crate::vm_calls::{CreateVm, VmDeleteResult, VmInfo, VmReapReport};
 use crate::workspace::{
     CreateWorkspace, DeleteResult, DiffResult, ExportResult, FileListResult, FileReadResult,
     FileWriteResult, PatchResult, ReapReport, SnapshotResult, SyncResult, UpdateWorkspace,
     WorkspaceExecResult, WorkspaceInfo,
 };
+use crate::workspace::{LogEntry, SnapshotInfo};
 
 /// The pyro library with blocking calls. Cheap to clone; all clones share one runtime and
 /// one state.
@@ -176,7 +176,7 @@ impl Pyro {
     }
 
     /// The workspace's command history.
-    pub fn workspace_logs(&self, id: &str) -> Result<Vec<LogRow>> {
+    pub fn workspace_logs(&self, id: &str) -> Result<Vec<LogEntry>> {
         self.inner.workspace_logs(id)
     }
 
@@ -279,7 +279,7 @@ impl Pyro {
     }
 
     /// The workspace's snapshots, baseline first.
-    pub fn workspace_snapshot_list(&self, id: &str) -> Result<Vec<SnapshotRow>> {
+    pub fn workspace_snapshot_list(&self, id: &str) -> Result<Vec<SnapshotInfo>> {
         self.inner.workspace_snapshot_list(id)
     }
 

@@ -16,6 +16,7 @@ mod files;
 mod interactive;
 mod secrets;
 mod snapshot;
+pub use snapshot::SnapshotInfo;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -231,6 +232,54 @@ pub struct WorkspaceInfo {
     pub secrets: Vec<String>,
     /// Its network: policy, allow-list, addresses and published ports.
     pub network: crate::network::NetworkInfo,
+}
+
+/// One exec in a workspace's history, as results show it. Commands are recorded, their output
+/// is not.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogEntry {
+    /// 1, 2, 3…
+    pub seq: u64,
+    /// Unix ms.
+    pub started_at_ms: i64,
+    /// The shell command line.
+    pub command: String,
+    /// Working directory.
+    pub cwd: String,
+    /// Exit code (124 on timeout, 128+N on signal N).
+    pub exit_code: i32,
+    /// Terminating signal.
+    pub signal: Option<i32>,
+    /// Whether the timeout fired.
+    pub timed_out: bool,
+    /// Duration.
+    pub duration_ms: u64,
+    /// Bytes written to stdout.
+    pub stdout_bytes: u64,
+    /// Bytes written to stderr.
+    pub stderr_bytes: u64,
+    /// Whether the caller went away while it ran (Ctrl-C, SIGTERM, an MCP cancel, a dropped
+    /// future), so the command was stopped: then `exit_code` and `signal` say what pyro sent
+    /// it (TERM: 143 and 15), and the output byte counts are 0 (not known).
+    pub interrupted: bool,
+}
+
+impl From<LogRow> for LogEntry {
+    fn from(r: LogRow) -> LogEntry {
+        LogEntry {
+            seq: r.seq,
+            started_at_ms: r.started_at_ms,
+            command: r.command,
+            cwd: r.cwd,
+            exit_code: r.exit_code,
+            signal: r.signal,
+            timed_out: r.timed_out,
+            duration_ms: r.duration_ms,
+            stdout_bytes: r.stdout_bytes,
+            stderr_bytes: r.stderr_bytes,
+            interrupted: r.interrupted,
+        }
+    }
 }
 
 fn expires_at(w: &WorkspaceRow) -> Option<i64> {
@@ -923,9 +972,15 @@ impl Pyro {
     }
 
     /// The workspace's command history.
-    pub fn workspace_logs(&self, id: &str) -> Result<Vec<LogRow>> {
+    pub fn workspace_logs(&self, id: &str) -> Result<Vec<LogEntry>> {
         let w = self.ws_row(id)?;
-        self.inner.store.logs(&w.id)
+        Ok(self
+            .inner
+            .store
+            .logs(&w.id)?
+            .into_iter()
+            .map(LogEntry::from)
+            .collect())
     }
 
     /// Connections the workspace's network rules refused, oldest first, as long as the kernel

@@ -37,13 +37,40 @@ pub(crate) struct TreeEntry {
     pub link: Option<String>,
 }
 
+/// One snapshot of a workspace, as results show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotInfo {
+    /// Name (`baseline` for the create-time one).
+    pub name: String,
+    /// `baseline` or `named`.
+    pub kind: String,
+    /// Unix ms.
+    pub created_at_ms: i64,
+    /// Entries.
+    pub entries: u64,
+    /// Content bytes.
+    pub bytes: u64,
+}
+
+impl From<SnapshotRow> for SnapshotInfo {
+    fn from(r: SnapshotRow) -> SnapshotInfo {
+        SnapshotInfo {
+            name: r.name,
+            kind: r.kind,
+            created_at_ms: r.created_at_ms,
+            entries: r.entries,
+            bytes: r.bytes,
+        }
+    }
+}
+
 /// A snapshot as shown to users.
 #[derive(Debug, Clone, Serialize)]
 pub struct SnapshotResult {
     /// The workspace.
     pub workspace_id: String,
     /// The snapshot.
-    pub snapshot: SnapshotRow,
+    pub snapshot: SnapshotInfo,
     /// Bytes of new content stored (the rest was already in the object store).
     pub new_bytes: u64,
     /// Milliseconds it took.
@@ -276,7 +303,7 @@ impl Pyro {
             self.inner.store.put_snapshot(id, &row)?;
             Ok(SnapshotResult {
                 workspace_id: id.into(),
-                snapshot: row,
+                snapshot: row.into(),
                 new_bytes,
                 duration_ms: t.elapsed().as_millis() as u64,
             })
@@ -336,9 +363,15 @@ impl Pyro {
     }
 
     /// A workspace's snapshots.
-    pub fn workspace_snapshot_list(&self, id: &str) -> Result<Vec<SnapshotRow>> {
+    pub fn workspace_snapshot_list(&self, id: &str) -> Result<Vec<SnapshotInfo>> {
         let w = self.ws_row(id)?;
-        self.inner.store.snapshots(&w.id)
+        Ok(self
+            .inner
+            .store
+            .snapshots(&w.id)?
+            .into_iter()
+            .map(SnapshotInfo::from)
+            .collect())
     }
 
     /// Deletes a named snapshot and any content only it used.
