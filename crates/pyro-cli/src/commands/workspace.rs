@@ -76,437 +76,47 @@ fn ttl(secs: Option<u64>) -> Option<Duration> {
 
 pub async fn workspace(pyro: &Pyro, cmd: WorkspaceCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        WorkspaceCommand::Create(a) => {
-            let mut req = CreateWorkspace::new(a.environment);
-            req.name = a.name;
-            req.labels = parse_pairs("--label", &a.labels)?;
-            req.seed = a.seed_path.as_deref().map(Seed::from_path).transpose()?;
-            req.ttl = ttl(a.ttl);
-            req.idle_ttl = ttl(a.idle_ttl);
-            req.vcpus = or_default(a.vcpu, pyro::user_config::default_vcpus)?;
-            req.mem_mib = or_default(a.mem, pyro::user_config::default_mem_mib)?;
-            req.isolation = a.isolation.as_deref().map(str::parse).transpose()?;
-            req.build_missing = !a.no_build;
-            req.network = pyro::network::NetworkSpec::from_parts(
-                false,
-                Some(a.network_policy.as_str()),
-                &a.allow_hosts,
-            )?;
-            for (name, value) in parse_pairs("--secret", &a.secrets)? {
-                if value.is_empty() {
-                    anyhow::bail!("--secret {name}= has an empty value");
-                }
-                req.secrets.insert(name, Secret::new(value));
-            }
-            for (name, path) in parse_pairs("--secret-file", &a.secret_files)? {
-                req.secrets
-                    .insert(name, secret_from_file(std::path::Path::new(path.trim()))?);
-            }
-            let observer = Arc::new(Phases {
-                show: !a.json && !a.id_only,
-                build: BuildProgress::new(),
-            });
-            let w = pyro.workspace_create(&req, observer).await?;
-            if a.json {
-                print_json(&w)?;
-            } else if a.id_only {
-                println!("{}", w.workspace_id);
-            } else {
-                summary("Workspace", &w);
-            }
-        }
-        WorkspaceCommand::List(a) => {
-            let labels = parse_pairs("--label", &a.labels)?;
-            let list = pyro.workspace_list(&labels, a.state.as_deref())?;
-            if a.out.json {
-                print_json(&serde_json::json!({"count": list.len(), "workspaces": list}))?;
-            } else if list.is_empty() {
-                println!("No workspaces.");
-            } else {
-                for w in &list {
-                    let labels: Vec<String> =
-                        w.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                    println!(
-                        "{}  {:<10} {:<16} {:<10} name={} labels={} commands={} last_activity={}",
-                        w.workspace_id,
-                        w.state,
-                        w.environment,
-                        w.isolation,
-                        w.name.as_deref().unwrap_or("-"),
-                        if labels.is_empty() {
-                            "-".into()
-                        } else {
-                            labels.join(",")
-                        },
-                        w.command_count,
-                        ms_to_rfc3339(w.last_activity_ms)
-                    );
-                }
-            }
-        }
+        WorkspaceCommand::Create(a) => create(pyro, a).await,
+        WorkspaceCommand::List(a) => list(pyro, a).await,
         WorkspaceCommand::Status(a) => {
-            show(pyro.workspace_status(&a.id)?, "Workspace", a.out.json)?
+            done(show(pyro.workspace_status(&a.id)?, "Workspace", a.out.json))
         }
-        WorkspaceCommand::Update(a) => {
-            let mut u = UpdateWorkspace {
-                set_labels: parse_pairs("--label", &a.labels)?,
-                clear_labels: a.clear_labels,
-                ..Default::default()
-            };
-            if a.clear_name {
-                u.name = Some(None);
-            } else if let Some(n) = a.name {
-                u.name = Some(Some(n));
-            }
-            if a.clear_ttl {
-                u.ttl = Some(None);
-                u.idle_ttl = Some(None);
-            } else {
-                u.ttl = a.ttl.map(|t| Some(Duration::from_secs(t)));
-                u.idle_ttl = a.idle_ttl.map(|t| Some(Duration::from_secs(t)));
-            }
-            show(
-                pyro.workspace_update(&a.id, &u).await?,
-                "Updated workspace",
-                a.out.json,
-            )?;
-        }
-        WorkspaceCommand::Stop(a) => show(
+        WorkspaceCommand::Update(a) => update(pyro, a).await,
+        WorkspaceCommand::Stop(a) => done(show(
             pyro.workspace_stop(&a.id).await?,
             "Stopped workspace",
             a.out.json,
-        )?,
-        WorkspaceCommand::Start(a) => show(
+        )),
+        WorkspaceCommand::Start(a) => done(show(
             pyro.workspace_start(&a.id).await?,
             "Started workspace",
             a.out.json,
-        )?,
-        WorkspaceCommand::Delete(a) => {
-            let r = pyro.workspace_delete(&a.id).await?;
-            if a.out.json {
-                print_json(&r)?;
-            } else if r.deleted {
-                println!("Deleted workspace: {}", r.workspace_id);
-            } else {
-                println!(
-                    "Deleted workspace {} incompletely: {}",
-                    r.workspace_id,
-                    r.errors.join("; ")
-                );
-            }
-            if !r.deleted {
-                return Ok(ExitCode::from(1));
-            }
-        }
-        WorkspaceCommand::Logs(a) => {
-            let logs = pyro.workspace_logs(&a.id)?;
-            let refused = pyro.workspace_network_refused(&a.id)?;
-            if a.out.json {
-                print_json(
-                    &serde_json::json!({"count": logs.len(), "entries": logs, "network_refused": refused}),
-                )?;
-            } else if logs.is_empty() && refused.is_empty() {
-                println!("No workspace logs found.");
-            } else {
-                for r in &refused {
-                    println!(
-                        "refused {} {} -> {}{} at={}",
-                        r.protocol,
-                        r.source,
-                        r.destination,
-                        r.port.map(|p| format!(":{p}")).unwrap_or_default(),
-                        r.at
-                    );
-                }
-                for l in &logs {
-                    println!(
-                        "#{} exit_code={} duration_ms={} cwd={} at={}{}",
-                        l.seq,
-                        l.exit_code,
-                        l.duration_ms,
-                        l.cwd,
-                        ms_to_rfc3339(l.started_at_ms),
-                        if l.interrupted {
-                            " interrupted=true"
-                        } else {
-                            ""
-                        }
-                    );
-                    println!("$ {}", l.command);
-                }
-            }
-        }
-        WorkspaceCommand::Exec(a) => {
-            let opts = ExecOptions {
-                timeout: Duration::from_secs(or_default(
-                    a.timeout,
-                    pyro::user_config::default_timeout_s,
-                )?),
-                env: parse_pairs("--env", &a.env)?,
-                cwd: a.cwd,
-                max_output_bytes: a.max_output_bytes,
-                stdin: super::command_stdin(a.no_stdin)?,
-            };
-            let mut pass = Passthrough;
-            let out: Option<&mut dyn OutputSink> = if a.json { None } else { Some(&mut pass) };
-            // On a signal the library stops the command and logs it as interrupted.
-            let (signalled, code) = super::interrupt_signal()?;
-            let r = match pyro
-                .workspace_exec_or_cancel(&a.id, &a.command, &opts, &a.secret_env, out, signalled)
-                .await?
-            {
-                pyro::Outcome::Done(r) => r,
-                pyro::Outcome::Cancelled(_) => {
-                    let code = code.get();
-                    phase_line(
-                        "workspace-exec",
-                        &[
-                            ("workspace_id", a.id.clone()),
-                            ("phase", "interrupted".into()),
-                            ("exit_code", code.to_string()),
-                        ],
-                    );
-                    return Ok(ExitCode::from(code));
-                }
-            };
-            if a.json {
-                print_json(&r)?;
-                super::warn_truncated(
-                    "workspace-exec",
-                    &[("output", r.truncated)],
-                    a.max_output_bytes,
-                );
-            } else {
-                phase_line(
-                    "workspace-exec",
-                    &[
-                        ("workspace_id", r.workspace_id.clone()),
-                        ("sequence", r.sequence.to_string()),
-                        ("cwd", r.cwd.clone()),
-                        ("exit_code", r.exit_code.to_string()),
-                        ("timed_out", r.timed_out.to_string()),
-                        // Streamed whole: only the result's copy is capped.
-                        ("truncated", "false".into()),
-                        ("duration_ms", r.duration_ms.to_string()),
-                    ],
-                );
-                for w in &r.warnings {
-                    eprintln!("[workspace-exec] warning: {w}");
-                }
-            }
-            return Ok(ExitCode::from(r.exit_code.clamp(0, 255) as u8));
-        }
-        WorkspaceCommand::File(FileCommand::Read(a)) => {
-            let r = pyro
-                .workspace_file_read(&a.id, &a.path, a.max_bytes)
-                .await?;
-            if a.json {
-                print_json(&r)?;
-            } else {
-                use std::io::Write;
-                let mut out = std::io::stdout().lock();
-                out.write_all(&r.bytes)?;
-                if !a.content_only {
-                    if !r.bytes.ends_with(b"\n") && !r.bytes.is_empty() {
-                        out.write_all(b"\n")?;
-                    }
-                    phase_line(
-                        "workspace-file-read",
-                        &[
-                            ("workspace_id", r.workspace_id.clone()),
-                            ("path", r.path.clone()),
-                            ("size_bytes", r.size_bytes.to_string()),
-                            ("truncated", r.truncated.to_string()),
-                        ],
-                    );
-                }
-            }
-        }
-        WorkspaceCommand::File(FileCommand::Write(a)) => {
-            let r = match (&a.text, &a.text_file) {
-                (Some(t), _) => {
-                    pyro.workspace_file_write(&a.id, &a.path, &mut t.as_bytes())
-                        .await?
-                }
-                (None, Some(f)) => {
-                    let mut file = tokio::fs::File::open(f)
-                        .await
-                        .with_context(|| format!("open {}", f.display()))?;
-                    pyro.workspace_file_write(&a.id, &a.path, &mut file).await?
-                }
-                (None, None) => {
-                    pyro.workspace_file_write(&a.id, &a.path, &mut tokio::io::stdin())
-                        .await?
-                }
-            };
-            if a.out.json {
-                print_json(&r)?;
-            } else {
-                phase_line(
-                    "workspace-file-write",
-                    &[
-                        ("workspace_id", r.workspace_id.clone()),
-                        ("path", r.path.clone()),
-                        ("bytes_written", r.bytes_written.to_string()),
-                    ],
-                );
-            }
-        }
-        WorkspaceCommand::File(FileCommand::List(a)) => {
-            let r = pyro
-                .workspace_file_list(&a.id, &a.path, a.recursive)
-                .await?;
-            if a.out.json {
-                print_json(&r)?;
-            } else {
-                for e in &r.entries {
-                    match &e.link_target {
-                        Some(t) => println!("{} [{}] -> {t}", e.path, e.kind),
-                        None => {
-                            println!("{} [{}] size={} mode={:o}", e.path, e.kind, e.size, e.mode)
-                        }
-                    }
-                }
-                if r.truncated {
-                    println!("(listing truncated)");
-                }
-            }
-        }
-        WorkspaceCommand::Patch(PatchCommand::Apply(a)) => {
-            let mut text = String::new();
-            match &a.patch_file {
-                Some(f) => {
-                    text = std::fs::read_to_string(f)
-                        .with_context(|| format!("read {}", f.display()))?
-                }
-                None => {
-                    tokio::io::stdin()
-                        .take(64 << 20)
-                        .read_to_string(&mut text)
-                        .await
-                        .context("read the patch from stdin")?;
-                }
-            }
-            let r = pyro.workspace_patch_apply(&a.id, &text).await?;
-            if a.out.json {
-                print_json(&r)?;
-            } else {
-                println!(
-                    "[workspace-patch] workspace_id={} total={} added={} modified={} deleted={}",
-                    r.workspace_id,
-                    r.summary.total,
-                    r.summary.added,
-                    r.summary.modified,
-                    r.summary.deleted
-                );
-                for e in &r.entries {
-                    println!("{} {}", e.status, e.path);
-                }
-            }
-        }
-        WorkspaceCommand::Sync(SyncCommand::Push(a)) => {
-            let r = pyro
-                .workspace_sync_push(&a.id, &a.source, a.dest.as_deref())
-                .await?;
-            if a.out.json {
-                print_json(&r)?;
-            } else {
-                println!(
-                    "[workspace-sync] workspace_id={} source={} destination={} entry_count={} bytes_written={}",
-                    r.workspace_id,
-                    r.source.display(),
-                    r.destination,
-                    r.entry_count,
-                    r.bytes_written
-                );
-            }
-        }
-        WorkspaceCommand::Diff(a) => {
-            let r = pyro.workspace_diff(&a.id).await?;
-            if a.out.json {
-                print_json(&r)?;
-            } else if !r.changed {
-                println!("No workspace changes.");
-            } else {
-                println!(
-                    "[workspace-diff] workspace_id={} total={} added={} modified={} deleted={} truncated={}",
-                    r.workspace_id, r.summary.total, r.summary.added, r.summary.modified, r.summary.deleted, r.truncated
-                );
-                print!("{}", r.patch);
-            }
-        }
-        WorkspaceCommand::Export(a) => {
-            let limits = pyro::unpack::OutputLimits {
-                max_bytes: a.max_bytes,
-                max_entries: a.max_entries,
-            };
-            let r = pyro
-                .workspace_export(&a.id, &a.path, &a.output, a.force, limits)
-                .await?;
-            if a.out.json {
-                print_json(&r)?;
-            } else {
-                println!(
-                    "[workspace-export] workspace_id={} workspace_path={} output_path={} artifact_type={} entry_count={} bytes_written={} skipped_count={}",
-                    r.workspace_id,
-                    r.workspace_path,
-                    r.output_path.display(),
-                    r.artifact_type,
-                    r.entry_count,
-                    r.bytes_written,
-                    r.skipped_count
-                );
-                for s in &r.skipped {
-                    println!("[workspace-export] skipped path={} kind={}", s.path, s.kind);
-                }
-            }
-        }
-        WorkspaceCommand::Snapshot(SnapshotCommand::Create(a)) => {
-            let r = pyro.workspace_snapshot_create(&a.id, &a.name).await?;
-            if a.out.json {
-                print_json(&r)?;
-            } else {
-                println!(
-                    "[workspace-snapshot-create] workspace_id={} snapshot={} entries={} bytes={} new_bytes={} duration_ms={}",
-                    r.workspace_id, r.snapshot.name, r.snapshot.entries, r.snapshot.bytes, r.new_bytes, r.duration_ms
-                );
-            }
-        }
-        WorkspaceCommand::Snapshot(SnapshotCommand::List(a)) => {
-            let list = pyro.workspace_snapshot_list(&a.id)?;
-            if a.out.json {
-                print_json(&serde_json::json!({"count": list.len(), "snapshots": list}))?;
-            } else {
-                for s in &list {
-                    println!(
-                        "{} [{}] entries={} bytes={} created={}",
-                        s.name,
-                        s.kind,
-                        s.entries,
-                        s.bytes,
-                        ms_to_rfc3339(s.created_at_ms)
-                    );
-                }
-            }
-        }
-        WorkspaceCommand::Snapshot(SnapshotCommand::Delete(a)) => {
-            pyro.workspace_snapshot_delete(&a.id, &a.name).await?;
-            if a.out.json {
-                print_json(
-                    &serde_json::json!({"workspace_id": a.id, "snapshot": a.name, "deleted": true}),
-                )?;
-            } else {
-                println!("Deleted workspace snapshot: {}", a.name);
-            }
-        }
-        WorkspaceCommand::Shell(c) => return shell(pyro, c).await,
-        WorkspaceCommand::Service(c) => return service(pyro, c).await,
+        )),
+        WorkspaceCommand::Delete(a) => delete(pyro, a).await,
+        WorkspaceCommand::Logs(a) => logs(pyro, a).await,
+        WorkspaceCommand::Exec(a) => exec(pyro, a).await,
+        WorkspaceCommand::File(FileCommand::Read(a)) => file_read(pyro, a).await,
+        WorkspaceCommand::File(FileCommand::Write(a)) => file_write(pyro, a).await,
+        WorkspaceCommand::File(FileCommand::List(a)) => file_list(pyro, a).await,
+        WorkspaceCommand::Patch(PatchCommand::Apply(a)) => patch_apply(pyro, a).await,
+        WorkspaceCommand::Sync(SyncCommand::Push(a)) => sync_push(pyro, a).await,
+        WorkspaceCommand::Diff(a) => diff(pyro, a).await,
+        WorkspaceCommand::Export(a) => export(pyro, a).await,
+        WorkspaceCommand::Snapshot(SnapshotCommand::Create(a)) => snapshot_create(pyro, a).await,
+        WorkspaceCommand::Snapshot(SnapshotCommand::List(a)) => snapshot_list(pyro, a).await,
+        WorkspaceCommand::Snapshot(SnapshotCommand::Delete(a)) => snapshot_delete(pyro, a).await,
+        WorkspaceCommand::Shell(c) => shell(pyro, c).await,
+        WorkspaceCommand::Service(c) => service(pyro, c).await,
         WorkspaceCommand::Reset(a) => {
             let w = pyro.workspace_reset(&a.id, a.snapshot.as_deref()).await?;
-            show(w, "Reset workspace", a.out.json)?;
+            done(show(w, "Reset workspace", a.out.json))
         }
     }
-    Ok(ExitCode::SUCCESS)
+}
+
+/// A command that printed its result and succeeded.
+fn done(shown: anyhow::Result<()>) -> anyhow::Result<ExitCode> {
+    shown.map(|()| ExitCode::SUCCESS)
 }
 
 fn shell_line(tag: &str, s: &pyro::workspace::ShellResult) {
@@ -758,6 +368,438 @@ fn show(w: WorkspaceInfo, action: &str, json: bool) -> anyhow::Result<()> {
         summary(action, &w);
         Ok(())
     }
+}
+
+async fn create(pyro: &Pyro, a: CreateArgs) -> anyhow::Result<ExitCode> {
+    let mut req = CreateWorkspace::new(a.environment);
+    req.name = a.name;
+    req.labels = parse_pairs("--label", &a.labels)?;
+    req.seed = a.seed_path.as_deref().map(Seed::from_path).transpose()?;
+    req.ttl = ttl(a.ttl);
+    req.idle_ttl = ttl(a.idle_ttl);
+    req.vcpus = or_default(a.vcpu, pyro::user_config::default_vcpus)?;
+    req.mem_mib = or_default(a.mem, pyro::user_config::default_mem_mib)?;
+    req.isolation = a.isolation.as_deref().map(str::parse).transpose()?;
+    req.build_missing = !a.no_build;
+    req.network = pyro::network::NetworkSpec::from_parts(
+        false,
+        Some(a.network_policy.as_str()),
+        &a.allow_hosts,
+    )?;
+    for (name, value) in parse_pairs("--secret", &a.secrets)? {
+        if value.is_empty() {
+            anyhow::bail!("--secret {name}= has an empty value");
+        }
+        req.secrets.insert(name, Secret::new(value));
+    }
+    for (name, path) in parse_pairs("--secret-file", &a.secret_files)? {
+        req.secrets
+            .insert(name, secret_from_file(std::path::Path::new(path.trim()))?);
+    }
+    let observer = Arc::new(Phases {
+        show: !a.json && !a.id_only,
+        build: BuildProgress::new(),
+    });
+    let w = pyro.workspace_create(&req, observer).await?;
+    if a.json {
+        print_json(&w)?;
+    } else if a.id_only {
+        println!("{}", w.workspace_id);
+    } else {
+        summary("Workspace", &w);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn list(pyro: &Pyro, a: ListArgs) -> anyhow::Result<ExitCode> {
+    let labels = parse_pairs("--label", &a.labels)?;
+    let list = pyro.workspace_list(&labels, a.state.as_deref())?;
+    if a.out.json {
+        print_json(&serde_json::json!({"count": list.len(), "workspaces": list}))?;
+    } else if list.is_empty() {
+        println!("No workspaces.");
+    } else {
+        for w in &list {
+            let labels: Vec<String> = w.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!(
+                "{}  {:<10} {:<16} {:<10} name={} labels={} commands={} last_activity={}",
+                w.workspace_id,
+                w.state,
+                w.environment,
+                w.isolation,
+                w.name.as_deref().unwrap_or("-"),
+                if labels.is_empty() {
+                    "-".into()
+                } else {
+                    labels.join(",")
+                },
+                w.command_count,
+                ms_to_rfc3339(w.last_activity_ms)
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn update(pyro: &Pyro, a: UpdateArgs) -> anyhow::Result<ExitCode> {
+    let mut u = UpdateWorkspace {
+        set_labels: parse_pairs("--label", &a.labels)?,
+        clear_labels: a.clear_labels,
+        ..Default::default()
+    };
+    if a.clear_name {
+        u.name = Some(None);
+    } else if let Some(n) = a.name {
+        u.name = Some(Some(n));
+    }
+    if a.clear_ttl {
+        u.ttl = Some(None);
+        u.idle_ttl = Some(None);
+    } else {
+        u.ttl = a.ttl.map(|t| Some(Duration::from_secs(t)));
+        u.idle_ttl = a.idle_ttl.map(|t| Some(Duration::from_secs(t)));
+    }
+    show(
+        pyro.workspace_update(&a.id, &u).await?,
+        "Updated workspace",
+        a.out.json,
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn delete(pyro: &Pyro, a: IdArgs) -> anyhow::Result<ExitCode> {
+    let r = pyro.workspace_delete(&a.id).await?;
+    if a.out.json {
+        print_json(&r)?;
+    } else if r.deleted {
+        println!("Deleted workspace: {}", r.workspace_id);
+    } else {
+        println!(
+            "Deleted workspace {} incompletely: {}",
+            r.workspace_id,
+            r.errors.join("; ")
+        );
+    }
+    if !r.deleted {
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn logs(pyro: &Pyro, a: IdArgs) -> anyhow::Result<ExitCode> {
+    let logs = pyro.workspace_logs(&a.id)?;
+    let refused = pyro.workspace_network_refused(&a.id)?;
+    if a.out.json {
+        print_json(
+            &serde_json::json!({"count": logs.len(), "entries": logs, "network_refused": refused}),
+        )?;
+    } else if logs.is_empty() && refused.is_empty() {
+        println!("No workspace logs found.");
+    } else {
+        for r in &refused {
+            println!(
+                "refused {} {} -> {}{} at={}",
+                r.protocol,
+                r.source,
+                r.destination,
+                r.port.map(|p| format!(":{p}")).unwrap_or_default(),
+                r.at
+            );
+        }
+        for l in &logs {
+            println!(
+                "#{} exit_code={} duration_ms={} cwd={} at={}{}",
+                l.seq,
+                l.exit_code,
+                l.duration_ms,
+                l.cwd,
+                ms_to_rfc3339(l.started_at_ms),
+                if l.interrupted {
+                    " interrupted=true"
+                } else {
+                    ""
+                }
+            );
+            println!("$ {}", l.command);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn exec(pyro: &Pyro, a: ExecArgs) -> anyhow::Result<ExitCode> {
+    let opts = ExecOptions {
+        timeout: Duration::from_secs(or_default(a.timeout, pyro::user_config::default_timeout_s)?),
+        env: parse_pairs("--env", &a.env)?,
+        cwd: a.cwd,
+        max_output_bytes: a.max_output_bytes,
+        stdin: super::command_stdin(a.no_stdin)?,
+    };
+    let mut pass = Passthrough;
+    let out: Option<&mut dyn OutputSink> = if a.json { None } else { Some(&mut pass) };
+    // On a signal the library stops the command and logs it as interrupted.
+    let (signalled, code) = super::interrupt_signal()?;
+    let r = match pyro
+        .workspace_exec_or_cancel(&a.id, &a.command, &opts, &a.secret_env, out, signalled)
+        .await?
+    {
+        pyro::Outcome::Done(r) => r,
+        pyro::Outcome::Cancelled(_) => {
+            let code = code.get();
+            phase_line(
+                "workspace-exec",
+                &[
+                    ("workspace_id", a.id.clone()),
+                    ("phase", "interrupted".into()),
+                    ("exit_code", code.to_string()),
+                ],
+            );
+            return Ok(ExitCode::from(code));
+        }
+    };
+    if a.json {
+        print_json(&r)?;
+        super::warn_truncated(
+            "workspace-exec",
+            &[("output", r.truncated)],
+            a.max_output_bytes,
+        );
+    } else {
+        phase_line(
+            "workspace-exec",
+            &[
+                ("workspace_id", r.workspace_id.clone()),
+                ("sequence", r.sequence.to_string()),
+                ("cwd", r.cwd.clone()),
+                ("exit_code", r.exit_code.to_string()),
+                ("timed_out", r.timed_out.to_string()),
+                // Streamed whole: only the result's copy is capped.
+                ("truncated", "false".into()),
+                ("duration_ms", r.duration_ms.to_string()),
+            ],
+        );
+        for w in &r.warnings {
+            eprintln!("[workspace-exec] warning: {w}");
+        }
+    }
+    Ok(ExitCode::from(r.exit_code.clamp(0, 255) as u8))
+}
+
+async fn file_read(pyro: &Pyro, a: FileReadArgs) -> anyhow::Result<ExitCode> {
+    let r = pyro
+        .workspace_file_read(&a.id, &a.path, a.max_bytes)
+        .await?;
+    if a.json {
+        print_json(&r)?;
+    } else {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        out.write_all(&r.bytes)?;
+        if !a.content_only {
+            if !r.bytes.ends_with(b"\n") && !r.bytes.is_empty() {
+                out.write_all(b"\n")?;
+            }
+            phase_line(
+                "workspace-file-read",
+                &[
+                    ("workspace_id", r.workspace_id.clone()),
+                    ("path", r.path.clone()),
+                    ("size_bytes", r.size_bytes.to_string()),
+                    ("truncated", r.truncated.to_string()),
+                ],
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn file_write(pyro: &Pyro, a: FileWriteArgs) -> anyhow::Result<ExitCode> {
+    let r = match (&a.text, &a.text_file) {
+        (Some(t), _) => {
+            pyro.workspace_file_write(&a.id, &a.path, &mut t.as_bytes())
+                .await?
+        }
+        (None, Some(f)) => {
+            let mut file = tokio::fs::File::open(f)
+                .await
+                .with_context(|| format!("open {}", f.display()))?;
+            pyro.workspace_file_write(&a.id, &a.path, &mut file).await?
+        }
+        (None, None) => {
+            pyro.workspace_file_write(&a.id, &a.path, &mut tokio::io::stdin())
+                .await?
+        }
+    };
+    if a.out.json {
+        print_json(&r)?;
+    } else {
+        phase_line(
+            "workspace-file-write",
+            &[
+                ("workspace_id", r.workspace_id.clone()),
+                ("path", r.path.clone()),
+                ("bytes_written", r.bytes_written.to_string()),
+            ],
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn file_list(pyro: &Pyro, a: FileListArgs) -> anyhow::Result<ExitCode> {
+    let r = pyro
+        .workspace_file_list(&a.id, &a.path, a.recursive)
+        .await?;
+    if a.out.json {
+        print_json(&r)?;
+    } else {
+        for e in &r.entries {
+            match &e.link_target {
+                Some(t) => println!("{} [{}] -> {t}", e.path, e.kind),
+                None => {
+                    println!("{} [{}] size={} mode={:o}", e.path, e.kind, e.size, e.mode)
+                }
+            }
+        }
+        if r.truncated {
+            println!("(listing truncated)");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn patch_apply(pyro: &Pyro, a: PatchApplyArgs) -> anyhow::Result<ExitCode> {
+    let mut text = String::new();
+    match &a.patch_file {
+        Some(f) => {
+            text = std::fs::read_to_string(f).with_context(|| format!("read {}", f.display()))?
+        }
+        None => {
+            tokio::io::stdin()
+                .take(64 << 20)
+                .read_to_string(&mut text)
+                .await
+                .context("read the patch from stdin")?;
+        }
+    }
+    let r = pyro.workspace_patch_apply(&a.id, &text).await?;
+    if a.out.json {
+        print_json(&r)?;
+    } else {
+        println!(
+            "[workspace-patch] workspace_id={} total={} added={} modified={} deleted={}",
+            r.workspace_id, r.summary.total, r.summary.added, r.summary.modified, r.summary.deleted
+        );
+        for e in &r.entries {
+            println!("{} {}", e.status, e.path);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn sync_push(pyro: &Pyro, a: SyncPushArgs) -> anyhow::Result<ExitCode> {
+    let r = pyro
+        .workspace_sync_push(&a.id, &a.source, a.dest.as_deref())
+        .await?;
+    if a.out.json {
+        print_json(&r)?;
+    } else {
+        println!(
+            "[workspace-sync] workspace_id={} source={} destination={} entry_count={} bytes_written={}",
+            r.workspace_id,
+            r.source.display(),
+            r.destination,
+            r.entry_count,
+            r.bytes_written
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn diff(pyro: &Pyro, a: IdArgs) -> anyhow::Result<ExitCode> {
+    let r = pyro.workspace_diff(&a.id).await?;
+    if a.out.json {
+        print_json(&r)?;
+    } else if !r.changed {
+        println!("No workspace changes.");
+    } else {
+        println!(
+            "[workspace-diff] workspace_id={} total={} added={} modified={} deleted={} truncated={}",
+            r.workspace_id, r.summary.total, r.summary.added, r.summary.modified, r.summary.deleted, r.truncated
+        );
+        print!("{}", r.patch);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn export(pyro: &Pyro, a: ExportArgs) -> anyhow::Result<ExitCode> {
+    let limits = pyro::unpack::OutputLimits {
+        max_bytes: a.max_bytes,
+        max_entries: a.max_entries,
+    };
+    let r = pyro
+        .workspace_export(&a.id, &a.path, &a.output, a.force, limits)
+        .await?;
+    if a.out.json {
+        print_json(&r)?;
+    } else {
+        println!(
+            "[workspace-export] workspace_id={} workspace_path={} output_path={} artifact_type={} entry_count={} bytes_written={} skipped_count={}",
+            r.workspace_id,
+            r.workspace_path,
+            r.output_path.display(),
+            r.artifact_type,
+            r.entry_count,
+            r.bytes_written,
+            r.skipped_count
+        );
+        for s in &r.skipped {
+            println!("[workspace-export] skipped path={} kind={}", s.path, s.kind);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn snapshot_create(pyro: &Pyro, a: SnapshotNameArgs) -> anyhow::Result<ExitCode> {
+    let r = pyro.workspace_snapshot_create(&a.id, &a.name).await?;
+    if a.out.json {
+        print_json(&r)?;
+    } else {
+        println!(
+            "[workspace-snapshot-create] workspace_id={} snapshot={} entries={} bytes={} new_bytes={} duration_ms={}",
+            r.workspace_id, r.snapshot.name, r.snapshot.entries, r.snapshot.bytes, r.new_bytes, r.duration_ms
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn snapshot_list(pyro: &Pyro, a: IdArgs) -> anyhow::Result<ExitCode> {
+    let list = pyro.workspace_snapshot_list(&a.id)?;
+    if a.out.json {
+        print_json(&serde_json::json!({"count": list.len(), "snapshots": list}))?;
+    } else {
+        for s in &list {
+            println!(
+                "{} [{}] entries={} bytes={} created={}",
+                s.name,
+                s.kind,
+                s.entries,
+                s.bytes,
+                ms_to_rfc3339(s.created_at_ms)
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn snapshot_delete(pyro: &Pyro, a: SnapshotNameArgs) -> anyhow::Result<ExitCode> {
+    pyro.workspace_snapshot_delete(&a.id, &a.name).await?;
+    if a.out.json {
+        print_json(
+            &serde_json::json!({"workspace_id": a.id, "snapshot": a.name, "deleted": true}),
+        )?;
+    } else {
+        println!("Deleted workspace snapshot: {}", a.name);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]
