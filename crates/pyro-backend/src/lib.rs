@@ -6,6 +6,7 @@ pub mod agent_client;
 pub mod bootcheck;
 pub mod container;
 pub mod firecracker;
+pub mod jailer;
 pub mod qemu;
 pub mod vmm;
 
