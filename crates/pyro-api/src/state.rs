@@ -85,6 +85,33 @@ named_enum!(
     }
 );
 
+impl WorkspaceState {
+    /// Whether the lifecycle goes from `self` to `to`:
+    ///
+    /// ```text
+    /// creating ──► running ◄──► stopped
+    ///                 │            │
+    ///                 ▼            ▼
+    ///   broken ──► resetting ◄─────┘     (a reset from any settled state, or an interrupted one)
+    ///     ▲           │
+    ///     └───────────┴──► running
+    /// ```
+    ///
+    /// Staying in a state is always allowed. Deleting is not a state: the row goes.
+    pub fn may_become(self, to: WorkspaceState) -> bool {
+        use WorkspaceState::*;
+        self == to
+            || matches!(
+                (self, to),
+                (Creating, Running)
+                    | (Running, Stopped)
+                    | (Stopped, Running)
+                    | (Running | Stopped | Broken | Resetting, Resetting)
+                    | (Resetting, Running | Broken)
+            )
+    }
+}
+
 named_enum!(
     /// Where one recorded sandbox is.
     SandboxState, "sandbox state", {
@@ -126,6 +153,32 @@ named_enum!(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_workspace_lifecycle_allows_only_its_transitions() {
+        use WorkspaceState::*;
+        for (from, to) in [
+            (Creating, Running),
+            (Running, Stopped),
+            (Stopped, Running),
+            (Stopped, Resetting),
+            (Broken, Resetting),
+            (Resetting, Broken),
+            (Resetting, Running),
+            (Stopped, Stopped),
+        ] {
+            assert!(from.may_become(to), "{from} -> {to}");
+        }
+        for (from, to) in [
+            (Creating, Stopped),
+            (Broken, Running),
+            (Stopped, Broken),
+            (Running, Creating),
+            (Creating, Resetting),
+        ] {
+            assert!(!from.may_become(to), "{from} -> {to}");
+        }
+    }
 
     #[test]
     fn names_round_trip_and_unknown_names_are_refused() {

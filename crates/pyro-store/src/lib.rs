@@ -113,6 +113,27 @@ fn write_tx(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>
     conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
 }
 
+/// Checks, in debug builds (every test), that changing workspace `id` to `to` is a transition of
+/// the lifecycle ([`WorkspaceState::may_become`]); a release build records what it is told.
+fn check_transition(tx: &rusqlite::Transaction<'_>, id: &str, to: WorkspaceState) -> Result<()> {
+    if cfg!(debug_assertions) {
+        let from: Option<WorkspaceState> = tx
+            .query_row(
+                "SELECT state FROM workspaces WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(from) = from {
+            assert!(
+                from.may_become(to),
+                "workspace {id}: {from} -> {to} is not a transition of the lifecycle"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// How long a call waits for another process's write before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -614,7 +635,10 @@ impl Store {
 
     /// Replaces a workspace's mutable fields.
     pub fn update_workspace(&self, w: &WorkspaceRow) -> Result<()> {
-        self.conn().execute(
+        let mut conn = self.conn();
+        let tx = write_tx(&mut conn)?;
+        check_transition(&tx, &w.id, w.state)?;
+        tx.execute(
             "UPDATE workspaces SET name = ?2, labels = ?3, state = ?4, ttl_s = ?5, idle_ttl_s = ?6, last_activity_ms = ?7,
                 stopped_at_ms = ?8, expired_at_ms = ?9, reset_count = ?10, environment_digest = ?11 WHERE id = ?1",
             params![
@@ -631,15 +655,20 @@ impl Store {
                 w.environment_digest,
             ],
         )?;
+        tx.commit()?;
         Ok(())
     }
 
     /// Sets a workspace's state.
     pub fn set_workspace_state(&self, id: &str, state: WorkspaceState) -> Result<()> {
-        self.conn().execute(
+        let mut conn = self.conn();
+        let tx = write_tx(&mut conn)?;
+        check_transition(&tx, id, state)?;
+        tx.execute(
             "UPDATE workspaces SET state = ?2 WHERE id = ?1",
             params![id, state],
         )?;
+        tx.commit()?;
         Ok(())
     }
 
