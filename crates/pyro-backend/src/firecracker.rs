@@ -61,6 +61,27 @@ pub struct FirecrackerBackend {
     cache: PathBuf,
 }
 
+/// Connects to Firecracker's API socket. The socket file appears at `bind()`, but connections
+/// are refused until Firecracker calls `listen()`; under load a start can land in that gap
+/// (seen nested under TCG), so a refused connection is tried again for a short while.
+async fn connect(socket: &Path) -> Result<UnixStream> {
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        match UnixStream::connect(socket).await {
+            Ok(s) => return Ok(s),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ConnectionRefused
+                    && std::time::Instant::now() < until =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => {
+                return Err(vm_err(NAME, format!("connect {}: {e}", socket.display())));
+            }
+        }
+    }
+}
+
 /// One request to Firecracker's API over its Unix socket; returns the status code and body.
 /// Firecracker keeps connections alive whatever the client asks, so the response is read up to
 /// the end of its headers and then exactly `Content-Length` body bytes (capped).
@@ -71,9 +92,7 @@ pub async fn api(
     body: Option<&Value>,
 ) -> Result<(u16, String)> {
     let err = |m: String| vm_err(NAME, format!("API {method} {path}: {m}"));
-    let mut s = UnixStream::connect(socket)
-        .await
-        .map_err(|e| vm_err(NAME, format!("connect {}: {e}", socket.display())))?;
+    let mut s = connect(socket).await?;
     let body = body.map(Value::to_string).unwrap_or_default();
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n\
@@ -408,6 +427,43 @@ fn remove_jail_cgroups(id: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A socket that is bound but not yet listening refuses connections; `connect` waits for
+    /// the listen instead of failing the start.
+    #[tokio::test]
+    async fn the_api_socket_is_retried_between_bind_and_listen() {
+        use nix::sys::socket::{
+            bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.sock");
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::empty(),
+            None,
+        )
+        .unwrap();
+        bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &UnixAddr::new(&path).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            std::os::unix::net::UnixStream::connect(&path)
+                .map_err(|e| e.kind())
+                .err(),
+            Some(std::io::ErrorKind::ConnectionRefused)
+        );
+        let listening = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            listen(&fd, Backlog::new(1).unwrap()).unwrap();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            drop(fd);
+        });
+        assert!(connect(&path).await.is_ok());
+        listening.abort();
+    }
 
     #[test]
     fn a_run_directory_not_made_yet_is_judged_by_its_parent() {
