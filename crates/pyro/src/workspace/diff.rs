@@ -362,3 +362,23 @@ async fn read_optional(sb: &Sandbox, path: &str) -> Result<Option<Vec<u8>>> {
         Err(e) => Err(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_and_counts_follow_git() {
+        assert_eq!(git_mode(0o755), pyro_patch::MODE_EXECUTABLE);
+        assert_eq!(git_mode(0o744), pyro_patch::MODE_EXECUTABLE);
+        assert_eq!(git_mode(0o644), pyro_patch::MODE_FILE);
+        let e = |status: &str| DiffEntry {
+            path: "p".into(),
+            status: status.into(),
+            kind: "file".into(),
+            binary: false,
+        };
+        let s = summarize(&[e("added"), e("added"), e("deleted"), e("modified")]);
+        assert_eq!((s.total, s.added, s.modified, s.deleted), (4, 2, 1, 1));
+    }
+}

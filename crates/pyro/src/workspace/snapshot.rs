@@ -472,3 +472,88 @@ pub struct PatchResult {
 
 /// Per-path stat identity and known content hash, so a diff hashes only files that changed.
 pub(crate) type StatCache = BTreeMap<String, (u64, i128, i128, u64, String)>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tar like the agent sends: a directory, two files with the same content, a symlink.
+    fn agent_tar(path: &Path, readme: &[u8]) {
+        let f = std::fs::File::create(path).unwrap();
+        let mut b = tar::Builder::new(f);
+        let mut dir = tar::Header::new_gnu();
+        dir.set_entry_type(tar::EntryType::Directory);
+        dir.set_mode(0o755);
+        dir.set_mtime(7);
+        dir.set_size(0);
+        b.append_data(&mut dir, "src/", std::io::empty()).unwrap();
+        for (name, body, mode) in [
+            ("README.md", readme, 0o644),
+            ("src/main.sh", b"echo hi\n".as_slice(), 0o755),
+            ("src/copy.sh", b"echo hi\n".as_slice(), 0o644),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_mode(mode);
+            h.set_mtime(9);
+            h.set_size(body.len() as u64);
+            b.append_data(&mut h, name, body).unwrap();
+        }
+        let mut l = tar::Header::new_gnu();
+        l.set_entry_type(tar::EntryType::Symlink);
+        l.set_mode(0o777);
+        l.set_size(0);
+        b.append_link(&mut l, "latest", "src/main.sh").unwrap();
+        b.finish().unwrap();
+    }
+
+    #[test]
+    fn a_snapshot_round_trips_and_stores_each_content_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tar1, objects, out) = (
+            dir.path().join("in.tar"),
+            dir.path().join("objects"),
+            dir.path().join("out.tar"),
+        );
+        agent_tar(&tar1, b"# one\n");
+        let (tree, new_bytes) = ingest(&tar1, &objects).unwrap();
+        // "echo hi\n" is stored once for two files.
+        assert_eq!(new_bytes, 6 + 8);
+        assert_eq!(std::fs::read_dir(&objects).unwrap().count(), 2);
+        let kinds: Vec<(&str, &str)> = tree
+            .iter()
+            .map(|e| (e.path.as_str(), e.kind.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("src", "dir"),
+                ("README.md", "file"),
+                ("src/main.sh", "file"),
+                ("src/copy.sh", "file"),
+                ("latest", "symlink")
+            ]
+        );
+        // Back to a tar: same entries, modes, content and link target.
+        build_tar(&tree, &objects, &out).unwrap();
+        let (again, more) = ingest(&out, &objects).unwrap();
+        assert_eq!(again, tree);
+        assert_eq!(more, 0, "nothing new to store");
+        // A second snapshot with one changed file stores only that file.
+        let tar2 = dir.path().join("in2.tar");
+        agent_tar(&tar2, b"# two, longer\n");
+        let (_, new_bytes) = ingest(&tar2, &objects).unwrap();
+        assert_eq!(new_bytes, 14);
+    }
+
+    #[test]
+    fn snapshot_names_are_checked() {
+        for ok in ["baseline", "v1.2", "before-refactor", "a_b"] {
+            assert!(validate_snapshot_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".hidden", "a/b", "../x", "sp ace", &"x".repeat(65)] {
+            let err = validate_snapshot_name(bad).err().map(|e| e.kind());
+            assert_eq!(err, Some("invalid_request"), "{bad:?}");
+        }
+    }
+}
