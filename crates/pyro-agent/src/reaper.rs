@@ -138,9 +138,10 @@ mod tests {
 
     use super::*;
 
+    // Reaped through the registry, never through `Child::wait`, as exec does.
+    #[allow(clippy::zombie_processes)]
     fn spawn(line: &str) -> i32 {
         let child = Command::new("/bin/sh").arg("-c").arg(line).spawn().unwrap();
-        // Reaped through the registry, never through `Child::wait`.
         child.id() as i32
     }
 
