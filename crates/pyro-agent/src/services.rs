@@ -35,6 +35,8 @@ struct Service {
     cwd: PathBuf,
     /// Who it runs as (`None`: root).
     creds: Option<Credentials>,
+    /// The directory its logs go to ([`LOG_DIR`]; a temporary one in tests).
+    logs: PathBuf,
     /// Set by `stop`, so the supervisor does not restart it.
     stopping: Mutex<bool>,
 }
@@ -64,8 +66,8 @@ fn valid_name(n: &str) -> bool {
         && !n.starts_with('.')
 }
 
-fn log_path(name: &str, stream: &str) -> PathBuf {
-    Path::new(LOG_DIR).join(format!("{name}.{stream}"))
+fn log_path(dir: &Path, name: &str, stream: &str) -> PathBuf {
+    dir.join(format!("{name}.{stream}"))
 }
 
 fn is_running(s: &Service) -> bool {
@@ -137,11 +139,11 @@ fn spawn(svc: &Arc<Service>) -> Result<i32, FileError> {
     let pid = child.id() as i32;
     reaper::want(pid);
     if let Some(out) = child.stdout.take() {
-        let p = log_path(&svc.spec.name, "stdout");
+        let p = log_path(&svc.logs, &svc.spec.name, "stdout");
         std::thread::spawn(move || log_pump(out, p));
     }
     if let Some(e) = child.stderr.take() {
-        let p = log_path(&svc.spec.name, "stderr");
+        let p = log_path(&svc.logs, &svc.spec.name, "stderr");
         std::thread::spawn(move || log_pump(e, p));
     }
     drop(child);
@@ -281,6 +283,11 @@ fn http_ok(url: &str) -> bool {
 
 /// Starts a service and waits for readiness. On failure the error carries the log tail.
 pub fn start(root: &Root, req: &ServiceStart) -> Result<ServiceInfo, FileError> {
+    start_in(root, req, Path::new(LOG_DIR))
+}
+
+/// [`start`], with the service's logs in `logs`.
+fn start_in(root: &Root, req: &ServiceStart, logs: &Path) -> Result<ServiceInfo, FileError> {
     if !valid_name(&req.name) {
         return Err(err(
             "bad_request",
@@ -314,7 +321,8 @@ pub fn start(root: &Root, req: &ServiceStart) -> Result<ServiceInfo, FileError> 
     }
     let creds = crate::user::resolve(req.user.as_deref(), Path::new("/"))
         .map_err(|e| err("bad_request", e))?;
-    std::fs::create_dir_all(LOG_DIR).map_err(|e| err("io", format!("create {LOG_DIR}: {e}")))?;
+    std::fs::create_dir_all(logs)
+        .map_err(|e| err("io", format!("create {}: {e}", logs.display())))?;
     let svc = {
         let mut t = lock(table());
         if let Some(old) = t.get(&req.name) {
@@ -333,7 +341,7 @@ pub fn start(root: &Root, req: &ServiceStart) -> Result<ServiceInfo, FileError> 
         }
         // A fresh start gets fresh logs.
         for stream in ["stdout", "stderr", "stdout.1", "stderr.1"] {
-            let _ = std::fs::remove_file(log_path(&req.name, stream));
+            let _ = std::fs::remove_file(log_path(logs, &req.name, stream));
         }
         let info = ServiceInfo {
             name: req.name.clone(),
@@ -352,6 +360,7 @@ pub fn start(root: &Root, req: &ServiceStart) -> Result<ServiceInfo, FileError> 
             spec: req.clone(),
             cwd,
             creds,
+            logs: logs.to_path_buf(),
             stopping: Mutex::new(false),
         });
         t.insert(req.name.clone(), svc.clone());
@@ -368,7 +377,7 @@ pub fn start(root: &Root, req: &ServiceStart) -> Result<ServiceInfo, FileError> 
                 format!(
                     "service {} exited with code {code} before it was ready; log tail:\n{}",
                     req.name,
-                    tail_text(&req.name, 20)
+                    tail_text(logs, &req.name, 20)
                 ),
             ));
         }
@@ -397,7 +406,7 @@ pub fn start(root: &Root, req: &ServiceStart) -> Result<ServiceInfo, FileError> 
                     "service {} was not ready after {} ms; log tail:\n{}",
                     req.name,
                     req.ready_timeout_ms,
-                    tail_text(&req.name, 20)
+                    tail_text(logs, &req.name, 20)
                 ),
             ));
         }
@@ -405,17 +414,17 @@ pub fn start(root: &Root, req: &ServiceStart) -> Result<ServiceInfo, FileError> 
     }
 }
 
-fn tail_text(name: &str, lines: u64) -> String {
-    let (out, _) = tail(name, "stdout", Some(lines));
-    let (e, _) = tail(name, "stderr", Some(lines));
+fn tail_text(dir: &Path, name: &str, lines: u64) -> String {
+    let (out, _) = tail(dir, name, "stdout", Some(lines));
+    let (e, _) = tail(dir, name, "stderr", Some(lines));
     format!("[stdout]\n{out}[stderr]\n{e}")
 }
 
 /// The last `lines` lines of a stream (both generations), and whether older lines were cut.
-fn tail(name: &str, stream: &str, lines: Option<u64>) -> (String, bool) {
-    let mut all = std::fs::read(log_path(name, &format!("{stream}.1"))).unwrap_or_default();
+fn tail(dir: &Path, name: &str, stream: &str, lines: Option<u64>) -> (String, bool) {
+    let mut all = std::fs::read(log_path(dir, name, &format!("{stream}.1"))).unwrap_or_default();
     let rotated = !all.is_empty();
-    all.extend(std::fs::read(log_path(name, stream)).unwrap_or_default());
+    all.extend(std::fs::read(log_path(dir, name, stream)).unwrap_or_default());
     let text = String::from_utf8_lossy(&all).into_owned();
     match lines {
         None => (text, rotated),
@@ -427,13 +436,16 @@ fn tail(name: &str, stream: &str, lines: Option<u64>) -> (String, bool) {
     }
 }
 
-/// One service.
-pub fn status(name: &str) -> Result<ServiceInfo, FileError> {
-    let svc = lock(table())
+fn get(name: &str) -> Result<Arc<Service>, FileError> {
+    lock(table())
         .get(name)
         .cloned()
-        .ok_or_else(|| err("not_found", format!("no service {name:?}")))?;
-    let info = lock(&svc.info).clone();
+        .ok_or_else(|| err("not_found", format!("no service {name:?}")))
+}
+
+/// One service.
+pub fn status(name: &str) -> Result<ServiceInfo, FileError> {
+    let info = lock(&get(name)?.info).clone();
     Ok(info)
 }
 
@@ -452,18 +464,16 @@ pub fn logs(
     name: &str,
     tail_lines: Option<u64>,
 ) -> Result<(ServiceInfo, String, String, bool), FileError> {
-    let info = status(name)?;
-    let (out, t1) = tail(name, "stdout", tail_lines);
-    let (e, t2) = tail(name, "stderr", tail_lines);
+    let svc = get(name)?;
+    let info = lock(&svc.info).clone();
+    let (out, t1) = tail(&svc.logs, name, "stdout", tail_lines);
+    let (e, t2) = tail(&svc.logs, name, "stderr", tail_lines);
     Ok((info, out, e, t1 || t2))
 }
 
 /// Stops a service: TERM to its group, KILL after `grace`.
 pub fn stop(name: &str, grace: Duration) -> Result<ServiceInfo, FileError> {
-    let svc = lock(table())
-        .get(name)
-        .cloned()
-        .ok_or_else(|| err("not_found", format!("no service {name:?}")))?;
+    let svc = get(name)?;
     *lock(&svc.stopping) = true;
     let pid = lock(&svc.info).pid;
     if let Some(pid) = pid.filter(|_| is_running(&svc)) {
