@@ -781,10 +781,12 @@ mod tests {
             path: "never".into(),
         });
         req.ready_timeout_ms = 300;
-        // Once its output is logged, so the tail has it.
+        // The log is written by a thread of its own: try again until the tail has the output.
+        let mut tries = 0;
         let e = loop {
             let e = sb.start(&req).unwrap_err();
-            if e.message.contains("waiting") {
+            tries += 1;
+            if e.message.contains("waiting") || tries == 20 {
                 break e;
             }
         };
