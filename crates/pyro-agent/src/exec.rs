@@ -433,3 +433,369 @@ fn read_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     let mut f = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
     f.read(buf)
 }
+
+#[cfg(test)]
+mod tests {
+    //! `run` driven directly: the host's side of the connection is one end of a socketpair, and
+    //! the frames the command sends are collected in memory. The commands are real child
+    //! processes of the test; without the reaper thread, `reaper::wait_for` reaps them itself.
+
+    use std::io::Cursor;
+    use std::os::unix::net::UnixStream;
+
+    use pyro_protocol::{read_frame, write_frame, DEFAULT_OUTPUT_CAP};
+
+    use super::*;
+
+    fn req(line: &str) -> ExecRequest {
+        ExecRequest {
+            argv: vec![line.into()],
+            env: BTreeMap::new(),
+            cwd: None,
+            timeout_ms: None,
+            max_stdout: DEFAULT_OUTPUT_CAP,
+            max_stderr: DEFAULT_OUTPUT_CAP,
+            user: None,
+            stdin: false,
+        }
+    }
+
+    /// What a command sent, and how it ended.
+    #[derive(Debug)]
+    struct Ran {
+        out: Vec<u8>,
+        err: Vec<u8>,
+        outcome: ExecOutcome,
+    }
+
+    fn frames(bytes: &[u8]) -> Vec<(FrameKind, Vec<u8>)> {
+        let mut c = Cursor::new(bytes);
+        let mut v = Vec::new();
+        while (c.position() as usize) < bytes.len() {
+            v.push(read_frame(&mut c).unwrap());
+        }
+        v
+    }
+
+    fn split(bytes: &[u8], outcome: ExecOutcome) -> Ran {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        for (k, p) in frames(bytes) {
+            match k {
+                FrameKind::Stdout => out.extend(p),
+                FrameKind::Stderr => err.extend(p),
+                other => panic!("unexpected {other:?} frame from an exec"),
+            }
+        }
+        Ran { out, err, outcome }
+    }
+
+    /// Runs `req` with the host staying connected throughout; `input`, when given, is sent as
+    /// the command's stdin (then end of file) from a thread of its own.
+    fn run_with(req: &ExecRequest, input: Option<Vec<u8>>) -> Ran {
+        let dir = tempfile::tempdir().unwrap();
+        let (host, agent) = UnixStream::pair().unwrap();
+        let writer = input.map(|input| {
+            let mut host = host.try_clone().unwrap();
+            std::thread::spawn(move || {
+                for chunk in input.chunks(64 * 1024) {
+                    if write_frame(&mut host, FrameKind::Data, chunk).is_err() {
+                        return;
+                    }
+                }
+                let _ = write_frame(&mut host, FrameKind::Data, &[]);
+            })
+        });
+        let mut sink = Vec::new();
+        let outcome = run(req, dir.path(), agent, &mut sink).unwrap();
+        // Hanging up after the answer means nothing any more.
+        let _ = host.shutdown(std::net::Shutdown::Both);
+        if let Some(w) = writer {
+            w.join().unwrap();
+        }
+        split(&sink, outcome)
+    }
+
+    fn exec(line: &str) -> Ran {
+        run_with(&req(line), None)
+    }
+
+    #[test]
+    fn exit_codes_and_signals_are_reported_apart() {
+        #[track_caller]
+        fn check(line: &str, exit_code: Option<i32>, signal: Option<i32>) {
+            let r = exec(line);
+            assert_eq!(
+                (r.outcome.exit_code, r.outcome.signal),
+                (exit_code, signal),
+                "{line}"
+            );
+            assert!(!r.outcome.timed_out, "{line}");
+        }
+        check("true", Some(0), None);
+        check("exit 3", Some(3), None);
+        check("exit 255", Some(255), None);
+        check("no-such-command-here 2>/dev/null", Some(127), None);
+        check("kill -TERM $$", None, Some(libc::SIGTERM));
+        check("kill -KILL $$", None, Some(libc::SIGKILL));
+    }
+
+    #[test]
+    fn stdout_and_stderr_are_separate_streams() {
+        let r = exec("echo out; echo err >&2; printf more");
+        assert_eq!(r.out, b"out\nmore");
+        assert_eq!(r.err, b"err\n");
+        assert_eq!(r.outcome.stdout_bytes, 8);
+        assert_eq!(r.outcome.stderr_bytes, 4);
+        assert!(!r.outcome.stdout_truncated && !r.outcome.stderr_truncated);
+    }
+
+    #[test]
+    fn output_is_capped_per_stream_and_counted_in_full() {
+        #[track_caller]
+        fn check(bytes: u64, cap: u64, sent: u64, truncated: bool) {
+            let mut rq = req(&format!(
+                "head -c {bytes} /dev/zero; head -c 10 /dev/zero >&2"
+            ));
+            rq.max_stdout = cap;
+            rq.max_stderr = 4;
+            let r = run_with(&rq, None);
+            assert_eq!(r.out.len() as u64, sent, "{bytes} bytes, cap {cap}");
+            assert_eq!(r.outcome.stdout_bytes, bytes, "{bytes} bytes, cap {cap}");
+            assert_eq!(r.outcome.stdout_truncated, truncated, "{bytes}, cap {cap}");
+            assert_eq!((r.err.len(), r.outcome.stderr_bytes), (4, 10));
+            assert!(r.outcome.stderr_truncated);
+            assert_eq!(r.outcome.exit_code, Some(0));
+        }
+        check(0, 10, 0, false);
+        check(10, 10, 10, false);
+        check(11, 10, 10, true);
+        check(300_000, 1000, 1000, true);
+        check(300_000, 0, 0, true);
+        check(300_000, DEFAULT_OUTPUT_CAP, 300_000, false);
+    }
+
+    #[test]
+    fn output_is_binary_safe() {
+        let r = exec(r"printf '\000\377\n\001'");
+        assert_eq!(r.out, b"\0\xff\n\x01");
+    }
+
+    #[test]
+    fn stdin_is_fed_from_data_frames_and_closed_by_an_empty_one() {
+        let mut rq = req("cat; echo done");
+        rq.stdin = true;
+        let r = run_with(&rq, Some(b"hello\nworld\n".to_vec()));
+        assert_eq!(r.out, b"hello\nworld\ndone\n");
+
+        // More than a pipe holds, so writes wait for the command to read.
+        let big: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let mut rq = req("cat");
+        rq.stdin = true;
+        let r = run_with(&rq, Some(big.clone()));
+        assert_eq!(r.out, big);
+    }
+
+    #[test]
+    fn without_stdin_the_command_reads_end_of_file() {
+        let r = exec("cat; echo eof");
+        assert_eq!(r.out, b"eof\n");
+        assert_eq!(r.outcome.exit_code, Some(0));
+    }
+
+    #[test]
+    fn stdin_the_command_never_reads_stalls_nothing() {
+        let mut rq = req("exit 4");
+        rq.stdin = true;
+        let r = run_with(&rq, Some(vec![b'x'; 2 << 20]));
+        assert_eq!(r.outcome.exit_code, Some(4));
+    }
+
+    #[test]
+    fn the_environment_is_the_base_then_the_request() {
+        let mut rq = req("echo \"$HOME $LANG $USER $FOO\"; echo \"$PATH\"");
+        rq.env.insert("FOO".into(), "bar baz".into());
+        rq.env.insert("HOME".into(), "/home/x".into());
+        rq.env.insert("PATH".into(), "/opt/x:/bin:/usr/bin".into());
+        let r = run_with(&rq, None);
+        assert_eq!(
+            String::from_utf8_lossy(&r.out),
+            "/home/x C.UTF-8 root bar baz\n/opt/x:/bin:/usr/bin\n"
+        );
+    }
+
+    #[test]
+    fn the_command_runs_in_the_requested_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let cwd = dir.path().canonicalize().unwrap();
+        let mut rq = req("pwd -P");
+        rq.cwd = Some(cwd.display().to_string());
+        let r = run_with(&rq, None);
+        assert_eq!(
+            String::from_utf8_lossy(&r.out).trim_end(),
+            cwd.display().to_string()
+        );
+    }
+
+    #[test]
+    fn login_line_sets_a_requested_path_again() {
+        let mut env = BTreeMap::new();
+        assert_eq!(login_line(&env, "ls -l"), "ls -l");
+        env.insert("PATH".into(), "/a b:/c".into());
+        assert_eq!(
+            login_line(&env, "ls -l"),
+            "PATH='/a b:/c'; export PATH; ls -l"
+        );
+    }
+
+    #[test]
+    fn bad_requests_are_refused_before_anything_runs() {
+        #[track_caller]
+        fn check(rq: ExecRequest, want: &str) {
+            let dir = tempfile::tempdir().unwrap();
+            let (_host, agent) = UnixStream::pair().unwrap();
+            let mut sink = Vec::new();
+            match run(&rq, dir.path(), agent, &mut sink) {
+                Err(ExecError::BadRequest(m)) => assert!(m.contains(want), "{m:?} vs {want:?}"),
+                other => panic!("expected a bad request, got {other:?}"),
+            }
+            assert!(sink.is_empty());
+        }
+        let mut empty = req("x");
+        empty.argv.clear();
+        check(empty, "command is empty");
+        check(req("a\0b"), "NUL");
+        let mut cwd = req("true");
+        cwd.cwd = Some("/no/such/dir/here".into());
+        check(cwd, "working directory /no/such/dir/here does not exist");
+        for name in ["", "A=B", "A\0"] {
+            let mut env = req("true");
+            env.env.insert(name.into(), "v".into());
+            check(env, "invalid environment variable name");
+        }
+    }
+
+    /// Whether `pid` is gone (or only a zombie waiting for its new parent to reap it).
+    fn gone(pid: i32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next())
+                .is_some_and(|state| state == "Z" || state == "X"),
+        }
+    }
+
+    fn eventually(cond: impl Fn() -> bool) -> bool {
+        let until = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < until {
+            if cond() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    #[test]
+    fn a_timeout_kills_the_whole_group_and_keeps_partial_output() {
+        let mut rq = req("sleep 60 & echo $!; echo partial >&2; wait");
+        rq.timeout_ms = Some(300);
+        let r = run_with(&rq, None);
+        assert!(r.outcome.timed_out);
+        assert_eq!(r.outcome.signal, Some(libc::SIGKILL));
+        assert_eq!(r.outcome.exit_code, None);
+        assert_eq!(r.err, b"partial\n");
+        let bg: i32 = String::from_utf8_lossy(&r.out).trim().parse().unwrap();
+        assert!(eventually(|| gone(bg)), "background job {bg} survived");
+    }
+
+    /// A sink that records frames, and hangs up the host's end once the command has written.
+    struct HangUpOnOutput {
+        host: Option<UnixStream>,
+        bytes: Vec<u8>,
+    }
+
+    impl Write for HangUpOnOutput {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.bytes.extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            // Called once per frame, after the whole frame is written.
+            self.host = None;
+            Ok(())
+        }
+    }
+
+    /// Runs `line` and hangs up once it has written its first output.
+    fn cancelled(line: &str) -> Ran {
+        let dir = tempfile::tempdir().unwrap();
+        let (host, agent) = UnixStream::pair().unwrap();
+        let mut sink = HangUpOnOutput {
+            host: Some(host),
+            bytes: Vec::new(),
+        };
+        let outcome = run(&req(line), dir.path(), agent, &mut sink).unwrap();
+        split(&sink.bytes, outcome)
+    }
+
+    #[test]
+    fn hanging_up_sends_term_to_the_group() {
+        let r = cancelled("echo started; sleep 60");
+        assert_eq!(r.out, b"started\n");
+        assert_eq!(r.outcome.signal, Some(libc::SIGTERM));
+        assert!(!r.outcome.timed_out);
+    }
+
+    #[test]
+    fn hanging_up_kills_a_group_that_ignores_term_after_the_grace() {
+        let r = cancelled("trap '' TERM; echo started; while :; do sleep 0.05; done");
+        assert_eq!(r.outcome.signal, Some(libc::SIGKILL));
+        // KILL comes only once the grace is over (a lower bound: nothing here is timed).
+        assert!(
+            r.outcome.duration_ms >= CANCEL_GRACE_MS,
+            "{}",
+            r.outcome.duration_ms
+        );
+    }
+
+    #[test]
+    fn hanging_up_before_any_output_cancels_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let (host, agent) = UnixStream::pair().unwrap();
+        drop(host);
+        let mut sink = Vec::new();
+        let outcome = run(&req("sleep 60"), dir.path(), agent, &mut sink).unwrap();
+        assert!(outcome.signal.is_some(), "{outcome:?}");
+        assert!(!outcome.timed_out);
+    }
+
+    /// A host that stopped reading: every frame fails.
+    struct Gone;
+
+    impl Write for Gone {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_sink_that_fails_cancels_the_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_host, agent) = UnixStream::pair().unwrap();
+        let outcome = run(&req("yes"), dir.path(), agent, &mut Gone).unwrap();
+        assert_eq!(outcome.signal, Some(libc::SIGTERM));
+        assert!(outcome.stdout_bytes > 0);
+    }
+
+    #[test]
+    fn a_background_job_holding_the_pipes_does_not_hold_the_answer() {
+        let r = exec("sleep 60 & echo $!");
+        assert_eq!(r.outcome.exit_code, Some(0));
+        let bg: i32 = String::from_utf8_lossy(&r.out).trim().parse().unwrap();
+        let _ = nix::sys::signal::kill(Pid::from_raw(bg), Signal::SIGKILL);
+    }
+}

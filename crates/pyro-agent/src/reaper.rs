@@ -125,3 +125,137 @@ pub fn wait_for(pid: i32) -> Exit {
             .unwrap_or_else(|e| e.into_inner());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The registry driven directly, with real children of the test process. Only the last
+    //! test starts the reaper thread; the others play its part by calling `file`, or leave the
+    //! reaping to `wait_for`. Fake pids are negative, so they never meet a real child's.
+
+    use std::process::Command;
+
+    use nix::sys::signal::Signal;
+
+    use super::*;
+
+    // Reaped through the registry, never through `Child::wait`, as exec does.
+    #[allow(clippy::zombie_processes)]
+    fn spawn(line: &str) -> i32 {
+        let child = Command::new("/bin/sh").arg("-c").arg(line).spawn().unwrap();
+        child.id() as i32
+    }
+
+    fn is_filed(pid: i32) -> bool {
+        registry()
+            .filed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&pid)
+    }
+
+    fn is_wanted(pid: i32) -> bool {
+        registry()
+            .wanted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&pid)
+    }
+
+    #[test]
+    fn wait_statuses_map_to_exits() {
+        let p = Pid::from_raw(42);
+        assert_eq!(to_exit(WaitStatus::Exited(p, 3)), Some((42, Exit::Code(3))));
+        assert_eq!(
+            to_exit(WaitStatus::Signaled(p, Signal::SIGKILL, false)),
+            Some((42, Exit::Signal(libc::SIGKILL)))
+        );
+        assert_eq!(
+            to_exit(WaitStatus::Signaled(p, Signal::SIGSEGV, true)),
+            Some((42, Exit::Signal(libc::SIGSEGV)))
+        );
+        assert_eq!(to_exit(WaitStatus::Stopped(p, Signal::SIGSTOP)), None);
+        assert_eq!(to_exit(WaitStatus::Continued(p)), None);
+        assert_eq!(to_exit(WaitStatus::StillAlive), None);
+    }
+
+    #[test]
+    fn wait_for_reaps_its_own_child_when_nobody_else_has() {
+        #[track_caller]
+        fn check(line: &str, want_exit: Exit) {
+            let pid = spawn(line);
+            want(pid);
+            assert_eq!(wait_for(pid), want_exit, "{line}");
+            assert!(!is_wanted(pid), "{line}: still wanted");
+            assert!(!is_filed(pid), "{line}: still filed");
+        }
+        check("exit 0", Exit::Code(0));
+        check("exit 7", Exit::Code(7));
+        check("kill -TERM $$", Exit::Signal(libc::SIGTERM));
+        check("kill -KILL $$", Exit::Signal(libc::SIGKILL));
+    }
+
+    #[test]
+    fn wait_for_takes_a_status_the_reaper_filed() {
+        let pid = spawn("exit 9");
+        want(pid);
+        // Play the reaper: reap the child and file its status before the exec asks.
+        let (p, exit) = to_exit(waitpid(Pid::from_raw(pid), None).unwrap()).unwrap();
+        assert_eq!(p, pid);
+        file(pid, exit);
+        assert!(is_filed(pid));
+        assert_eq!(wait_for(pid), Exit::Code(9));
+        assert!(!is_filed(pid) && !is_wanted(pid));
+    }
+
+    #[test]
+    fn wait_for_waits_for_a_status_filed_later() {
+        let pid = -1001;
+        want(pid);
+        let filer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            file(pid, Exit::Signal(libc::SIGTERM));
+        });
+        assert_eq!(wait_for(pid), Exit::Signal(libc::SIGTERM));
+        filer.join().unwrap();
+        assert!(!is_wanted(pid));
+    }
+
+    #[test]
+    fn unwanted_statuses_expire_and_wanted_ones_stay() {
+        let old = Instant::now()
+            .checked_sub(UNWANTED_TTL + Duration::from_secs(1))
+            .expect("the monotonic clock is older than the TTL");
+        let (unwanted, wanted, fresh) = (-2001, -2002, -2003);
+        want(wanted);
+        {
+            let mut filed = registry().filed.lock().unwrap();
+            filed.insert(unwanted, (Exit::Code(1), old));
+            filed.insert(wanted, (Exit::Code(2), old));
+            filed.insert(fresh, (Exit::Code(3), Instant::now()));
+        }
+        // Filing anything sweeps the expired statuses.
+        file(-2004, Exit::Code(4));
+        assert!(!is_filed(unwanted), "an old unwanted status is kept");
+        assert!(is_filed(wanted) && is_filed(fresh) && is_filed(-2004));
+        assert_eq!(wait_for(wanted), Exit::Code(2));
+    }
+
+    #[test]
+    fn the_reaper_thread_reaps_every_child_and_files_it() {
+        start();
+        // A child nobody asked for is still reaped (no zombie is left) and filed.
+        let stray = spawn("exit 3");
+        let until = Instant::now() + Duration::from_secs(20);
+        while !is_filed(stray) {
+            assert!(Instant::now() < until, "the stray child was never reaped");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(std::fs::metadata(format!("/proc/{stray}")).is_err());
+        // A wanted child gets its own status, whoever reaps it first.
+        for code in 0..5 {
+            let pid = spawn(&format!("exit {code}"));
+            want(pid);
+            assert_eq!(wait_for(pid), Exit::Code(code));
+        }
+    }
+}

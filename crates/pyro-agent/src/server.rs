@@ -349,3 +349,506 @@ fn read_request(r: &mut impl io::Read) -> Result<Request, String> {
         Err(e) => Err(e.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! `handle` over one end of a socketpair, the test playing the host on the other: the
+    //! handshake, each kind of bad input, and the dispatch of requests that need no PID 1.
+    //! Shutdown is only a message on the channel here; `serve`'s thread would power off.
+
+    use std::io::{Read, Write};
+    use std::sync::mpsc::{channel, Receiver};
+    use std::thread::JoinHandle;
+
+    use pyro_protocol::{encode_header, write_frame, ExecRequest, HEADER_LEN, MAX_FRAME_LEN};
+
+    use super::*;
+
+    struct Conn {
+        host: UnixStream,
+        agent: JoinHandle<io::Result<()>>,
+        shutdown: Receiver<()>,
+        dir: tempfile::TempDir,
+    }
+
+    fn connect() -> Conn {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ServerConfig {
+            workdir: dir.path().to_path_buf(),
+            pid1: false,
+        };
+        let (host, agent) = UnixStream::pair().unwrap();
+        let (tx, shutdown) = channel();
+        let agent = std::thread::spawn(move || handle(agent, &cfg, &tx));
+        Conn {
+            host,
+            agent,
+            shutdown,
+            dir,
+        }
+    }
+
+    impl Conn {
+        fn send(&mut self, req: &Request) {
+            write_json(&mut self.host, req).unwrap();
+        }
+
+        fn data(&mut self, bytes: &[u8]) {
+            write_frame(&mut self.host, FrameKind::Data, bytes).unwrap();
+        }
+
+        /// The frames before the answer, and the answer.
+        fn answer(&mut self) -> (Vec<(FrameKind, Vec<u8>)>, Response) {
+            let mut frames = Vec::new();
+            loop {
+                let (kind, payload) = read_frame(&mut self.host).unwrap();
+                if kind == FrameKind::Json {
+                    return (frames, serde_json::from_slice(&payload).unwrap());
+                }
+                frames.push((kind, payload));
+            }
+        }
+
+        fn call(&mut self, req: &Request) -> (Vec<(FrameKind, Vec<u8>)>, Response) {
+            self.send(req);
+            self.answer()
+        }
+
+        fn hello(&mut self) {
+            let (frames, r) = self.call(&Request::Hello {
+                protocol_version: PROTOCOL_VERSION,
+            });
+            assert!(frames.is_empty());
+            assert!(matches!(r, Response::Hello(_)), "{r:?}");
+        }
+
+        /// The host hangs up as a host does after the answer; the agent's side ends, and sends
+        /// nothing more. (An exec's stdin reader holds the connection until the host hangs up.)
+        fn finished(mut self) -> io::Result<()> {
+            let _ = self.host.shutdown(std::net::Shutdown::Write);
+            let mut rest = Vec::new();
+            self.host.read_to_end(&mut rest).unwrap();
+            assert!(rest.is_empty(), "bytes after the answer: {rest:?}");
+            self.agent.join().unwrap()
+        }
+    }
+
+    #[track_caller]
+    fn assert_error(r: &Response, kind: &str, message: &str) {
+        match r {
+            Response::Error {
+                kind: k,
+                message: m,
+            } => {
+                assert_eq!(k, kind, "{m}");
+                assert!(m.contains(message), "{m:?} lacks {message:?}");
+            }
+            other => panic!("expected a {kind} error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn hello_answers_with_the_agents_versions_then_one_call() {
+        let mut c = connect();
+        let (_, r) = c.call(&Request::Hello {
+            protocol_version: PROTOCOL_VERSION,
+        });
+        let Response::Hello(info) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(info.protocol_version, PROTOCOL_VERSION);
+        assert_eq!(info.agent_version, env!("CARGO_PKG_VERSION"));
+        assert!(!info.pid1);
+        let (frames, r) = c.call(&Request::Ping);
+        assert!(frames.is_empty());
+        assert!(matches!(r, Response::Pong), "{r:?}");
+        // One call per connection: the agent closes it after the answer.
+        c.finished().unwrap();
+    }
+
+    #[test]
+    fn a_bad_opening_is_answered_with_an_error_and_the_end() {
+        #[track_caller]
+        fn check(opening: &[u8], kind: &str, message: &str) {
+            let mut c = connect();
+            c.host.write_all(opening).unwrap();
+            let (frames, r) = c.answer();
+            assert!(frames.is_empty());
+            assert_error(&r, kind, message);
+            c.finished().unwrap();
+        }
+        let json = |r: &Request| {
+            let mut v = Vec::new();
+            write_json(&mut v, r).unwrap();
+            v
+        };
+        let frame = |kind: FrameKind, payload: &[u8]| {
+            let mut v = Vec::new();
+            write_frame(&mut v, kind, payload).unwrap();
+            v
+        };
+        check(
+            &json(&Request::Hello {
+                protocol_version: PROTOCOL_VERSION + 1,
+            }),
+            "protocol_version",
+            &format!(
+                "host speaks protocol {}, agent speaks {PROTOCOL_VERSION}",
+                PROTOCOL_VERSION + 1
+            ),
+        );
+        check(
+            &json(&Request::Hello {
+                protocol_version: 0,
+            }),
+            "protocol_version",
+            "host speaks protocol 0",
+        );
+        check(
+            &json(&Request::Ping),
+            "bad_request",
+            "a connection must open with hello",
+        );
+        check(
+            &frame(FrameKind::Stdout, b"x"),
+            "bad_request",
+            "unexpected Stdout frame from host",
+        );
+        check(
+            &frame(FrameKind::Data, b""),
+            "bad_request",
+            "unexpected Data frame from host",
+        );
+        check(
+            &frame(FrameKind::Json, b"{not json"),
+            "bad_request",
+            "malformed request",
+        );
+        check(
+            &frame(FrameKind::Json, br#"{"type":"launch"}"#),
+            "bad_request",
+            "malformed request: unknown variant `launch`",
+        );
+        check(
+            &frame(FrameKind::Json, br#"{"type":"hello"}"#),
+            "bad_request",
+            "missing field `protocol_version`",
+        );
+        let mut unknown_kind = [0u8; HEADER_LEN];
+        unknown_kind[0] = 9;
+        check(&unknown_kind, "bad_request", "unknown frame kind 9");
+        check(
+            &encode_header(FrameKind::Json, MAX_FRAME_LEN + 1),
+            "bad_request",
+            "exceeds the limit",
+        );
+    }
+
+    #[test]
+    fn a_host_that_closes_before_hello_gets_an_error_not_a_hang() {
+        let mut c = connect();
+        c.host.shutdown(std::net::Shutdown::Write).unwrap();
+        let (_, r) = c.answer();
+        assert_error(&r, "bad_request", "connection closed by peer");
+        c.finished().unwrap();
+    }
+
+    #[test]
+    fn a_bad_second_request_is_answered_with_an_error() {
+        #[track_caller]
+        fn check(second: &[u8], message: &str) {
+            let mut c = connect();
+            c.hello();
+            c.host.write_all(second).unwrap();
+            let (_, r) = c.answer();
+            assert_error(&r, "bad_request", message);
+            c.finished().unwrap();
+        }
+        let mut hello = Vec::new();
+        write_json(
+            &mut hello,
+            &Request::Hello {
+                protocol_version: PROTOCOL_VERSION,
+            },
+        )
+        .unwrap();
+        check(&hello, "hello was already sent");
+        let mut data = Vec::new();
+        write_frame(&mut data, FrameKind::Data, b"stray").unwrap();
+        check(&data, "unexpected Data frame from host");
+        let mut junk = Vec::new();
+        write_frame(&mut junk, FrameKind::Json, b"[]").unwrap();
+        check(&junk, "malformed request");
+    }
+
+    fn exec_req(line: &str) -> ExecRequest {
+        ExecRequest {
+            argv: vec![line.into()],
+            env: Default::default(),
+            cwd: None,
+            timeout_ms: None,
+            max_stdout: 1 << 20,
+            max_stderr: 1 << 20,
+            user: None,
+            stdin: false,
+        }
+    }
+
+    #[test]
+    fn exec_streams_output_then_answers_with_the_outcome() {
+        let mut c = connect();
+        c.hello();
+        let (frames, r) = c.call(&Request::Exec(exec_req("pwd -P; echo oops >&2; exit 2")));
+        let Response::ExecDone(o) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(o.exit_code, Some(2));
+        let text = |k: FrameKind| -> String {
+            frames
+                .iter()
+                .filter(|(kind, _)| *kind == k)
+                .map(|(_, p)| String::from_utf8_lossy(p).into_owned())
+                .collect()
+        };
+        // The default working directory is the workspace.
+        let workdir = c.dir.path().canonicalize().unwrap();
+        assert_eq!(text(FrameKind::Stdout), format!("{}\n", workdir.display()));
+        assert_eq!(text(FrameKind::Stderr), "oops\n");
+        c.finished().unwrap();
+    }
+
+    #[test]
+    fn exec_problems_are_error_answers() {
+        let mut c = connect();
+        c.hello();
+        let mut r = exec_req("true");
+        r.argv.clear();
+        let (_, r) = c.call(&Request::Exec(r));
+        assert_error(&r, "bad_request", "command is empty");
+        c.finished().unwrap();
+
+        let mut c = connect();
+        c.hello();
+        let mut r = exec_req("true");
+        r.cwd = Some("/no/such/dir".into());
+        let (_, r) = c.call(&Request::Exec(r));
+        assert_error(&r, "bad_request", "/no/such/dir does not exist");
+        c.finished().unwrap();
+    }
+
+    /// One call on a fresh connection to the same workspace.
+    fn call_in(dir: &std::path::Path, req: &Request, data: Option<&[u8]>) -> (Vec<u8>, Response) {
+        let cfg = ServerConfig {
+            workdir: dir.to_path_buf(),
+            pid1: false,
+        };
+        let (host, agent) = UnixStream::pair().unwrap();
+        let (tx, _rx) = channel();
+        let agent = std::thread::spawn(move || handle(agent, &cfg, &tx));
+        let mut c = Conn {
+            host,
+            agent,
+            shutdown: channel().1,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        c.hello();
+        c.send(req);
+        if let Some(d) = data {
+            if !d.is_empty() {
+                c.data(d);
+            }
+            c.data(&[]);
+        }
+        let (frames, r) = c.answer();
+        c.finished().unwrap();
+        let bytes = frames
+            .into_iter()
+            .inspect(|(k, _)| assert_eq!(*k, FrameKind::Data))
+            .flat_map(|(_, p)| p)
+            .collect();
+        (bytes, r)
+    }
+
+    #[test]
+    fn file_requests_are_dispatched_to_the_workspace() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let (_, r) = call_in(
+            d,
+            &Request::WriteFile {
+                path: "sub/a.txt".into(),
+                mode: Some(0o640),
+                max_bytes: 1024,
+            },
+            Some(b"hello"),
+        );
+        assert!(matches!(r, Response::Written { bytes: 5 }), "{r:?}");
+        assert_eq!(std::fs::read(d.join("sub/a.txt")).unwrap(), b"hello");
+
+        let (bytes, r) = call_in(
+            d,
+            &Request::ReadFile {
+                path: "sub/a.txt".into(),
+                max_bytes: 3,
+            },
+            None,
+        );
+        assert_eq!(bytes, b"hel");
+        assert!(
+            matches!(
+                r,
+                Response::ReadDone {
+                    size: 5,
+                    truncated: true
+                }
+            ),
+            "{r:?}"
+        );
+
+        let (_, r) = call_in(
+            d,
+            &Request::Hash {
+                paths: vec!["sub/a.txt".into(), "missing".into()],
+            },
+            None,
+        );
+        let Response::Hashes { sha256 } = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(
+            sha256,
+            vec![
+                Some("2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824".into()),
+                None
+            ]
+        );
+
+        let (listing, r) = call_in(
+            d,
+            &Request::List {
+                path: "sub".into(),
+                recursive: false,
+                max_entries: 100,
+            },
+            None,
+        );
+        assert!(
+            matches!(
+                r,
+                Response::ListDone {
+                    count: 1,
+                    truncated: false
+                }
+            ),
+            "{r:?}"
+        );
+        assert!(String::from_utf8_lossy(&listing).contains("a.txt"));
+
+        let (_, r) = call_in(
+            d,
+            &Request::Remove {
+                path: "sub/a.txt".into(),
+            },
+            None,
+        );
+        assert!(matches!(r, Response::Ok), "{r:?}");
+        assert!(!d.join("sub/a.txt").exists());
+    }
+
+    #[test]
+    fn file_errors_keep_their_kinds() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let (_, r) = call_in(
+            d,
+            &Request::ReadFile {
+                path: "../outside".into(),
+                max_bytes: 10,
+            },
+            None,
+        );
+        assert_error(&r, "bad_path", "outside the workspace");
+        let (_, r) = call_in(
+            d,
+            &Request::Remove {
+                path: "missing".into(),
+            },
+            None,
+        );
+        assert!(matches!(r, Response::Error { .. }), "{r:?}");
+        // A refused write still reads the rest of its data, so the answer arrives.
+        let (_, r) = call_in(
+            d,
+            &Request::WriteFile {
+                path: "big".into(),
+                mode: None,
+                max_bytes: 4,
+            },
+            Some(&[b'x'; 100_000]),
+        );
+        assert!(matches!(r, Response::Error { .. }), "{r:?}");
+        assert!(!d.join("big").exists());
+    }
+
+    #[test]
+    fn shell_and_service_requests_for_unknown_ids_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for req in [
+            Request::ServiceStatus {
+                name: "no-such-service".into(),
+            },
+            Request::ServiceStop {
+                name: "no-such-service".into(),
+                grace_ms: 10,
+            },
+            Request::ServiceLogs {
+                name: "no-such-service".into(),
+                tail_lines: None,
+            },
+        ] {
+            let (_, r) = call_in(d, &req, None);
+            assert_error(&r, "not_found", "no service \"no-such-service\"");
+        }
+        for req in [
+            Request::ShellRead {
+                shell_id: "no-such-shell".into(),
+                cursor: 0,
+                max_bytes: 10,
+            },
+            Request::ShellClose {
+                shell_id: "no-such-shell".into(),
+            },
+        ] {
+            let (_, r) = call_in(d, &req, None);
+            assert!(matches!(r, Response::Error { .. }), "{r:?}");
+        }
+        let (_, r) = call_in(d, &Request::ServiceList, None);
+        assert!(matches!(r, Response::Services { .. }), "{r:?}");
+        let (_, r) = call_in(d, &Request::ShellList, None);
+        assert!(matches!(r, Response::Shells { .. }), "{r:?}");
+    }
+
+    #[test]
+    fn shutdown_answers_ok_then_asks_the_server_to_stop() {
+        let mut c = connect();
+        c.hello();
+        let (_, r) = c.call(&Request::Shutdown);
+        assert!(matches!(r, Response::Ok), "{r:?}");
+        let rx = std::mem::replace(&mut c.shutdown, channel().1);
+        c.finished().unwrap();
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("no shutdown was asked for");
+    }
+
+    #[test]
+    fn other_calls_never_ask_for_shutdown() {
+        let mut c = connect();
+        c.hello();
+        let _ = c.call(&Request::Ping);
+        let rx = std::mem::replace(&mut c.shutdown, channel().1);
+        c.finished().unwrap();
+        // The sender is gone with the connection's thread, and nothing was sent.
+        assert!(rx.recv().is_err());
+    }
+}

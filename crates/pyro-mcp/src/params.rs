@@ -578,3 +578,206 @@ pub struct VmExecParams {
     #[serde(default)]
     pub stdin_base64: Option<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    //! What clients may send: unknown fields are refused with the valid ones named, missing
+    //! fields are named, defaults fill the rest, and the limits in the schemas are the library's.
+
+    use serde::de::DeserializeOwned;
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    fn parse<T: DeserializeOwned>(v: Value) -> Result<T, String> {
+        serde_json::from_value(v).map_err(|e| e.to_string())
+    }
+
+    #[track_caller]
+    fn refused<T: DeserializeOwned + std::fmt::Debug>(v: Value, message: &str) {
+        match parse::<T>(v) {
+            Ok(p) => panic!("accepted: {p:?}"),
+            Err(e) => assert!(e.contains(message), "{e:?} lacks {message:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_naming_the_valid_ones() {
+        refused::<VmRunParams>(
+            json!({"environment": "debian:12", "command": "ls", "cmd": "ls"}),
+            "unknown field `cmd`, expected one of `environment`, `command`, `isolation`, \
+             `vcpu_count`, `mem_mib`, `timeout_seconds`, `env`, `max_output_bytes`, `stdin`, \
+             `stdin_base64`, `network`, `allow_hosts`",
+        );
+        refused::<NoParams>(json!({"x": 1}), "unknown field `x`, there are no fields");
+        refused::<WorkspaceIdParams>(
+            json!({"workspace_id": "w", "id": "w"}),
+            "unknown field `id`, expected `workspace_id`",
+        );
+        refused::<WorkspaceExecParams>(
+            json!({"workspace_id": "w", "command": "ls", "timeout": 5}),
+            "unknown field `timeout`, expected one of",
+        );
+        refused::<ServiceStartParams>(
+            json!({"workspace_id": "w", "service_name": "s", "command": "x", "ready": "f"}),
+            "unknown field `ready`, expected one of",
+        );
+        refused::<WorkspaceExportParams>(
+            json!({"workspace_id": "w", "path": "p", "output_path": "o", "force": true}),
+            "`overwrite`",
+        );
+        refused::<ShellReadParams>(
+            json!({"workspace_id": "w", "shell_id": "s", "max_bytes": 5}),
+            "unknown field `max_bytes`",
+        );
+        refused::<VmCreateParams>(json!({"environment": "e", "ttl": 60}), "`ttl_seconds`");
+        refused::<WorkspaceListParams>(json!({"status": "running"}), "`state`");
+    }
+
+    #[test]
+    fn missing_and_mistyped_fields_are_named() {
+        refused::<VmRunParams>(
+            json!({"environment": "debian:12"}),
+            "missing field `command`",
+        );
+        refused::<VmRunParams>(json!({"command": "ls"}), "missing field `environment`");
+        refused::<WorkspaceFileWriteParams>(
+            json!({"workspace_id": "w", "path": "p"}),
+            "missing field `text`",
+        );
+        refused::<VmRunParams>(
+            json!({"environment": "e", "command": "c", "vcpu_count": "two"}),
+            "invalid type: string \"two\", expected u32",
+        );
+        refused::<VmRunParams>(
+            json!({"environment": "e", "command": "c", "max_output_bytes": -1}),
+            "invalid value: integer `-1`",
+        );
+        refused::<ShellOpenParams>(
+            json!({"workspace_id": "w", "cols": 70000}),
+            "invalid value: integer `70000`",
+        );
+        refused::<WorkspaceCreateParams>(
+            json!({"environment": "e", "labels": ["a"]}),
+            "invalid type: sequence, expected a map",
+        );
+    }
+
+    #[test]
+    fn defaults_fill_what_is_left_out() {
+        let p: VmRunParams = parse(json!({"environment": "debian:12", "command": "ls"})).unwrap();
+        assert_eq!(p.vcpu_count, default_vcpus());
+        assert_eq!(p.mem_mib, default_mem_mib());
+        assert_eq!(p.timeout_seconds, default_timeout());
+        assert_eq!(p.max_output_bytes, DEFAULT_OUTPUT_BYTES);
+        assert_eq!((p.isolation, p.stdin, p.stdin_base64), (None, None, None));
+        assert!(!p.network && p.allow_hosts.is_empty() && p.env.is_empty());
+
+        let p: WorkspaceExecParams = parse(json!({"workspace_id": "w", "command": "c"})).unwrap();
+        assert_eq!(p.timeout_seconds, default_timeout());
+        assert_eq!(p.max_output_bytes, DEFAULT_OUTPUT_BYTES);
+        assert!(p.cwd.is_none() && p.secret_env.is_empty());
+
+        let p: WorkspaceCreateParams = parse(json!({"environment": "e"})).unwrap();
+        assert_eq!(
+            (p.vcpu_count, p.mem_mib),
+            (default_vcpus(), default_mem_mib())
+        );
+        assert!(p.ttl_seconds.is_none() && p.idle_ttl_seconds.is_none());
+        assert!(p.secrets.is_empty() && p.network_policy.is_none());
+
+        let p: ShellOpenParams = parse(json!({"workspace_id": "w"})).unwrap();
+        assert_eq!(
+            (p.cols, p.rows),
+            (pyro::limits::SHELL_COLS, pyro::limits::SHELL_ROWS)
+        );
+        let p: ShellReadParams = parse(json!({"workspace_id": "w", "shell_id": "s"})).unwrap();
+        assert_eq!((p.cursor, p.max_chars), (0, DEFAULT_OUTPUT_BYTES));
+        assert!(p.plain && p.wait_for_idle_ms.is_none());
+        let p: ShellWriteParams =
+            parse(json!({"workspace_id": "w", "shell_id": "s", "input": "ls"})).unwrap();
+        assert!(p.append_newline);
+        let p: ShellSignalParams = parse(json!({"workspace_id": "w", "shell_id": "s"})).unwrap();
+        assert_eq!(p.signal, "INT");
+
+        let p: ServiceStartParams =
+            parse(json!({"workspace_id": "w", "service_name": "s", "command": "c"})).unwrap();
+        assert_eq!(p.ready_timeout_seconds, pyro::limits::READY_TIMEOUT_S);
+        assert_eq!(p.restart, "never");
+        assert!(p.ready_file.is_none() && p.published_ports.is_empty());
+        let p: ServiceLogsParams =
+            parse(json!({"workspace_id": "w", "service_name": "s"})).unwrap();
+        assert_eq!(p.tail_lines, pyro::limits::LOG_TAIL_LINES);
+
+        let p: WorkspaceSyncPushParams =
+            parse(json!({"workspace_id": "w", "source_path": "."})).unwrap();
+        assert_eq!(p.dest, "/workspace");
+        let p: WorkspaceFileListParams = parse(json!({"workspace_id": "w"})).unwrap();
+        assert_eq!((p.path.as_str(), p.recursive), ("/workspace", false));
+        let p: WorkspaceFileReadParams = parse(json!({"workspace_id": "w", "path": "f"})).unwrap();
+        assert_eq!(p.max_bytes, DEFAULT_OUTPUT_BYTES);
+        let p: WorkspaceResetParams = parse(json!({"workspace_id": "w"})).unwrap();
+        assert_eq!(p.snapshot, "baseline");
+        let p: WorkspaceExportParams =
+            parse(json!({"workspace_id": "w", "path": "p", "output_path": "o"})).unwrap();
+        assert!(!p.overwrite && p.max_bytes.is_none() && p.max_entries.is_none());
+        let p: VmCreateParams = parse(json!({"environment": "e"})).unwrap();
+        assert_eq!(p.ttl_seconds, 600);
+        let p: VmExecParams = parse(json!({"vm_id": "v", "command": "c"})).unwrap();
+        assert_eq!(p.max_output_bytes, DEFAULT_OUTPUT_BYTES);
+        let p: WorkspaceListParams = parse(json!({})).unwrap();
+        assert!(p.labels.is_empty() && p.state.is_none());
+        let _: NoParams = parse(json!({})).unwrap();
+    }
+
+    fn schema<T: JsonSchema>() -> Value {
+        serde_json::to_value(schemars::schema_for!(T)).unwrap()
+    }
+
+    #[track_caller]
+    fn limit(schema: &Value, field: &str, key: &str) -> Value {
+        schema["properties"][field][key].clone()
+    }
+
+    #[test]
+    fn schemas_carry_the_librarys_limits_and_defaults() {
+        let max = json!(MAX_OUTPUT_BYTES);
+        for (s, field) in [
+            (schema::<VmRunParams>(), "max_output_bytes"),
+            (schema::<VmExecParams>(), "max_output_bytes"),
+            (schema::<WorkspaceExecParams>(), "max_output_bytes"),
+            (schema::<WorkspaceFileReadParams>(), "max_bytes"),
+            (schema::<ShellReadParams>(), "max_chars"),
+        ] {
+            assert_eq!(limit(&s, field, "maximum"), max, "{field}");
+            assert_eq!(
+                limit(&s, field, "default"),
+                json!(DEFAULT_OUTPUT_BYTES),
+                "{field}"
+            );
+        }
+        let run = schema::<VmRunParams>();
+        assert_eq!(limit(&run, "command", "minLength"), json!(1));
+        assert_eq!(limit(&run, "vcpu_count", "minimum"), json!(1));
+        assert_eq!(limit(&run, "vcpu_count", "maximum"), json!(64));
+        assert_eq!(limit(&run, "timeout_seconds", "maximum"), json!(86400));
+        assert_eq!(run["additionalProperties"], json!(false));
+        let required = run["required"].as_array().cloned().unwrap_or_default();
+        assert_eq!(required, vec![json!("environment"), json!("command")]);
+
+        let svc = schema::<ServiceStartParams>();
+        assert_eq!(
+            limit(&svc, "ready_timeout_seconds", "default"),
+            json!(pyro::limits::READY_TIMEOUT_S)
+        );
+        assert_eq!(limit(&svc, "restart", "default"), json!("never"));
+        let shell = schema::<ShellOpenParams>();
+        assert_eq!(
+            limit(&shell, "cols", "default"),
+            json!(pyro::limits::SHELL_COLS)
+        );
+        let create = schema::<VmCreateParams>();
+        assert_eq!(limit(&create, "ttl_seconds", "minimum"), json!(60));
+        assert_eq!(limit(&create, "ttl_seconds", "default"), json!(600));
+    }
+}

@@ -190,6 +190,251 @@ mod tests {
     }
 
     #[test]
+    fn library_errors_keep_their_kind_and_get_tool_hints() {
+        #[track_caller]
+        fn check(e: pyro::Error, kind: &str, hint: Option<&str>) {
+            let message = e.to_string();
+            let t = ToolError::from(e);
+            assert_eq!(t.kind, kind, "{message}");
+            assert_eq!(t.message, message);
+            match (hint, t.hint.as_deref()) {
+                (None, got) => assert_eq!(got, None, "{message}"),
+                (Some(want), Some(got)) => assert!(got.contains(want), "{got:?} lacks {want:?}"),
+                (Some(want), None) => panic!("{message}: no hint, wanted {want:?}"),
+            }
+        }
+        use pyro::Error as E;
+        check(
+            E::WorkspaceNotFound("w".into()),
+            "workspace_not_found",
+            Some("call workspace_list"),
+        );
+        check(
+            E::WorkspaceNotRunning {
+                id: "w".into(),
+                state: "broken".into(),
+            },
+            "workspace_not_running",
+            Some("call workspace_reset"),
+        );
+        check(
+            E::WorkspaceNotRunning {
+                id: "w".into(),
+                state: "stopped".into(),
+            },
+            "workspace_not_running",
+            Some("call workspace_start (in the workspace-full profile) or workspace_reset"),
+        );
+        check(
+            E::PatchFailed("hunk 1 failed".into()),
+            "patch_failed",
+            Some("workspace_diff, workspace_file_read"),
+        );
+        check(
+            E::AlreadyExists("a workspace named x".into()),
+            "already_exists",
+            Some("(workspace_delete)"),
+        );
+        check(
+            E::AlreadyExists("out.tar".into()),
+            "already_exists",
+            Some("pass overwrite: true"),
+        );
+        check(
+            E::WorkspaceExpired("w".into()),
+            "workspace_expired",
+            Some("workspace_update (ttl_seconds, or clear_ttl: true), then call workspace_start"),
+        );
+        check(
+            E::IsolationUnavailable {
+                requested: "microvm".into(),
+                reason: "no kvm".into(),
+                available: vec!["container".into(), "vm-emulated".into()],
+            },
+            "isolation_unavailable",
+            Some("this host can give: container, vm-emulated; pass isolation: \"container\""),
+        );
+        // With nothing available there is no level to suggest: the library's hint stands.
+        check(
+            E::IsolationUnavailable {
+                requested: "microvm".into(),
+                reason: "no kvm".into(),
+                available: vec![],
+            },
+            "isolation_unavailable",
+            Some("pyro doctor"),
+        );
+        check(
+            E::VmNotStarted {
+                id: "v".into(),
+                state: "created".into(),
+            },
+            "vm_not_started",
+            Some("call vm_start first"),
+        );
+        check(
+            E::VmNotFound("v".into()),
+            "vm_not_found",
+            Some("create another"),
+        );
+        check(E::InvalidRequest("bad".into()), "invalid_request", None);
+        check(E::Interrupted, "interrupted", None);
+    }
+
+    #[test]
+    fn tool_hints_name_tools_not_cli_flags() {
+        for e in [
+            pyro::Error::WorkspaceNotFound("w".into()),
+            pyro::Error::WorkspaceNotRunning {
+                id: "w".into(),
+                state: "stopped".into(),
+            },
+            pyro::Error::WorkspaceExpired("w".into()),
+            pyro::Error::AlreadyExists("a workspace named x".into()),
+            pyro::Error::AlreadyExists("out".into()),
+            pyro::Error::PatchFailed("p".into()),
+        ] {
+            let hint = ToolError::from(e).hint.unwrap_or_default();
+            assert!(
+                !hint.contains("`pyro ") && !hint.contains(" --"),
+                "a CLI hint over MCP: {hint:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn root_errors_are_path_kinds_with_the_roots_hint() {
+        #[track_caller]
+        fn check(e: RootError, kind: &str) {
+            let message = e.to_string();
+            let t = ToolError::from(e);
+            assert_eq!((t.kind.as_str(), t.message), (kind, message));
+            assert!(t.hint.is_some_and(|h| h.contains("--allow-root")));
+        }
+        check(
+            RootError::Outside {
+                path: "/etc".into(),
+                roots: "/srv".into(),
+            },
+            "path_not_allowed",
+        );
+        check(
+            RootError::Unresolvable {
+                path: "x".into(),
+                source: std::io::ErrorKind::NotFound.into(),
+            },
+            "invalid_path",
+        );
+        check(RootError::Invalid("/".into()), "invalid_path");
+    }
+
+    #[test]
+    fn an_error_result_has_text_and_the_error_object() {
+        #[track_caller]
+        fn check(e: ToolError, text: &str, body: Value) {
+            let r = e.into_result();
+            assert_eq!(r.is_error, Some(true));
+            assert_eq!(r.structured_content, Some(body));
+            assert_eq!(r.content.len(), 1);
+            assert_eq!(r.content[0].as_text().map(|t| t.text.as_str()), Some(text));
+        }
+        check(
+            ToolError::invalid("command is empty", None),
+            "error (invalid_request): command is empty",
+            json!({"error": {"kind": "invalid_request", "message": "command is empty", "hint": null}}),
+        );
+        check(
+            ToolError::invalid("too big", Some("make it smaller")),
+            "error (invalid_request): too big\nhint: make it smaller",
+            json!({"error": {"kind": "invalid_request", "message": "too big", "hint": "make it smaller"}}),
+        );
+    }
+
+    #[test]
+    fn outcomes_render_either_way() {
+        let ok = outcome(Ok::<_, ToolError>(json!({"n": 2})), |v| {
+            format!("n is {}", v["n"])
+        });
+        assert_eq!(ok.is_error, Some(false));
+        assert_eq!(
+            ok.content[0].as_text().map(|t| t.text.as_str()),
+            Some("n is 2")
+        );
+        assert_eq!(
+            ok.content[1].as_text().map(|t| t.text.as_str()),
+            Some(r#"{"n":2}"#)
+        );
+        let err = outcome(Err::<Value, _>(ToolError::invalid("no", None)), |_| {
+            unreachable!("no summary for an error")
+        });
+        assert_eq!(err.is_error, Some(true));
+        assert_eq!(err.structured_content.unwrap()["error"]["message"], "no");
+    }
+
+    #[test]
+    fn a_result_that_cannot_be_encoded_is_an_internal_error() {
+        // JSON object keys must be strings.
+        let bad: std::collections::BTreeMap<(u8, u8), u8> = [((1, 2), 3)].into_iter().collect();
+        let r = success(&bad, "never shown".into());
+        assert_eq!(r.is_error, Some(true));
+        let body = r.structured_content.unwrap();
+        assert_eq!(body["error"]["kind"], "internal");
+        assert!(body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("cannot encode the result: ")));
+    }
+
+    #[test]
+    fn exec_summaries_say_what_to_do_next() {
+        #[track_caller]
+        fn check(code: i32, timed_out: bool, truncated: bool, want: &[&str], not: &[&str]) {
+            let s = exec_summary("vm_run", code, timed_out, truncated, 100);
+            for w in want {
+                assert!(s.contains(w), "{s:?} lacks {w:?}");
+            }
+            for n in not {
+                assert!(!s.contains(n), "{s:?} has {n:?}");
+            }
+        }
+        check(
+            0,
+            false,
+            false,
+            &["vm_run exited with code 0"],
+            &["timed out", "capped"],
+        );
+        check(
+            124,
+            true,
+            false,
+            &["code 124 (timed out; raise timeout_seconds"],
+            &["capped"],
+        );
+        check(
+            1,
+            false,
+            true,
+            &[
+                "output was capped at 100 bytes per stream",
+                &format!("(at most {})", crate::params::MAX_OUTPUT_BYTES),
+            ],
+            &["timed out"],
+        );
+    }
+
+    #[test]
+    fn lists_are_counted() {
+        assert_eq!(
+            counted("items", &[1, 2]),
+            json!({"count": 2, "items": [1, 2]})
+        );
+        assert_eq!(
+            counted::<u8>("workspaces", &[]),
+            json!({"count": 0, "workspaces": []})
+        );
+    }
+
+    #[test]
     fn successes_carry_the_object_and_a_summary() {
         let r = success(&json!({"a": 1}), "done".into());
         assert_eq!(r.is_error, Some(false));

@@ -1147,7 +1147,11 @@ mod tests {
     //! The MCP contract, frozen: what `tools/list` answers for every profile (names,
     //! descriptions, annotations, input schemas), snapshotted in `src/snapshots/`. The list is
     //! the one the `#[tool_handler]`'s `list_tools` returns, taken in-process from the router
-    //! a real server uses, without a transport.
+    //! a real server uses, without a transport. Then calls that need no sandbox (bad
+    //! arguments, unknown workspaces, host paths outside the roots), made by an rmcp client
+    //! over an in-memory pipe, so they pass through the router and `call_tool` as a client's do.
+
+    use serde_json::json;
 
     use super::*;
 
@@ -1193,5 +1197,346 @@ mod tests {
             ));
         }
         insta::assert_snapshot!("instructions", text);
+    }
+
+    #[test]
+    fn helpers_check_their_input() {
+        assert_eq!(shell("ls -l | wc").unwrap(), vec!["ls -l | wc".to_string()]);
+        for empty in ["", "  ", "\n\t"] {
+            assert_eq!(shell(empty).unwrap_err().message, "command is empty");
+        }
+        assert!(matches!(stdin(None, None), Ok(pyro::Stdin::Null)));
+        assert!(matches!(stdin(Some("hi".into()), None), Ok(pyro::Stdin::Bytes(b)) if b == b"hi"));
+        assert!(
+            matches!(stdin(None, Some(" AAE= ".into())), Ok(pyro::Stdin::Bytes(b)) if b == [0, 1])
+        );
+        let e = stdin(None, Some("!!".into())).unwrap_err();
+        assert!(
+            e.message.starts_with("stdin_base64 is not base64"),
+            "{}",
+            e.message
+        );
+        let e = stdin(Some("a".into()), Some("YQ==".into())).unwrap_err();
+        assert_eq!(e.message, "give stdin or stdin_base64, not both");
+        assert_eq!(output_cap(0, "m").unwrap(), 0);
+        assert_eq!(output_cap(MAX_OUTPUT_BYTES, "m").unwrap(), MAX_OUTPUT_BYTES);
+        let e = output_cap(MAX_OUTPUT_BYTES + 1, "max_bytes").unwrap_err();
+        assert_eq!(e.kind, "invalid_request");
+        assert!(
+            e.message.starts_with("max_bytes may not exceed"),
+            "{}",
+            e.message
+        );
+        assert!(e.hint.is_some());
+        assert_eq!(isolation(None).unwrap(), None);
+        assert!(isolation(Some("container")).unwrap().is_some());
+        assert!(isolation(Some("bogus")).is_err());
+        assert_eq!(ttl(Some(5)), Some(Duration::from_secs(5)));
+        assert_eq!(ttl(None), None);
+    }
+
+    /// A real server for `profile` in this process, and a client session with it over an
+    /// in-memory pipe: calls go through rmcp's router and `call_tool` as a client's do.
+    async fn session(
+        profile: Profile,
+    ) -> (
+        tempfile::TempDir,
+        rmcp::service::RunningService<rmcp::RoleClient, ()>,
+    ) {
+        use rmcp::ServiceExt;
+        let (dir, tools) = server(profile).await;
+        let (server_end, client_end) = tokio::io::duplex(1 << 20);
+        tokio::spawn(async move {
+            if let Ok(running) = tools.serve(server_end).await {
+                let _ = running.waiting().await;
+            }
+        });
+        let client = ().serve(client_end).await.unwrap();
+        (dir, client)
+    }
+
+    /// Calls a tool: whether it failed, and its structured content. A protocol-level failure
+    /// is `Err`.
+    async fn call(
+        client: &rmcp::service::RunningService<rmcp::RoleClient, ()>,
+        tool: &str,
+        args: serde_json::Value,
+    ) -> Result<(bool, serde_json::Value), String> {
+        let serde_json::Value::Object(args) = args else {
+            panic!("arguments are an object")
+        };
+        let r = client
+            .call_tool(CallToolRequestParams::new(tool.to_string()).with_arguments(args))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((
+            r.is_error == Some(true),
+            r.structured_content.unwrap_or_default(),
+        ))
+    }
+
+    /// Calls a tool that must fail with `kind`; returns the error object.
+    #[track_caller]
+    fn failed(r: Result<(bool, serde_json::Value), String>, kind: &str) -> serde_json::Value {
+        let (is_error, body) = r.unwrap();
+        assert!(is_error, "succeeded: {body}");
+        assert_eq!(body["error"]["kind"], kind, "{body}");
+        body["error"].clone()
+    }
+
+    #[track_caller]
+    fn says(e: &serde_json::Value, field: &str, text: &str) {
+        let got = e[field].as_str().unwrap_or_default();
+        assert!(got.contains(text), "{field} {got:?} lacks {text:?}");
+    }
+
+    #[tokio::test]
+    async fn arguments_that_do_not_parse_are_invalid_requests_naming_the_fields() {
+        let (_dir, c) = session(Profile::WorkspaceFull).await;
+        let e = failed(
+            call(
+                &c,
+                "vm_run",
+                json!({"environment": "e", "command": "c", "cmd": "x"}),
+            )
+            .await,
+            "invalid_request",
+        );
+        says(
+            &e,
+            "message",
+            "unknown field `cmd`, expected one of `environment`, `command`",
+        );
+        says(&e, "hint", "check vm_run's input schema (tools/list)");
+        let e = failed(
+            call(&c, "workspace_status", json!({})).await,
+            "invalid_request",
+        );
+        says(&e, "message", "missing field `workspace_id`");
+        says(&e, "hint", "check workspace_status's input schema");
+        let e = failed(
+            call(
+                &c,
+                "vm_run",
+                json!({"environment": "e", "command": "c", "vcpu_count": "two"}),
+            )
+            .await,
+            "invalid_request",
+        );
+        says(&e, "message", "invalid type");
+    }
+
+    #[tokio::test]
+    async fn tools_outside_the_profile_are_not_callable() {
+        let (_dir, c) = session(Profile::VmRun).await;
+        assert!(call(&c, "workspace_list", json!({})).await.is_err());
+        assert!(call(&c, "no_such_tool", json!({})).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn unknown_workspaces_are_not_found_with_a_tool_hint() {
+        let (_dir, c) = session(Profile::WorkspaceFull).await;
+        let w = "0123456789ab";
+        for (tool, args) in [
+            ("workspace_status", json!({"workspace_id": w})),
+            (
+                "workspace_exec",
+                json!({"workspace_id": w, "command": "ls"}),
+            ),
+            (
+                "workspace_file_read",
+                json!({"workspace_id": w, "path": "f"}),
+            ),
+            ("workspace_file_list", json!({"workspace_id": w})),
+            (
+                "workspace_file_write",
+                json!({"workspace_id": w, "path": "f", "text": "t"}),
+            ),
+            ("workspace_logs", json!({"workspace_id": w})),
+            ("workspace_diff", json!({"workspace_id": w})),
+            ("workspace_update", json!({"workspace_id": w, "name": "n"})),
+            ("snapshot_list", json!({"workspace_id": "no-such-name"})),
+            ("shell_list", json!({"workspace_id": w})),
+            ("service_list", json!({"workspace_id": w})),
+            (
+                "service_status",
+                json!({"workspace_id": w, "service_name": "s"}),
+            ),
+        ] {
+            let r = call(&c, tool, args).await;
+            let (is_error, body) = r.unwrap();
+            assert!(is_error, "{tool} succeeded: {body}");
+            assert_eq!(
+                body["error"]["kind"], "workspace_not_found",
+                "{tool}: {body}"
+            );
+            says(&body["error"], "hint", "call workspace_list");
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_requests_are_refused_before_any_sandbox_is_made() {
+        let (_dir, c) = session(Profile::WorkspaceFull).await;
+        let run = |extra: serde_json::Value| {
+            let mut args = json!({"environment": "debian:12", "command": "true"});
+            for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+                args[k] = v;
+            }
+            args
+        };
+        for (args, message) in [
+            (run(json!({"command": "   "})), "command is empty"),
+            (
+                run(json!({"max_output_bytes": MAX_OUTPUT_BYTES + 1})),
+                "max_output_bytes may not exceed",
+            ),
+            (
+                run(json!({"stdin": "a", "stdin_base64": "YQ=="})),
+                "give stdin or stdin_base64, not both",
+            ),
+            (
+                run(json!({"stdin_base64": "not base64!"})),
+                "stdin_base64 is not base64",
+            ),
+        ] {
+            let e = failed(call(&c, "vm_run", args).await, "invalid_request");
+            says(&e, "message", message);
+        }
+        let r = call(&c, "vm_run", run(json!({"isolation": "bogus"}))).await;
+        let (is_error, body) = r.unwrap();
+        assert!(is_error, "{body}");
+        says(&body["error"], "message", "bogus");
+
+        // Checked before the workspace is even looked up.
+        let e = failed(
+            call(
+                &c,
+                "workspace_exec",
+                json!({"workspace_id": "x", "command": "ls", "max_output_bytes": MAX_OUTPUT_BYTES + 1}),
+            )
+            .await,
+            "invalid_request",
+        );
+        says(&e, "message", "may not exceed");
+        let e = failed(
+            call(
+                &c,
+                "workspace_exec",
+                json!({"workspace_id": "x", "command": ""}),
+            )
+            .await,
+            "invalid_request",
+        );
+        says(&e, "message", "command is empty");
+        let e = failed(
+            call(
+                &c,
+                "workspace_create",
+                json!({"environment": "debian:12", "ttl_seconds": 5, "idle_ttl_seconds": 5}),
+            )
+            .await,
+            "invalid_request",
+        );
+        says(
+            &e,
+            "message",
+            "give ttl_seconds or idle_ttl_seconds, not both",
+        );
+        for (args, message) in [
+            (
+                json!({"workspace_id": "x", "name": "n", "clear_name": true}),
+                "give name or clear_name, not both",
+            ),
+            (
+                json!({"workspace_id": "x", "ttl_seconds": 5, "clear_ttl": true}),
+                "give at most one of ttl_seconds, idle_ttl_seconds and clear_ttl",
+            ),
+            (
+                json!({"workspace_id": "x", "ttl_seconds": 5, "idle_ttl_seconds": 5}),
+                "give at most one of ttl_seconds, idle_ttl_seconds and clear_ttl",
+            ),
+        ] {
+            let e = failed(call(&c, "workspace_update", args).await, "invalid_request");
+            says(&e, "message", message);
+        }
+    }
+
+    #[tokio::test]
+    async fn host_paths_must_lie_under_the_allowed_roots() {
+        let (dir, c) = session(Profile::WorkspaceFull).await;
+        let outside = tempfile::tempdir().unwrap();
+        let link = dir.path().join("link-out");
+        std::os::unix::fs::symlink(outside.path(), &link).unwrap();
+        let out = outside.path().display().to_string();
+        for (tool, args, kind) in [
+            (
+                "workspace_create",
+                json!({"environment": "debian:12", "seed_path": out}),
+                "path_not_allowed",
+            ),
+            (
+                "workspace_create",
+                json!({"environment": "debian:12", "seed_path": "link-out"}),
+                "path_not_allowed",
+            ),
+            (
+                "workspace_create",
+                json!({"environment": "debian:12", "seed_path": "no-such-dir"}),
+                "invalid_path",
+            ),
+            (
+                "workspace_sync_push",
+                json!({"workspace_id": "x", "source_path": out}),
+                "path_not_allowed",
+            ),
+            (
+                "workspace_export",
+                json!({"workspace_id": "x", "path": "/workspace", "output_path": format!("{out}/x.tar")}),
+                "path_not_allowed",
+            ),
+            (
+                "workspace_export",
+                json!({"workspace_id": "x", "path": "/workspace", "output_path": "link-out/x.tar"}),
+                "path_not_allowed",
+            ),
+            (
+                "workspace_export",
+                json!({"workspace_id": "x", "path": "/workspace", "output_path": "/"}),
+                "invalid_path",
+            ),
+            (
+                "workspace_export",
+                json!({"workspace_id": "x", "path": "/workspace", "output_path": "missing/x.tar"}),
+                "invalid_path",
+            ),
+        ] {
+            let (is_error, body) = call(&c, tool, args.clone()).await.unwrap();
+            assert!(is_error, "{tool} {args}: {body}");
+            assert_eq!(body["error"]["kind"], kind, "{tool} {args}: {body}");
+            says(&body["error"], "hint", "allowed roots");
+        }
+        // Inside the roots, the path passes and the workspace is what is missing.
+        let e = failed(
+            call(
+                &c,
+                "workspace_sync_push",
+                json!({"workspace_id": "x", "source_path": "."}),
+            )
+            .await,
+            "workspace_not_found",
+        );
+        says(&e, "message", "x");
+    }
+
+    #[tokio::test]
+    async fn listing_an_empty_host_succeeds() {
+        let (_dir, c) = session(Profile::WorkspaceFull).await;
+        let (is_error, body) = call(&c, "workspace_list", json!({})).await.unwrap();
+        assert!(!is_error, "{body}");
+        assert_eq!(body["count"], 0, "{body}");
+        let (is_error, body) = call(&c, "workspace_list", json!({"state": "sleeping"}))
+            .await
+            .unwrap();
+        assert!(is_error, "{body}");
     }
 }
