@@ -255,10 +255,14 @@ impl Error {
         let s = surface;
         match self {
             Error::UnknownEnvironment { known, .. } => Some(format!(
-                "known environments: {}; see `pyro env list`; OCI images are named by reference, e.g. registry.example/repo:tag",
-                known.join(", ")
+                "known environments: {}; see {}; OCI images are named by reference, e.g. registry.example/repo:tag",
+                known.join(", "),
+                s.pick("`pyro env list`", "vm_list_environments")
             )),
-            Error::EnvironmentNotBuilt(name) => Some(format!("run `pyro env build {name}`")),
+            Error::EnvironmentNotBuilt(name) => Some(match s {
+                Surface::Cli => format!("run `pyro env build {name}`"),
+                Surface::Mcp => format!("this server does not build environments; on the host, run `pyro env build {name}` (see vm_list_environments)"),
+            }),
             Error::InvalidConfig { source_name, .. } if source_name.starts_with("PYRO_") => Some(format!("fix or unset {source_name}; `pyro doctor` lists the variables pyro reads")),
             Error::InvalidConfig { .. } => Some("fix or remove the setting (`pyro config unset KEY`); `pyro config show` lists the keys".into()),
             Error::IsolationUnavailable { available, .. } if available.is_empty() => {
@@ -309,7 +313,7 @@ impl Error {
             ).into()),
             Error::AlreadyExists(_) => Some(s.pick("pass --force to overwrite", "pass overwrite: true to replace it").into()),
             Error::AgentRefused { kind, .. } if kind == "bad_path" => Some("paths must stay inside /workspace".into()),
-            Error::SandboxNotFound(_) => Some("it may have been deleted or reaped; see `pyro gc`".into()),
+            Error::SandboxNotFound(_) => Some(s.pick("it may have been deleted or reaped; see `pyro gc`", "it may have been deleted or reaped; create another").into()),
             Error::AgentRefused { kind, message } if kind == "spawn" && message.contains("/bin/sh") => Some("the environment has no usable /bin/sh: pyro runs every command with `sh -lc`, so an image used as an environment needs a shell".into()),
             Error::Registry { .. } => Some("check the reference, network access and credentials (~/.docker/config.json or PYRO_REGISTRY_USERNAME/PYRO_REGISTRY_PASSWORD); plain-HTTP registries other than loopback go in PYRO_INSECURE_REGISTRIES".into()),
             Error::DigestMismatch { .. } => Some("the registry served other content than expected; nothing was installed".into()),
@@ -323,7 +327,7 @@ impl Error {
                 Surface::Cli => format!("start it first (vm_start {id})"),
                 Surface::Mcp => "call vm_start first".into(),
             }),
-            Error::NetworkUnavailable(_) => Some("`pyro doctor` lists what networking this host has; install iproute2 and nftables, run as root, and enable forwarding with `sysctl -w net.ipv4.ip_forward=1` (scripts/setup does all of this); or run without --network".into()),
+            Error::NetworkUnavailable(_) => Some(format!("`pyro doctor` lists what networking this host has; install iproute2 and nftables, run as root, and enable forwarding with `sysctl -w net.ipv4.ip_forward=1` (scripts/setup does all of this); or run without {}", s.pick("--network", "network"))),
             Error::Network(_) => Some("run `pyro gc` to remove what was left, then `pyro doctor`".into()),
             _ => None,
         }
