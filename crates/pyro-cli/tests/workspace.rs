@@ -1829,3 +1829,77 @@ fn workspace_exec_reads_piped_stdin_and_streams_all_output() {
     );
     delete(&p, &id);
 }
+
+#[test]
+fn a_signal_during_workspace_create_deletes_the_half_made_workspace() {
+    require_containers!();
+    use std::io::BufRead;
+    let p = TestPyro::new();
+    let _cleanup = Cleanup(&p);
+    // A seed big enough that the create is still uploading it when the signal comes.
+    let seed = p.dir.path().join("seed");
+    for i in 0..200 {
+        let d = seed.join(format!("d{i}"));
+        std::fs::create_dir_all(&d).unwrap();
+        for j in 0..20 {
+            std::fs::write(d.join(format!("f{j}")), vec![b'x'; 4096]).unwrap();
+        }
+    }
+    let seed_arg = seed.display().to_string();
+    let mut child = p
+        .cmd(&[
+            "workspace",
+            "create",
+            "debian:12",
+            "--isolation",
+            "container",
+            "--seed-path",
+            &seed_arg,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        if err.read_line(&mut line).unwrap() == 0 {
+            panic!("create ended before its seed phase: {seen}");
+        }
+        seen.push_str(&line);
+        if line.contains("phase=seed") {
+            break;
+        }
+    }
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = wait_within(&mut child, Duration::from_secs(60));
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    if status.code() == Some(0) {
+        // The create won the race and finished: then it must be whole and listed.
+        let list = ok(&p, &["list"]);
+        assert_eq!(
+            list["workspaces"].as_array().map(Vec::len),
+            Some(1),
+            "{list}"
+        );
+        return;
+    }
+    eprintln!("interrupted mid-create: {}", rest.trim());
+    assert_eq!(status.code(), Some(130), "{seen}{rest}");
+    assert!(rest.contains("phase=interrupted"), "{rest}");
+    let list = ok(&p, &["list"]);
+    assert_eq!(list["workspaces"], serde_json::json!([]), "{list}");
+    let sandboxes = p.home.join("sandboxes");
+    let left = std::fs::read_dir(&sandboxes)
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(
+        left,
+        0,
+        "sandbox directories left in {}",
+        sandboxes.display()
+    );
+}

@@ -12,7 +12,7 @@ use crate::gc::GcReport;
 use crate::observer::Observer;
 use crate::run::{RunRequest, RunResult};
 use crate::sandbox::ExecOptions;
-use crate::workspace::WorkspaceExecResult;
+use crate::workspace::{CreateWorkspace, WorkspaceExecResult, WorkspaceInfo};
 
 /// How a cancellable call ended.
 #[derive(Debug)]
@@ -67,6 +67,35 @@ impl Pyro {
             () = cancel => {
                 let id = tracking.id.lock().ok().and_then(|s| s.clone());
                 Ok(Outcome::Cancelled(self.cleanup_started(id.as_deref()).await))
+            }
+        }
+    }
+
+    /// [`Pyro::workspace_create`] until `cancel` resolves. On cancel the half-made workspace is
+    /// deleted (sandbox, files, records) before this returns.
+    pub async fn workspace_create_or_cancel(
+        &self,
+        req: &CreateWorkspace,
+        observer: Arc<dyn Observer>,
+        cancel: impl Future<Output = ()>,
+    ) -> Result<Outcome<WorkspaceInfo>> {
+        let tracking = Arc::new(Tracking {
+            inner: observer,
+            id: Mutex::new(None),
+        });
+        tokio::select! {
+            r = self.workspace_create(req, tracking.clone()) => r.map(Outcome::Done),
+            () = cancel => {
+                let mut report = GcReport::default();
+                if let Some(id) = tracking.id.lock().ok().and_then(|s| s.clone()) {
+                    let r = self.workspace_delete_interrupted(&id).await;
+                    if r.deleted {
+                        report.removed.push(id);
+                    } else {
+                        report.errors.extend(r.errors);
+                    }
+                }
+                Ok(Outcome::Cancelled(report))
             }
         }
     }

@@ -400,7 +400,25 @@ async fn create(pyro: &Pyro, a: CreateArgs) -> anyhow::Result<ExitCode> {
         show: !a.json && !a.id_only,
         build: BuildProgress::new(),
     });
-    let w = pyro.workspace_create(&req, observer).await?;
+    // Ctrl-C or SIGTERM mid-create: the library deletes the half-made workspace.
+    let (signalled, code) = super::interrupt_signal()?;
+    let w = match pyro
+        .workspace_create_or_cancel(&req, observer, signalled)
+        .await?
+    {
+        pyro::Outcome::Done(w) => w,
+        pyro::Outcome::Cancelled(report) => {
+            phase_line(
+                "workspace-create",
+                &[
+                    ("phase", "interrupted".into()),
+                    ("removed", report.removed.join(",")),
+                    ("errors", report.errors.len().to_string()),
+                ],
+            );
+            return Ok(ExitCode::from(code.get()));
+        }
+    };
     if a.json {
         print_json(&w)?;
     } else if a.id_only {

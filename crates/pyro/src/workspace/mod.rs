@@ -700,6 +700,7 @@ impl Pyro {
             reset_count: 0,
             seed: seed.as_ref().map(|s| s.describe()),
         };
+        observer.sandbox(&id);
         self.inner.store.insert_workspace(&row)?;
         let _lock = self.ws_lock(&id, true).await?;
         let resources = Resources {
@@ -740,6 +741,11 @@ impl Pyro {
             .store
             .set_workspace_state(&id, WorkspaceState::Running)?;
         Ok(self.ws_info(&self.ws_row(&id)?))
+    }
+
+    /// Removes a workspace whose create was cancelled midway (see `workspace_create_or_cancel`).
+    pub(crate) async fn workspace_delete_interrupted(&self, id: &str) -> DeleteResult {
+        self.ws_destroy(id, "interrupted_create").await
     }
 
     /// Removes everything of a workspace (sandbox, snapshots, records); best effort.
