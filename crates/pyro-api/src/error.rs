@@ -61,6 +61,12 @@ pub enum Error {
         /// What passed which limit, e.g. `more than 1000 entries`.
         what: String,
     },
+    /// A workspace is over what one snapshot may hold; nothing was stored.
+    #[error("the workspace is too large to snapshot: {what}")]
+    SnapshotTooLarge {
+        /// What passed which limit.
+        what: String,
+    },
     /// The host cannot give the requested isolation level.
     #[error("isolation level {requested} is not available on this host: {reason}")]
     IsolationUnavailable {
@@ -209,6 +215,7 @@ impl Error {
             Error::CorruptCache { .. } => "corrupt_cache",
             Error::UnsafeArchive { .. } => "unsafe_archive",
             Error::ExportTooLarge { .. } => "export_too_large",
+            Error::SnapshotTooLarge { .. } => "snapshot_too_large",
             Error::IsolationUnavailable { .. } => "isolation_unavailable",
             Error::Backend { .. } => "backend_error",
             Error::Agent(_) => "agent_error",
@@ -285,6 +292,11 @@ impl Error {
             Error::Build { .. } => Some("check network access to the Debian mirror and that mmdebstrap is installed (`pyro doctor`)".into()),
             Error::CorruptCache { .. } => Some("run `pyro env prune` and build the environment again".into()),
             Error::UnsafeArchive { .. } => Some("the whole archive was refused and nothing of it was kept; an archive from a workspace is the guest's to shape, so look at what the workspace holds at that path".into()),
+            Error::SnapshotTooLarge { .. } => Some(format!(
+                "a snapshot holds at most {} bytes in {} entries of /workspace; remove build output or caches from /workspace first",
+                crate::limits::SNAPSHOT_MAX_BYTES,
+                crate::limits::SNAPSHOT_MAX_ENTRIES
+            )),
             Error::ExportTooLarge { .. } => Some(format!(
                 "nothing was written; export a smaller path, or raise the limits with {}",
                 s.pick("--max-bytes/--max-entries", "max_bytes/max_entries")

@@ -41,6 +41,11 @@ pub const EXPORT_MAX_BYTES: u64 = 4 << 30;
 /// Most entries written out by one export of a guest's files.
 pub const EXPORT_MAX_ENTRIES: u64 = 1_000_000;
 
+/// Most bytes of file content one workspace snapshot (or restore, or sync) may carry.
+pub const SNAPSHOT_MAX_BYTES: u64 = 8 << 30;
+/// Most entries one workspace snapshot (or restore, or sync) may carry.
+pub const SNAPSHOT_MAX_ENTRIES: u64 = 1_000_000;
+
 /// Built-in defaults for resources and timeouts, where no flag, parameter or config file sets
 /// them (see [`crate::user_config`] for the precedence).
 pub mod builtin {

@@ -448,7 +448,7 @@ const TAR_OVERHEAD_PER_ENTRY: u64 = 11 << 10;
 
 /// The most bytes of archive an export within `limits` can take; the download stops there, so
 /// a guest cannot fill the host's disk before the limits are checked entry by entry.
-fn archive_cap(limits: &OutputLimits) -> u64 {
+pub(crate) fn archive_cap(limits: &OutputLimits) -> u64 {
     limits
         .max_bytes
         .saturating_add(limits.max_entries.saturating_mul(TAR_OVERHEAD_PER_ENTRY))
@@ -456,10 +456,31 @@ fn archive_cap(limits: &OutputLimits) -> u64 {
 }
 
 /// Writes at most `left` bytes, then fails and remembers why.
-struct CappedWriter {
+pub(crate) struct CappedWriter {
     inner: tokio::fs::File,
     left: u64,
     over: bool,
+}
+
+impl CappedWriter {
+    /// A writer into `inner` that takes at most `cap` bytes.
+    pub(crate) fn new(inner: tokio::fs::File, cap: u64) -> CappedWriter {
+        CappedWriter {
+            inner,
+            left: cap,
+            over: false,
+        }
+    }
+
+    /// Whether a write went over the cap.
+    pub(crate) fn over(&self) -> bool {
+        self.over
+    }
+
+    /// Flushes what was written.
+    pub(crate) async fn flush(&mut self) -> std::io::Result<()> {
+        tokio::io::AsyncWriteExt::flush(&mut self.inner).await
+    }
 }
 
 impl tokio::io::AsyncWrite for CappedWriter {

@@ -13,14 +13,15 @@ use crate::engine::Pyro;
 use crate::error::{Error, IoContext, Result};
 use crate::sandbox::Sandbox;
 use crate::store::{now_ms, SnapshotRow};
+use crate::unpack::OutputLimits;
 use crate::workspace::WORKSPACE_PATH;
 
 /// The snapshot taken at create time.
 pub const BASELINE: &str = "baseline";
-/// Most bytes of content a restore or sync may carry.
-pub const MAX_ARCHIVE_BYTES: u64 = 8 << 30;
-/// Most entries a restore or sync may carry.
-pub const MAX_ARCHIVE_ENTRIES: u64 = 1_000_000;
+/// Most bytes of content a snapshot, restore or sync may carry.
+pub const MAX_ARCHIVE_BYTES: u64 = pyro_api::limits::SNAPSHOT_MAX_BYTES;
+/// Most entries a snapshot, restore or sync may carry.
+pub const MAX_ARCHIVE_ENTRIES: u64 = pyro_api::limits::SNAPSHOT_MAX_ENTRIES;
 
 /// One entry of a snapshot tree.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,12 +103,14 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Reads a tar (from the agent) into the object store; returns the tree and new bytes stored.
-fn ingest(tar_path: &Path, objects: &Path) -> Result<(Vec<TreeEntry>, u64)> {
+fn ingest(tar_path: &Path, objects: &Path, limits: OutputLimits) -> Result<(Vec<TreeEntry>, u64)> {
     std::fs::create_dir_all(objects).ctx(|| format!("create {}", objects.display()))?;
     let f = std::fs::File::open(tar_path).ctx(|| "open snapshot archive".into())?;
     let mut ar = tar::Archive::new(std::io::BufReader::new(f));
     let mut entries = Vec::new();
     let mut new_bytes = 0u64;
+    let mut content = 0u64;
+    let too_large = |what: String| Error::SnapshotTooLarge { what };
     let corrupt = |e: std::io::Error| {
         Error::Agent(format!(
             "snapshot archive from the agent is unreadable: {e}"
@@ -165,6 +168,14 @@ fn ingest(tar_path: &Path, objects: &Path) -> Result<(Vec<TreeEntry>, u64)> {
                     hasher.update(&buf[..n]);
                     out.write_all(&buf[..n]).ctx(|| "write object".into())?;
                     size += n as u64;
+                    if content + size > limits.max_bytes {
+                        drop(out);
+                        let _ = std::fs::remove_file(&tmp);
+                        return Err(too_large(format!(
+                            "more than {} bytes of file content",
+                            limits.max_bytes
+                        )));
+                    }
                 }
                 let sha = hex::encode(hasher.finalize());
                 let dest = objects.join(&sha);
@@ -189,6 +200,13 @@ fn ingest(tar_path: &Path, objects: &Path) -> Result<(Vec<TreeEntry>, u64)> {
             }
             _ => continue,
         };
+        content += entry.size;
+        if entries.len() as u64 >= limits.max_entries {
+            return Err(too_large(format!(
+                "more than {} entries",
+                limits.max_entries
+            )));
+        }
         entries.push(entry);
     }
     let dir = std::fs::File::open(objects).ctx(|| format!("open {}", objects.display()))?;
@@ -276,19 +294,39 @@ impl Pyro {
         let t = std::time::Instant::now();
         let tar_path = self.tmp_file(id, "snapshot")?;
         let result = async {
-            let mut f = tokio::fs::File::create(&tar_path)
+            let file = tokio::fs::File::create(&tar_path)
                 .await
                 .ctx(|| "create snapshot archive".into())?;
-            sb.client().archive_out(WORKSPACE_PATH, &mut f).await?;
-            tokio::io::AsyncWriteExt::flush(&mut f)
-                .await
-                .ctx(|| "flush snapshot archive".into())?;
+            // The guest decides how much it sends: the archive is capped on the way in.
+            let cap = super::files::archive_cap(&OutputLimits {
+                max_bytes: MAX_ARCHIVE_BYTES,
+                max_entries: MAX_ARCHIVE_ENTRIES,
+            });
+            let mut f = super::files::CappedWriter::new(file, cap);
+            match sb.client().archive_out(WORKSPACE_PATH, &mut f).await {
+                Err(_) if f.over() => {
+                    return Err(Error::SnapshotTooLarge {
+                        what: format!("an archive of more than {cap} bytes"),
+                    })
+                }
+                other => other?,
+            };
+            f.flush().await.ctx(|| "flush snapshot archive".into())?;
             drop(f);
             let objects = self.objects_dir(id);
             let tp = tar_path.clone();
-            let (tree, new_bytes) = tokio::task::spawn_blocking(move || ingest(&tp, &objects))
-                .await
-                .map_err(|e| Error::Agent(format!("snapshot task: {e}")))??;
+            let (tree, new_bytes) = tokio::task::spawn_blocking(move || {
+                ingest(
+                    &tp,
+                    &objects,
+                    OutputLimits {
+                        max_bytes: MAX_ARCHIVE_BYTES,
+                        max_entries: MAX_ARCHIVE_ENTRIES,
+                    },
+                )
+            })
+            .await
+            .map_err(|e| Error::Agent(format!("snapshot task: {e}")))??;
             let dir = self.ws_dir(id).join("snapshots");
             std::fs::create_dir_all(&dir).ctx(|| format!("create {}", dir.display()))?;
             let json = serde_json::to_vec(&tree).map_err(|e| Error::Agent(e.to_string()))?;
@@ -516,7 +554,7 @@ mod tests {
             dir.path().join("out.tar"),
         );
         agent_tar(&tar1, b"# one\n");
-        let (tree, new_bytes) = ingest(&tar1, &objects).unwrap();
+        let (tree, new_bytes) = ingest(&tar1, &objects, big()).unwrap();
         // "echo hi\n" is stored once for two files.
         assert_eq!(new_bytes, 6 + 8);
         assert_eq!(std::fs::read_dir(&objects).unwrap().count(), 2);
@@ -536,14 +574,55 @@ mod tests {
         );
         // Back to a tar: same entries, modes, content and link target.
         build_tar(&tree, &objects, &out).unwrap();
-        let (again, more) = ingest(&out, &objects).unwrap();
+        let (again, more) = ingest(&out, &objects, big()).unwrap();
         assert_eq!(again, tree);
         assert_eq!(more, 0, "nothing new to store");
         // A second snapshot with one changed file stores only that file.
         let tar2 = dir.path().join("in2.tar");
         agent_tar(&tar2, b"# two, longer\n");
-        let (_, new_bytes) = ingest(&tar2, &objects).unwrap();
+        let (_, new_bytes) = ingest(&tar2, &objects, big()).unwrap();
         assert_eq!(new_bytes, 14);
+    }
+
+    fn big() -> OutputLimits {
+        OutputLimits {
+            max_bytes: 1 << 20,
+            max_entries: 100,
+        }
+    }
+
+    #[test]
+    fn a_snapshot_over_its_limits_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tar, objects) = (dir.path().join("in.tar"), dir.path().join("objects"));
+        agent_tar(&tar, b"# one\n");
+        for (limits, what) in [
+            (
+                OutputLimits {
+                    max_bytes: 10,
+                    max_entries: 100,
+                },
+                "more than 10 bytes",
+            ),
+            (
+                OutputLimits {
+                    max_bytes: 1 << 20,
+                    max_entries: 3,
+                },
+                "more than 3 entries",
+            ),
+        ] {
+            let err = ingest(&tar, &objects, limits).expect_err("refused");
+            assert_eq!(err.kind(), "snapshot_too_large");
+            assert!(err.to_string().contains(what), "{err}");
+        }
+        // Nothing half-written is left among the objects.
+        let partial = std::fs::read_dir(&objects)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".in-"))
+            .count();
+        assert_eq!(partial, 0);
     }
 
     #[test]
