@@ -111,6 +111,11 @@ pub struct McpServeArgs {
     /// Bearer token HTTP clients must send (required for non-loopback addresses).
     #[arg(long, env = "PYRO_MCP_TOKEN", hide_env_values = true)]
     pub bearer_token: Option<String>,
+    /// A browser origin allowed to call the HTTP server besides loopback ones (which always
+    /// are), e.g. https://inspector.example; requests from any other Origin get 403.
+    /// Repeatable.
+    #[arg(long, value_name = "ORIGIN")]
+    pub allow_origin: Vec<String>,
     /// Another directory host paths from clients (seed_path, source_path, output_path) may
     /// lie under; the working directory always may. Repeatable.
     #[arg(long, value_name = "DIR")]

@@ -261,3 +261,78 @@ fn readme_client_snippets_parse() {
     // The CLI line for Claude Code names the same command.
     assert!(section.contains("claude mcp add pyro -- pyro mcp serve"));
 }
+
+/// One HTTP/1.1 POST of an MCP `initialize` to `url`, as a browser page would send it
+/// (with `Origin` when given); returns the status code.
+fn post_initialize(url: &str, origin: Option<&str>) -> u16 {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("an http:// url");
+    let (hostport, path) = rest.split_once('/').expect("a path");
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"browser","version":"0"}}}"#;
+    let origin = origin.map_or(String::new(), |o| format!("Origin: {o}\r\n"));
+    let req = format!(
+        "POST /{path} HTTP/1.1\r\nHost: {hostport}\r\n{origin}Content-Type: application/json\r\n\
+         Accept: application/json, text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut s = std::net::TcpStream::connect(hostport).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    s.write_all(req.as_bytes()).unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).unwrap();
+    let line = String::from_utf8_lossy(&head).into_owned();
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {line:?}"))
+}
+
+#[test]
+fn http_refuses_foreign_browser_origins() {
+    use std::io::BufRead;
+    // The server starts only with a usable default level.
+    if !container_tests_enabled("http_refuses_foreign_browser_origins") {
+        return;
+    }
+    let p = TestPyro::new();
+    std::fs::write(p.config_file(), "isolation = \"container\"\n").unwrap();
+    let mut child = p
+        .cmd(&[
+            "mcp",
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--allow-origin",
+            "https://inspector.example",
+        ])
+        .env_remove("PYRO_MCP_TOKEN")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let url = loop {
+        let mut line = String::new();
+        assert!(err.read_line(&mut line).unwrap() > 0, "the server exited");
+        if let Some(u) = line.trim().split("listening=").nth(1) {
+            break u.to_string();
+        }
+    };
+    // A page on another site: refused before the MCP layer, whatever the body.
+    assert_eq!(post_initialize(&url, Some("https://evil.example")), 403);
+    assert_eq!(post_initialize(&url, Some("null")), 403);
+    assert_eq!(
+        post_initialize(&url, Some("http://localhost.evil.example")),
+        403
+    );
+    // Loopback pages (the MCP Inspector), a named origin, and non-browser clients get through.
+    assert_eq!(post_initialize(&url, Some("http://localhost:6274")), 200);
+    assert_eq!(
+        post_initialize(&url, Some("https://inspector.example")),
+        200
+    );
+    assert_eq!(post_initialize(&url, None), 200);
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+}

@@ -22,6 +22,65 @@ pub struct HttpConfig {
     pub addr: SocketAddr,
     /// Clients must send `Authorization: Bearer TOKEN`; required on non-loopback addresses.
     pub bearer_token: Option<String>,
+    /// Browser origins allowed besides loopback ones (`http://localhost:6274`,
+    /// `http://127.0.0.1:…`, `http://[::1]:…` always are), e.g. `https://inspector.example`.
+    pub allowed_origins: Vec<String>,
+}
+
+/// Whether a request's `Origin` may reach the server. The MCP specification asks servers to
+/// validate it, against DNS rebinding: a web page can make a browser send requests to a
+/// loopback port, but the browser always names the page's origin. A request without an
+/// `Origin` comes from something that is not a browser page, and is left to the token and
+/// Host checks. A loopback origin (any port) is a local tool such as the MCP Inspector.
+pub fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
+    let origin = origin.trim().trim_end_matches('/').to_ascii_lowercase();
+    if allowed
+        .iter()
+        .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(&origin))
+    {
+        return true;
+    }
+    let Some(rest) = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    let host = if let Some(v6) = rest.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        rest.split(':').next().unwrap_or("")
+    };
+    if rest.contains('/') || rest.contains('@') {
+        return false;
+    }
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+async fn check_origin(
+    State(allowed): State<Arc<Vec<String>>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let origin = req.headers().get(header::ORIGIN).map(|v| v.to_str());
+    match origin {
+        None => next.run(req).await,
+        Some(Ok(o)) if origin_allowed(o, &allowed) => next.run(req).await,
+        Some(o) => {
+            let shown = o.unwrap_or("(not text)");
+            tracing::warn!("refused a request from origin {shown}");
+            (
+                StatusCode::FORBIDDEN,
+                format!(
+                    "origin {shown} is not allowed: only loopback origins are, unless `pyro mcp serve --allow-origin ORIGIN` names it\n"
+                ),
+            )
+                .into_response()
+        }
+    }
 }
 
 /// The path the MCP endpoint is served at.
@@ -92,7 +151,9 @@ pub async fn serve_http(
         Arc::new(LocalSessionManager::default()),
         mcp_config,
     );
-    let mut router = axum::Router::new().nest_service(MCP_PATH, service);
+    let mut router = axum::Router::new().nest_service(MCP_PATH, service).layer(
+        axum::middleware::from_fn_with_state(Arc::new(http.allowed_origins), check_origin),
+    );
     if let Some(t) = token {
         router = router.layer(axum::middleware::from_fn_with_state(
             Arc::new(t),
@@ -118,6 +179,35 @@ pub async fn serve_http(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_loopback_or_named_origins_pass() {
+        let named = vec!["https://inspector.example".to_string()];
+        for ok in [
+            "http://localhost:6274",
+            "http://localhost",
+            "http://127.0.0.1:8765",
+            "https://127.0.0.2",
+            "http://[::1]:3000",
+            "HTTP://LOCALHOST:1",
+            "https://inspector.example",
+            "https://inspector.example/",
+        ] {
+            assert!(origin_allowed(ok, &named), "{ok}");
+        }
+        for bad in [
+            "https://evil.example",
+            "http://localhost.evil.example",
+            "http://127.0.0.1.nip.io",
+            "http://evil.example@127.0.0.1",
+            "null",
+            "file://",
+            "http://10.0.0.1:8765",
+            "https://inspector.example.evil",
+        ] {
+            assert!(!origin_allowed(bad, &named), "{bad}");
+        }
+    }
 
     #[test]
     fn tokens_compare_exactly() {

@@ -47,6 +47,7 @@ pub async fn mcp(pyro: pyro::Pyro, c: McpCommand) -> anyhow::Result<ExitCode> {
             let http = pyro_mcp::HttpConfig {
                 addr,
                 bearer_token: a.bearer_token,
+                allowed_origins: a.allow_origin,
             };
             let announce = |bound| {
                 // On stderr: stdout stays free, and tests read the bound port from here.
