@@ -522,3 +522,72 @@ fn a_single_argument_is_a_shell_command_line() {
     assert_eq!(v["stdout"], "a b\n$HOME\n", "{v}");
     assert_eq!(v["command"], "printf '%s\\n' 'a b' '$HOME'");
 }
+
+/// The escape attempts once checked by hand: host files, devices, mounts and other sandboxes'
+/// processes are out of reach from inside a sandbox.
+#[test]
+fn host_files_devices_mounts_and_other_sandboxes_are_out_of_reach() {
+    require_containers!();
+    let p = TestPyro::new();
+    // A secret on the host, and a process of another sandbox (a workspace service).
+    let secret = p.dir.path().join("host-secret.txt");
+    std::fs::write(&secret, "host-only\n").unwrap();
+    let (ws, _) = p.create_workspace(&[]);
+    let (out, v) = p.json(&[
+        "workspace",
+        "service",
+        "start",
+        &ws,
+        "other",
+        "--",
+        "sleep 4321",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{v}");
+    let probe = [
+        format!("cat {} 2>/dev/null || echo no-host-file", secret.display()),
+        // Exactly the service's command line, which this probe's own does not equal.
+        "for f in /proc/[0-9]*/cmdline; do [ \"$(tr '\\0' ' ' < $f)\" = 'sleep 4321 ' ] && echo seen; done | wc -l".into(),
+        "mknod /tmp/disk b 8 0 2>/dev/null && echo mknod-ok || echo mknod-denied".into(),
+        "ls /dev | tr '\\n' ' '; echo".into(),
+        "tr '\\0' ' ' < /proc/1/cmdline; echo".into(),
+        "mount -o remount,rw / 2>/dev/null && echo remount-ok || echo remount-denied".into(),
+    ]
+    .join("; ");
+    // The same probe inside the service's own workspace does see it (the probe works).
+    let (_, own) = p.json(&["workspace", "exec", &ws, "--", "sh", "-c", &probe]);
+    let own_lines: Vec<String> = own["stdout"]
+        .as_str()
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(own_lines.get(1).map(String::as_str), Some("1"), "{own}");
+    let (_, v) = run_json(&p, &["sh", "-c", &probe]);
+    let stdout = v["stdout"].as_str().unwrap_or_default().to_string();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 6, "{v}");
+    assert_eq!(lines[0], "no-host-file", "{stdout}");
+    assert_eq!(
+        lines[1], "0",
+        "another sandbox's process is visible: {stdout}"
+    );
+    assert_eq!(lines[2], "mknod-denied", "{stdout}");
+    // Only the usual pseudo-devices: no disks, no /dev/kvm, no /dev/mem.
+    for dev in lines[3].split_whitespace() {
+        assert!(
+            [
+                "console", "core", "fd", "full", "mqueue", "null", "ptmx", "pts", "random", "shm",
+                "stderr", "stdin", "stdout", "tty", "urandom", "zero"
+            ]
+            .contains(&dev),
+            "unexpected device /dev/{dev}: {stdout}"
+        );
+    }
+    assert!(
+        lines[4].contains("pyro-agent"),
+        "PID 1 is not the agent: {stdout}"
+    );
+    assert_eq!(lines[5], "remount-denied", "{stdout}");
+    let (out, _) = p.json(&["workspace", "delete", &ws]);
+    assert_eq!(out.status.code(), Some(0));
+}
