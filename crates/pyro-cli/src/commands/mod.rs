@@ -164,3 +164,17 @@ pub fn interrupt_signal() -> std::io::Result<(impl std::future::Future<Output = 
     };
     Ok((fired, code))
 }
+
+/// Reports a call the library stopped on a signal (`phase=interrupted`, what it removed) and
+/// gives the exit code the signal calls for.
+pub fn interrupted(tag: &str, report: &pyro::GcReport, code: &SignalCode) -> ExitCode {
+    crate::output::phase_line(
+        tag,
+        &[
+            ("phase", "interrupted".into()),
+            ("removed", report.removed.join(",")),
+            ("errors", report.errors.len().to_string()),
+        ],
+    );
+    ExitCode::from(code.get())
+}

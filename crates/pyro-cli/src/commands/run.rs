@@ -95,18 +95,8 @@ pub async fn run(pyro: &Pyro, a: RunArgs) -> anyhow::Result<ExitCode> {
         .await?
     {
         pyro::Outcome::Done(r) => r,
-        pyro::Outcome::Cancelled(report) => {
-            // The library dropped the run and removed what it started.
-            phase_line(
-                "run",
-                &[
-                    ("phase", "interrupted".into()),
-                    ("removed", report.removed.join(",")),
-                    ("errors", report.errors.len().to_string()),
-                ],
-            );
-            return Ok(ExitCode::from(code.get()));
-        }
+        // The library dropped the run and removed what it started.
+        pyro::Outcome::Cancelled(report) => return Ok(super::interrupted("run", &report, &code)),
     };
     if a.json {
         print_json(&result)?;

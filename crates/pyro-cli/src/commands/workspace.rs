@@ -408,15 +408,7 @@ async fn create(pyro: &Pyro, a: CreateArgs) -> anyhow::Result<ExitCode> {
     {
         pyro::Outcome::Done(w) => w,
         pyro::Outcome::Cancelled(report) => {
-            phase_line(
-                "workspace-create",
-                &[
-                    ("phase", "interrupted".into()),
-                    ("removed", report.removed.join(",")),
-                    ("errors", report.errors.len().to_string()),
-                ],
-            );
-            return Ok(ExitCode::from(code.get()));
+            return Ok(super::interrupted("workspace-create", &report, &code))
         }
     };
     if a.json {
