@@ -306,47 +306,87 @@ impl Pyro {
         let exec = sb
             .exec_as(&req.command, &opts, defaults.user.as_deref(), output)
             .await;
-        let run_network = RunNetwork::of(&sb);
-        let t_cleanup = Instant::now();
-        let cleanup = sb
-            .destroy(if exec.is_ok() { "post_exec" } else { "error" })
-            .await;
-        let cleanup_ms = t_cleanup.elapsed().as_millis() as u64;
-        let exec = exec?;
-        let o = &exec.outcome;
-        let exit_code = exit_code(o);
-        let (stdout, stdout_base64) = text_and_bytes(&exec.stdout);
-        let (stderr, stderr_base64) = text_and_bytes(&exec.stderr);
-        let result = RunResult {
-            sandbox_id: sb.id().to_string(),
-            environment: env.name.clone(),
-            environment_digest: env.manifest_digest.clone(),
-            isolation: level,
-            backend: sb.backend_name().to_string(),
-            command: pyro_protocol::command_line(&req.command).unwrap_or_default(),
-            exit_code,
-            signal: o.signal,
-            stdout,
-            stderr,
-            stdout_base64,
-            stderr_base64,
-            truncated: o.stdout_truncated || o.stderr_truncated,
-            stdout_truncated: o.stdout_truncated,
-            stderr_truncated: o.stderr_truncated,
-            timed_out: o.timed_out,
-            timing: Timing {
+        let sandbox_id = sb.id().to_string();
+        let (_, result) = end_one_shot(
+            &mut sb,
+            exec,
+            OneShot {
+                sandbox_id,
+                environment: env.name.clone(),
+                environment_digest: env.manifest_digest.clone(),
+                isolation: level,
+                command: &req.command,
                 create_ms,
-                boot_ms: sb.boot_ms,
-                exec_ms: o.duration_ms,
-                cleanup_ms,
-                total_ms: t0.elapsed().as_millis() as u64,
+                started: t0,
             },
-            limits: sb.limits.clone(),
-            cleanup,
-            network: run_network,
-        };
-        Ok(result)
+        )
+        .await;
+        result
     }
+}
+
+/// What a one-shot result says about where its command ran.
+pub(crate) struct OneShot<'a> {
+    pub sandbox_id: String,
+    pub environment: String,
+    pub environment_digest: String,
+    pub isolation: Isolation,
+    pub command: &'a [String],
+    pub create_ms: u64,
+    pub started: Instant,
+}
+
+/// Ends a one-shot command (`run`, `vm_exec`): reads its network, destroys the sandbox whatever
+/// happened, and builds the result. Returns whether the sandbox is gone, and the result (the
+/// exec's error, if it failed).
+pub(crate) async fn end_one_shot(
+    sb: &mut Sandbox,
+    exec: Result<crate::sandbox::ExecResult>,
+    shot: OneShot<'_>,
+) -> (bool, Result<RunResult>) {
+    let network = RunNetwork::of(sb);
+    let t_cleanup = Instant::now();
+    let cleanup = sb
+        .destroy(if exec.is_ok() { "post_exec" } else { "error" })
+        .await;
+    let cleanup_ms = t_cleanup.elapsed().as_millis() as u64;
+    let deleted = cleanup.deleted;
+    let exec = match exec {
+        Ok(e) => e,
+        Err(e) => return (deleted, Err(e)),
+    };
+    let o = &exec.outcome;
+    let (stdout, stdout_base64) = text_and_bytes(&exec.stdout);
+    let (stderr, stderr_base64) = text_and_bytes(&exec.stderr);
+    let result = RunResult {
+        sandbox_id: shot.sandbox_id,
+        environment: shot.environment,
+        environment_digest: shot.environment_digest,
+        isolation: shot.isolation,
+        backend: sb.backend_name().to_string(),
+        command: pyro_protocol::command_line(shot.command).unwrap_or_default(),
+        exit_code: exit_code(o),
+        signal: o.signal,
+        stdout,
+        stderr,
+        stdout_base64,
+        stderr_base64,
+        truncated: o.stdout_truncated || o.stderr_truncated,
+        stdout_truncated: o.stdout_truncated,
+        stderr_truncated: o.stderr_truncated,
+        timed_out: o.timed_out,
+        timing: Timing {
+            create_ms: shot.create_ms,
+            boot_ms: sb.boot_ms,
+            exec_ms: o.duration_ms,
+            cleanup_ms,
+            total_ms: shot.started.elapsed().as_millis() as u64,
+        },
+        limits: sb.limits.clone(),
+        cleanup,
+        network,
+    };
+    (deleted, Ok(result))
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use crate::backend::{Isolation, Resources};
 use crate::engine::{LiveVm, Pyro};
 use crate::error::{Error, IoContext, Result};
 use crate::procinfo::ProcessId;
-use crate::run::{limits, text_and_bytes};
+use crate::run::limits;
 use crate::sandbox::{new_id, ExecOptions, Sandbox};
 use crate::store::now_ms;
 use pyro_api::VmState;
@@ -320,49 +320,27 @@ impl Pyro {
         let exec = sb
             .exec_as(argv, &opts, defaults.user.as_deref(), None)
             .await;
-        let network = crate::run::RunNetwork::of(&sb);
-        let t_cleanup = std::time::Instant::now();
-        let cleanup = sb
-            .destroy(if exec.is_ok() { "post_exec" } else { "error" })
-            .await;
-        let cleanup_ms = t_cleanup.elapsed().as_millis() as u64;
-        if cleanup.deleted {
+        // The digest the sandbox was made from (the record), so nothing here can fail before
+        // the sandbox is destroyed.
+        let (create_ms, environment_digest) = (sb.create_ms, sb.record.environment_digest.clone());
+        let (deleted, result) = crate::run::end_one_shot(
+            &mut sb,
+            exec,
+            crate::run::OneShot {
+                sandbox_id: vm.vm_id.clone(),
+                environment: vm.environment.clone(),
+                environment_digest,
+                isolation: vm.isolation,
+                command: argv,
+                create_ms,
+                started: t0,
+            },
+        )
+        .await;
+        if deleted {
             let _ = std::fs::remove_file(self.vm_path(id)?);
         }
-        let exec = exec?;
-        let o = &exec.outcome;
-        let exit_code = crate::run::exit_code(o);
-        let (stdout, stdout_base64) = text_and_bytes(&exec.stdout);
-        let (stderr, stderr_base64) = text_and_bytes(&exec.stderr);
-        let env = self.inner.envs.resolve(&vm.environment)?;
-        Ok(crate::RunResult {
-            sandbox_id: vm.vm_id.clone(),
-            environment: vm.environment.clone(),
-            environment_digest: env.manifest_digest,
-            isolation: vm.isolation,
-            backend: sb.backend_name().to_string(),
-            command: pyro_protocol::command_line(argv).unwrap_or_default(),
-            exit_code,
-            signal: o.signal,
-            stdout,
-            stderr,
-            stdout_base64,
-            stderr_base64,
-            truncated: o.stdout_truncated || o.stderr_truncated,
-            stdout_truncated: o.stdout_truncated,
-            stderr_truncated: o.stderr_truncated,
-            timed_out: o.timed_out,
-            timing: crate::run::Timing {
-                create_ms: sb.create_ms,
-                boot_ms: sb.boot_ms,
-                exec_ms: o.duration_ms,
-                cleanup_ms,
-                total_ms: t0.elapsed().as_millis() as u64,
-            },
-            limits: sb.limits.clone(),
-            cleanup,
-            network,
-        })
+        result
     }
 
     /// Stops a started VM: its sandbox is destroyed; the record stays, and `vm_start` boots a
