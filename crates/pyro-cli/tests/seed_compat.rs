@@ -78,7 +78,10 @@ fn allow_host_compat_takes_a_usable_level_and_says_so() {
             "{v}"
         );
         let w = v["warnings"][0].as_str().unwrap_or_default();
-        assert!(w.contains("microvm") && w.contains("allow_host_compat"), "{v}");
+        assert!(
+            w.contains("microvm") && w.contains("allow_host_compat"),
+            "{v}"
+        );
         assert!(stderr(&out).contains("[run] warning:"), "{}", stderr(&out));
         // Without the opt-in, the unusable level is refused as before.
         let (out, v) = p.json(&["run", "debian:12", "--isolation", "microvm", "--", "true"]);
@@ -139,7 +142,15 @@ fn workspaces_default_to_the_seeds_ttl_and_take_its_flags() {
     let (out, sh) = p.json(&["workspace", "shell", "open", &id]);
     assert_eq!(out.status.code(), Some(0), "{sh}");
     let shell = sh["shell_id"].as_str().unwrap().to_string();
-    let (out, v) = p.json(&["workspace", "shell", "signal", &id, &shell, "--signal", "INT"]);
+    let (out, v) = p.json(&[
+        "workspace",
+        "shell",
+        "signal",
+        &id,
+        &shell,
+        "--signal",
+        "INT",
+    ]);
     assert_eq!(out.status.code(), Some(0), "{v}");
     assert_eq!(v["signal"], "INT", "{v}");
     let (out, v) = p.json(&["workspace", "delete", &id]);
@@ -155,7 +166,11 @@ fn workspaces_default_to_the_seeds_ttl_and_take_its_flags() {
     assert_eq!(v["ttl_s"], 120, "{v}");
     p.run(&["workspace", "delete", &id]);
     let (id, v) = p.create_workspace(&["--idle-ttl", "120"]);
-    assert_eq!((v["ttl_s"].clone(), v["idle_ttl_s"].clone()), (serde_json::Value::Null, 120.into()), "{v}");
+    assert_eq!(
+        (v["ttl_s"].clone(), v["idle_ttl_s"].clone()),
+        (serde_json::Value::Null, 120.into()),
+        "{v}"
+    );
     p.run(&["workspace", "delete", &id]);
 }
 
@@ -177,10 +192,22 @@ fn env_pull_of_an_unpinned_catalog_name_builds_it() {
     assert_eq!(v["built_from_recipe"], true, "{v}");
     assert_eq!(v["name"], "debian:12", "{v}");
     assert_eq!(v["installed"], true, "{v}");
-    assert!(v["packages"].as_array().unwrap().contains(&"python3".into()), "{v}");
-    assert!(v["note"].as_str().unwrap().contains("no published image"), "{v}");
+    assert!(
+        v["packages"]
+            .as_array()
+            .unwrap()
+            .contains(&"python3".into()),
+        "{v}"
+    );
+    assert!(
+        v["note"].as_str().unwrap().contains("no published image"),
+        "{v}"
+    );
     let out = p.run(&["env", "pull", "debian:12"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains("no published image of debian:12 is pinned"), "{err}");
+    assert!(
+        err.contains("no published image of debian:12 is pinned"),
+        "{err}"
+    );
 }

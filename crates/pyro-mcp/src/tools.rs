@@ -1297,7 +1297,9 @@ mod tests {
         let mut tools = Vec::new();
         for line in rest[..end].lines() {
             // Bullets: `-`, `*`, or `•` as the rendered README has them.
-            let line = line.trim().trim_start_matches(|c: char| !c.is_ascii_alphanumeric());
+            let line = line
+                .trim()
+                .trim_start_matches(|c: char| !c.is_ascii_alphanumeric());
             let Some(open) = line.find('(') else { continue };
             let name = &line[..open];
             if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
