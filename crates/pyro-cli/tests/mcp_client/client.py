@@ -495,13 +495,13 @@ async def scenario_seed(args):
         await call(s, "vm_delete", {"vm_id": v["vm_id"]})
         with open("token.txt", "w") as f:
             f.write("from-file")
-        w = await call(s, "workspace_create", {"environment": "debian:12", "vcpu_count": 1, "mem_mib": 1024, "ttl_seconds": 600, "network": False, "allow_host_compat": False, "seed_path": None, "secrets": [{"name": "API_TOKEN", "value": "expected"}, {"name": "PIP_TOKEN", "file_path": "token.txt"}]})
+        w = await call(s, "workspace_create", {"environment": "debian:12", "vcpu_count": 1, "mem_mib": 1024, "ttl_seconds": 600, "network": False, "allow_host_compat": False, "seed_path": None, "secrets": [{"name": "API_TOKEN", "value": "expected"}, {"name": "PIP_TOKEN", "file_path": "token.txt"}], "name": None, "labels": None})
         wid = w["workspace_id"]
         check(w["ttl_s"] == 600 and w["execution_mode"] == "container", "workspace_create takes the seed's parameters", w)
         check(sorted(w["secrets"]) == ["API_TOKEN", "PIP_TOKEN"], "both secret shapes are stored", w)
         e = await call(s, "workspace_exec", {"workspace_id": wid, "command": 'test "$API_TOKEN" = expected && test "$PIP" = from-file && echo ok', "timeout_seconds": 30, "secret_env": {"API_TOKEN": "API_TOKEN", "PIP_TOKEN": "PIP"}})
         check(e["stdout"] == "ok\n", "secret_env as {SECRET: ENV} maps the secrets", e)
-        svc = await call(s, "service_start", {"workspace_id": wid, "service_name": "web", "command": "touch .web-ready && while true; do sleep 60; done", "cwd": "/workspace", "readiness": {"type": "file", "path": ".web-ready"}, "ready_timeout_seconds": 30, "ready_interval_ms": 500, "secret_env": None})
+        svc = await call(s, "service_start", {"workspace_id": wid, "service_name": "web", "command": "touch .web-ready && while true; do sleep 60; done", "cwd": "/workspace", "readiness": {"type": "file", "path": ".web-ready"}, "ready_timeout_seconds": 30, "ready_interval_ms": 500, "secret_env": None, "published_ports": None})
         check(svc["state"] == "ready", "service_start takes a readiness object", svc)
         await call(s, "service_logs", {"workspace_id": wid, "service_name": "web", "tail_lines": 50})
         await call(s, "service_stop", {"workspace_id": wid, "service_name": "web"})
