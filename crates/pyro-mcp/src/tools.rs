@@ -1286,9 +1286,12 @@ mod tests {
         }
     }
 
+    /// A parameter of a seed tool, with the default its README gives.
+    type SeedParam = (String, Option<String>);
+
     /// The seed's MCP tool list, as its README (2.9) writes it: `name(param, param=default, …)`
     /// lines between the "MCP Tools" and "Integration Examples" headings.
-    fn seed_readme_tools(readme: &str) -> Vec<(String, Vec<(String, Option<String>)>)> {
+    fn seed_readme_tools(readme: &str) -> Vec<(String, Vec<SeedParam>)> {
         let start = readme
             .find("MCP Tools")
             .expect("the seed README has an MCP Tools section");
