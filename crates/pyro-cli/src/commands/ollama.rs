@@ -263,6 +263,8 @@ async fn talk(
                 .to_owned();
             // The sandbox's level is the user's choice, never the model's.
             let arguments = arguments_of(call).map(|mut args| {
+                // Nor may it accept a weaker level than the one configured.
+                args.remove("allow_host_compat");
                 match &isolation {
                     Some(l) => args.insert("isolation".into(), json!(l)),
                     None => args.remove("isolation"),
@@ -317,14 +319,15 @@ async fn talk(
     .into())
 }
 
-/// The MCP tool's input schema as the model is shown it: without `isolation` (the demo sets
-/// the level), without `$schema`, and with `["T", "null"]` types as plain `T`, which chat
+/// The MCP tool's input schema as the model is shown it: without `isolation` and
+/// `allow_host_compat` (the demo sets the level, never the model), without `$schema`, and with `["T", "null"]` types as plain `T`, which chat
 /// servers that read only one type accept (Ollama 0.6 refused the array: ollama/ollama#10328).
 fn model_schema(schema: &serde_json::Map<String, Value>) -> Value {
     let mut schema = schema.clone();
     schema.remove("$schema");
     if let Some(Value::Object(props)) = schema.get_mut("properties") {
         props.remove("isolation");
+        props.remove("allow_host_compat");
         for prop in props.values_mut() {
             if let Some(Value::Array(types)) = prop.get("type") {
                 let plain: Vec<&Value> = types.iter().filter(|t| *t != "null").collect();
@@ -538,6 +541,7 @@ mod tests {
             "properties": {
                 "command": {"type": "string"},
                 "isolation": {"type": ["string", "null"]},
+                "allow_host_compat": {"type": "boolean", "default": false},
                 "stdin": {"type": ["string", "null"], "default": null},
             },
             "required": ["command"],
@@ -548,6 +552,7 @@ mod tests {
         let s = model_schema(&schema);
         assert!(s.get("$schema").is_none(), "{s}");
         assert!(s["properties"].get("isolation").is_none(), "{s}");
+        assert!(s["properties"].get("allow_host_compat").is_none(), "{s}");
         assert_eq!(s["properties"]["stdin"]["type"], "string", "{s}");
         assert_eq!(s["required"], json!(["command"]));
     }

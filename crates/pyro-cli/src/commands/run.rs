@@ -57,6 +57,8 @@ pub async fn demo(pyro: &Pyro, a: crate::cli::DemoArgs) -> anyhow::Result<ExitCo
             vcpu: None,
             mem: None,
             timeout: Some(120),
+            ttl_seconds: None,
+            allow_host_compat: false,
             env: Vec::new(),
             max_output_bytes: pyro::limits::CLI_OUTPUT_BYTES,
             no_build: false,
@@ -81,6 +83,7 @@ pub async fn run(pyro: &Pyro, a: RunArgs) -> anyhow::Result<ExitCode> {
     req.max_output_bytes = a.max_output_bytes;
     req.network = pyro::network::NetworkSpec::from_parts(a.network, None, &a.allow_hosts)?;
     req.stdin = super::command_stdin(a.no_stdin)?;
+    req.allow_host_compat = a.allow_host_compat;
     let observer = Arc::new(RunObserver {
         phases: !a.json,
         build: BuildProgress::new(),
@@ -98,6 +101,9 @@ pub async fn run(pyro: &Pyro, a: RunArgs) -> anyhow::Result<ExitCode> {
         // The library dropped the run and removed what it started.
         pyro::Outcome::Cancelled(report) => return Ok(super::interrupted("run", &report, &code)),
     };
+    for w in &result.warnings {
+        eprintln!("[run] warning: {w}");
+    }
     if a.json {
         print_json(&result)?;
         super::warn_truncated(

@@ -189,11 +189,12 @@ async fn shell(pyro: &Pyro, c: ShellCommand) -> anyhow::Result<ExitCode> {
             }
         }
         ShellCommand::Signal(a) => {
+            let signal = a.signal.or(a.signal_flag).unwrap_or_else(|| "INT".into());
             let r = pyro
-                .workspace_shell_signal(&a.id, &a.shell, &a.signal)
+                .workspace_shell_signal(&a.id, &a.shell, &signal)
                 .await?;
             if a.out.json {
-                print_json(&serde_json::json!({"shell": r, "signal": a.signal}))?;
+                print_json(&serde_json::json!({"shell": r, "signal": signal}))?;
             } else {
                 shell_line("workspace-shell-signal", &r);
             }
@@ -337,7 +338,7 @@ async fn service(pyro: &Pyro, c: ServiceCommand) -> anyhow::Result<ExitCode> {
         }
         ServiceCommand::Logs(a) => {
             let r = pyro
-                .workspace_service_logs(&a.id, &a.name, a.tail_lines)
+                .workspace_service_logs(&a.id, &a.name, (!a.all).then_some(a.tail_lines))
                 .await?;
             if a.out.json {
                 print_json(&r)?;
@@ -375,17 +376,23 @@ async fn create(pyro: &Pyro, a: CreateArgs) -> anyhow::Result<ExitCode> {
     req.name = a.name;
     req.labels = parse_pairs("--label", &a.labels)?;
     req.seed = a.seed_path.as_deref().map(Seed::from_path).transpose()?;
-    req.ttl = ttl(a.ttl);
+    // The default TTL (600 s) stays unless --ttl, --idle-ttl or --clear-ttl says otherwise.
+    if a.clear_ttl || a.ttl == Some(0) || a.idle_ttl.is_some() {
+        req.ttl = None;
+    } else if a.ttl.is_some() {
+        req.ttl = ttl(a.ttl);
+    }
     req.idle_ttl = ttl(a.idle_ttl);
+    req.allow_host_compat = a.allow_host_compat;
     req.vcpus = or_default(a.vcpu, pyro::user_config::default_vcpus)?;
     req.mem_mib = or_default(a.mem, pyro::user_config::default_mem_mib)?;
     req.isolation = a.isolation.as_deref().map(str::parse).transpose()?;
     req.build_missing = !a.no_build;
-    req.network = pyro::network::NetworkSpec::from_parts(
-        false,
-        Some(a.network_policy.as_str()),
-        &a.allow_hosts,
-    )?;
+    let policy = match (a.network, a.network_policy.as_str()) {
+        (true, "off") => "egress",
+        (_, p) => p,
+    };
+    req.network = pyro::network::NetworkSpec::from_parts(false, Some(policy), &a.allow_hosts)?;
     for (name, value) in parse_pairs("--secret", &a.secrets)? {
         if value.is_empty() {
             anyhow::bail!("--secret {name}= has an empty value");
@@ -411,6 +418,9 @@ async fn create(pyro: &Pyro, a: CreateArgs) -> anyhow::Result<ExitCode> {
             return Ok(super::interrupted("workspace-create", &report, &code))
         }
     };
+    for warning in &w.warnings {
+        eprintln!("[workspace] warning: {warning}");
+    }
     if a.json {
         print_json(&w)?;
     } else if a.id_only {
@@ -462,7 +472,7 @@ async fn update(pyro: &Pyro, a: UpdateArgs) -> anyhow::Result<ExitCode> {
     } else if let Some(n) = a.name {
         u.name = Some(Some(n));
     }
-    if a.clear_ttl {
+    if a.clear_ttl || a.ttl == Some(0) {
         u.ttl = Some(None);
         u.idle_ttl = Some(None);
     } else {

