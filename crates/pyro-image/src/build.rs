@@ -346,7 +346,7 @@ mod tests {
             mmdebstrap_args(&recipe, None, true, layer),
             [
                 "--variant=minbase",
-                "--include=git,ca-certificates",
+                "--include=git,ca-certificates,python3",
                 "--mode=root",
                 "--format=tar",
                 "bookworm",

@@ -221,7 +221,7 @@ mod tests {
             assert_eq!(r.variant(), "minbase");
             assert!(!r.description().is_empty());
         }
-        assert_eq!(recipes[0].packages(), ["git", "ca-certificates"]);
+        assert_eq!(recipes[0].packages(), ["git", "ca-certificates", "python3"]);
         assert!(recipes[1].packages().is_empty());
         assert_eq!(
             recipes[2].packages(),
