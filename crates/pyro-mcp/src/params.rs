@@ -47,11 +47,11 @@ where
 pub struct VmRunParams {
     /// Environment to run in, e.g. `debian:12` (`debian:12-base`, `debian:12-build` also exist).
     pub environment: String,
-    /// Shell command line, run by `sh -c` in `/workspace`, e.g. `git --version && ls`.
+    /// Shell command line, run by a login shell (`sh -lc`) in `/workspace`, e.g. `git --version && ls`.
     #[schemars(length(min = 1))]
     pub command: String,
     /// Isolation level: `microvm`, `vm-emulated` or `container`. Default: the server's
-    /// `PYRO_ISOLATION`, else `microvm`.
+    /// `PYRO_ISOLATION`, else the host's pyro config file, else `microvm`.
     #[serde(default)]
     pub isolation: Option<String>,
     /// Virtual CPUs.
@@ -138,7 +138,7 @@ pub struct WorkspaceCreateParams {
     #[schemars(range(min = 64, max = 262144))]
     pub mem_mib: u64,
     /// Isolation level: `microvm`, `vm-emulated` or `container`. Default: the server's
-    /// `PYRO_ISOLATION`, else `microvm`.
+    /// `PYRO_ISOLATION`, else the host's pyro config file, else `microvm`.
     #[serde(default)]
     pub isolation: Option<String>,
     /// Secrets, as `{"NAME": "value"}` or as a list `[{"name", "value"} | {"name",
@@ -224,7 +224,7 @@ pub struct WorkspaceUpdateParams {
 pub struct WorkspaceExecParams {
     /// Workspace id or name.
     pub workspace_id: String,
-    /// Shell command line, run by `sh -c`, e.g. `make test 2>&1 | tail -50`.
+    /// Shell command line, run by a login shell (`sh -lc`), e.g. `make test 2>&1 | tail -50`.
     #[schemars(length(min = 1))]
     pub command: String,
     /// Seconds before the command's whole process group is killed (exit code 124).
@@ -365,7 +365,7 @@ pub struct ServiceStartParams {
     pub workspace_id: String,
     /// Service name (unique in the workspace).
     pub service_name: String,
-    /// Shell command line, run by `sh -c` in its own process group.
+    /// Shell command line, run by a login shell (`sh -lc`) in its own process group.
     #[schemars(length(min = 1))]
     pub command: String,
     /// Working directory inside `/workspace`.
@@ -588,7 +588,7 @@ pub struct VmCreateParams {
     #[schemars(range(min = 60, max = 3600))]
     pub ttl_seconds: u64,
     /// Isolation level: `microvm`, `vm-emulated` or `container`. Default: the server's
-    /// `PYRO_ISOLATION`, else `microvm`.
+    /// `PYRO_ISOLATION`, else the host's pyro config file, else `microvm`.
     #[serde(default)]
     pub isolation: Option<String>,
     /// Outbound network access through NAT. Default: none (loopback only).
@@ -619,7 +619,7 @@ pub struct VmIdParams {
 pub struct VmExecParams {
     /// VM id from vm_create (started with vm_start).
     pub vm_id: String,
-    /// Shell command line, run by `sh -c` in `/workspace`.
+    /// Shell command line, run by a login shell (`sh -lc`) in `/workspace`.
     #[schemars(length(min = 1))]
     pub command: String,
     /// Seconds before the command's whole process group is killed (exit code 124).

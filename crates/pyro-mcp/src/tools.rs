@@ -589,7 +589,7 @@ impl PyroTools {
     }
 
     #[tool(
-        description = "Run a shell command in a workspace (sh -c, in /workspace unless cwd is given); files and installed packages persist between calls, processes do not. Returns exit_code, stdout, stderr (capped at max_output_bytes per stream, with truncated set) and timed_out. A non-zero exit code is a normal result, not a tool error."
+        description = "Run a shell command in a workspace (a login shell, sh -lc, in /workspace unless cwd is given); files and installed packages persist between calls, processes do not. Returns exit_code, stdout, stderr (capped at max_output_bytes per stream, with truncated set) and timed_out. A non-zero exit code is a normal result, not a tool error."
     )]
     async fn workspace_exec(
         &self,
@@ -1185,12 +1185,9 @@ impl PyroTools {
             .pyro
             .workspace_snapshot_delete(&p.workspace_id, &p.snapshot_name)
             .await
-            .map(|deleted| {
-                serde_json::json!({"workspace_id": p.workspace_id, "snapshot": p.snapshot_name, "deleted": deleted})
-            })
             .map_err(ToolError::from);
         Ok(outcome(r, |v| {
-            format!("snapshot {} deleted: {}", v["snapshot"], v["deleted"])
+            format!("snapshot {} deleted: {}", v.snapshot, v.deleted)
         }))
     }
 }

@@ -284,7 +284,11 @@ impl Pyro {
     }
 
     /// Deletes a named snapshot.
-    pub fn workspace_snapshot_delete(&self, id: &str, name: &str) -> Result<bool> {
+    pub fn workspace_snapshot_delete(
+        &self,
+        id: &str,
+        name: &str,
+    ) -> Result<crate::workspace::SnapshotDeleteResult> {
         self.runtime
             .block_on(self.inner.workspace_snapshot_delete(id, name))
     }

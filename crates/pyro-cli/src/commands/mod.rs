@@ -106,13 +106,13 @@ pub fn parse_pairs(
     flag: &str,
     pairs: &[String],
 ) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
-    use anyhow::Context;
     pairs
         .iter()
         .map(|p| {
-            let (k, v) = p
-                .split_once('=')
-                .with_context(|| format!("{flag} {p:?} is not KEY=VALUE"))?;
+            // A usage error (kind invalid_request, exit 2), like every other malformed flag.
+            let (k, v) = p.split_once('=').ok_or_else(|| {
+                pyro::Error::InvalidRequest(format!("{flag} {p:?} is not KEY=VALUE"))
+            })?;
             Ok((k.trim().to_string(), v.to_string()))
         })
         .collect()

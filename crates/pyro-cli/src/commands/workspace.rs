@@ -811,11 +811,9 @@ async fn snapshot_list(pyro: &Pyro, a: IdArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn snapshot_delete(pyro: &Pyro, a: SnapshotNameArgs) -> anyhow::Result<ExitCode> {
-    pyro.workspace_snapshot_delete(&a.id, &a.name).await?;
+    let r = pyro.workspace_snapshot_delete(&a.id, &a.name).await?;
     if a.out.json {
-        print_json(
-            &serde_json::json!({"workspace_id": a.id, "snapshot": a.name, "deleted": true}),
-        )?;
+        print_json(&r)?;
     } else {
         println!("Deleted workspace snapshot: {}", a.name);
     }

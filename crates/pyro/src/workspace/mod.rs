@@ -16,7 +16,7 @@ mod files;
 mod interactive;
 mod secrets;
 mod snapshot;
-pub use snapshot::SnapshotInfo;
+pub use snapshot::{SnapshotDeleteResult, SnapshotInfo};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

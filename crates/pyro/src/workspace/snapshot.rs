@@ -65,6 +65,17 @@ impl From<SnapshotRow> for SnapshotInfo {
     }
 }
 
+/// What deleting a snapshot did.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotDeleteResult {
+    /// The workspace's id, resolved from whatever name or id the caller gave.
+    pub workspace_id: String,
+    /// The snapshot.
+    pub snapshot: String,
+    /// Always true: a snapshot that could not be deleted is an error.
+    pub deleted: bool,
+}
+
 /// A snapshot as shown to users.
 #[derive(Debug, Clone, Serialize)]
 pub struct SnapshotResult {
@@ -413,7 +424,11 @@ impl Pyro {
     }
 
     /// Deletes a named snapshot and any content only it used.
-    pub async fn workspace_snapshot_delete(&self, id: &str, name: &str) -> Result<bool> {
+    pub async fn workspace_snapshot_delete(
+        &self,
+        id: &str,
+        name: &str,
+    ) -> Result<SnapshotDeleteResult> {
         if name == BASELINE {
             return Err(Error::InvalidRequest(
                 "the baseline snapshot cannot be deleted".into(),
@@ -446,7 +461,11 @@ impl Pyro {
                 }
             }
         }
-        Ok(true)
+        Ok(SnapshotDeleteResult {
+            workspace_id: w.id,
+            snapshot: name.to_string(),
+            deleted: true,
+        })
     }
 }
 
