@@ -13,9 +13,17 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
-    init_logging();
     let json = cli::Cli::json_requested();
+    let args = match cli::Cli::try_parse() {
+        Ok(args) => args,
+        // With --json, a usage error is the same JSON envelope as every other error (kind
+        // invalid_request, exit 2); help and version print as usual.
+        Err(e) if json && e.use_stderr() => {
+            return output::fail(json, &output::usage_error(&e.render().to_string()));
+        }
+        Err(e) => e.exit(),
+    };
+    init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -62,6 +62,30 @@ pub fn fail(json: bool, err: &anyhow::Error) -> ExitCode {
     ExitCode::from(code)
 }
 
+/// A usage error clap rendered, as an error with kind `invalid_request`: its first paragraph
+/// is the message, its `tip:` and `Usage:` lines the hint.
+pub fn usage_error(rendered: &str) -> anyhow::Error {
+    let mut paragraphs = rendered.split("\n\n");
+    let message = paragraphs
+        .next()
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let message = message.trim_start_matches("error: ").to_string();
+    let hint: Vec<&str> = paragraphs
+        .flat_map(str::lines)
+        .map(str::trim)
+        .filter(|l| l.starts_with("tip:") || l.starts_with("Usage:"))
+        .collect();
+    anyhow::Error::new(Hinted {
+        kind: "invalid_request",
+        message,
+        hint: (!hint.is_empty()).then(|| hint.join("; ")),
+    })
+}
+
 /// An error of the CLI's own (not the library's), with a stable kind and a hint for the user.
 #[derive(Debug)]
 pub struct Hinted {
