@@ -42,7 +42,7 @@ fn ms_to_rfc3339(ms: i64) -> String {
 }
 
 fn summary(action: &str, w: &WorkspaceInfo) {
-    println!("{action}: {}", w.workspace_id);
+    println!("{action} ID: {}", w.workspace_id);
     if let Some(n) = &w.name {
         println!("Name: {n}");
     }
