@@ -5,7 +5,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 
 /// How strongly a sandbox is isolated from the host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Isolation {
     /// A hardware-virtualized microVM (Firecracker, or QEMU with KVM).
@@ -74,4 +74,13 @@ pub struct Resources {
     pub mem_mib: u64,
     /// Most processes at once.
     pub pids: u64,
+}
+
+/// Read by name through [`FromStr`](std::str::FromStr), so a config file, an MCP parameter and
+/// a flag refuse an unknown level in the same words.
+impl<'de> serde::Deserialize<'de> for Isolation {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Isolation, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(|e: Error| serde::de::Error::custom(e))
+    }
 }
