@@ -325,6 +325,20 @@ impl Error {
             ).into()),
             Error::AlreadyExists(_) => Some(s.pick("pass --force to overwrite", "pass overwrite: true to replace it").into()),
             Error::AgentRefused { kind, .. } if kind == "bad_path" => Some("paths must stay inside /workspace".into()),
+            Error::AgentRefused { kind, message } if kind == "not_found" => {
+                if message.starts_with("no service") {
+                    Some(format!("see the services with {}", s.pick("`pyro workspace service list ID`", "service_list")))
+                } else if message.starts_with("no shell") {
+                    Some(format!("see the shells with {}", s.pick("`pyro workspace shell list ID`", "shell_list")))
+                } else if message.starts_with('/') {
+                    Some(format!(
+                        "paths are relative to /workspace; see what is there with {}",
+                        s.pick("`pyro workspace file list ID`", "workspace_file_list")
+                    ))
+                } else {
+                    None
+                }
+            }
             Error::SandboxNotFound(_) => Some(s.pick("it may have been deleted or reaped; see `pyro gc`", "it may have been deleted or reaped; create another").into()),
             Error::AgentRefused { kind, message } if kind == "spawn" && message.contains("/bin/sh") => Some("the environment has no usable /bin/sh: pyro runs every command with `sh -lc`, so an image used as an environment needs a shell".into()),
             Error::Registry { .. } => Some("check the reference, network access and credentials (~/.docker/config.json or PYRO_REGISTRY_USERNAME/PYRO_REGISTRY_PASSWORD); plain-HTTP registries other than loopback go in PYRO_INSECURE_REGISTRIES".into()),
