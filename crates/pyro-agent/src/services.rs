@@ -410,7 +410,11 @@ fn start_in(root: &Root, req: &ServiceStart, logs: &Path) -> Result<ServiceInfo,
                 ),
             ));
         }
-        std::thread::sleep(Duration::from_millis(100));
+        // The caller's pace, kept from spinning and never sleeping past the deadline (one last
+        // probe then runs at the deadline itself).
+        let pace = Duration::from_millis(req.ready_interval_ms.unwrap_or(100).clamp(10, 60_000));
+        let left = deadline.saturating_duration_since(Instant::now());
+        std::thread::sleep(pace.min(left).max(Duration::from_millis(1)));
     }
 }
 
@@ -564,6 +568,7 @@ mod tests {
             env: BTreeMap::new(),
             readiness: None,
             ready_timeout_ms: 20_000,
+            ready_interval_ms: None,
             restart: "never".into(),
             user: None,
         }
@@ -771,6 +776,30 @@ mod tests {
         assert_eq!(info.state, "ready");
         assert!(sb.root.path.join("ready-now").exists());
         stop("slow", Duration::from_secs(20)).unwrap();
+    }
+
+    /// The caller's probe interval is kept, and a long one never sleeps past the timeout.
+    #[test]
+    fn the_probe_interval_is_the_callers_within_the_timeout() {
+        let sb = sandbox();
+        let mut req = spec("paced", "sleep 0.2; touch paced-ready; exec sleep 60");
+        req.readiness = Some(Readiness::File {
+            path: "paced-ready".into(),
+        });
+        req.ready_interval_ms = Some(20);
+        assert_eq!(sb.start(&req).unwrap().state, "ready");
+        stop("paced", Duration::from_secs(20)).unwrap();
+
+        let mut req = spec("slow-pace", "exec sleep 60");
+        req.readiness = Some(Readiness::File {
+            path: "never-there".into(),
+        });
+        req.ready_interval_ms = Some(60_000);
+        req.ready_timeout_ms = 300;
+        let t = Instant::now();
+        assert_eq!(sb.start(&req).unwrap_err().kind, "service_not_ready");
+        // A liveness bound, not a speed claim: a 60 s pace would have slept a minute.
+        assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
     }
 
     #[test]

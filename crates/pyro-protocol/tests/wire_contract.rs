@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 /// side of this pair is deliberate: see the failure message of the guard test.
 const PINNED: (u32, &str) = (
     2,
-    "3565ea43b52c03ba2b8bc40839c5a0a43255fbef7f5612fe2b3ccf1ee518ef9a",
+    "82eca4cb9ee427c4473cc0bdbae42880cfcc18552693fee59e9452c4cda51a1e",
 );
 
 fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -171,6 +171,7 @@ fn service_start(readiness: Readiness) -> ServiceStart {
         env: map(&[("PORT", "8080")]),
         readiness: Some(readiness),
         ready_timeout_ms: 30_000,
+        ready_interval_ms: Some(250),
         restart: "on-failure".into(),
         user: Some("www-data".into()),
     }

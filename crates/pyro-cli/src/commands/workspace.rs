@@ -287,6 +287,7 @@ async fn service(pyro: &Pyro, c: ServiceCommand) -> anyhow::Result<ExitCode> {
                 secret_env: a.secret_env,
                 readiness,
                 ready_timeout: Duration::from_secs(a.ready_timeout),
+                ready_interval: Some(Duration::from_millis(a.ready_interval_ms)),
                 restart: a.restart,
                 publish: a
                     .publish

@@ -81,6 +81,8 @@ pub struct ServiceStartRequest {
     pub readiness: Option<Readiness>,
     /// How long to wait for readiness.
     pub ready_timeout: Duration,
+    /// Time between readiness probes; `None` is the agent's own pace (100 ms).
+    pub ready_interval: Option<Duration>,
     /// `never` or `on-failure`.
     pub restart: String,
     /// Ports to publish on the host once it is ready (needs network policy
@@ -458,6 +460,7 @@ impl Pyro {
             env,
             readiness: req.readiness.clone(),
             ready_timeout_ms: req.ready_timeout.as_millis() as u64,
+            ready_interval_ms: req.ready_interval.map(|d| d.as_millis() as u64),
             restart: req.restart.clone(),
             user: defaults.user,
         };
