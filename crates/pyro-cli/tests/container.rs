@@ -6,20 +6,12 @@
 
 mod util;
 
+use util::require_containers;
+
 use std::time::Duration;
 
 use base64::Engine;
-use util::{
-    container_tests_enabled, host_traces, signal, start_long_run, stderr, stdout, TestPyro,
-};
-
-macro_rules! require_containers {
-    () => {
-        if !container_tests_enabled(module_path!()) {
-            return;
-        }
-    };
-}
+use util::{host_traces, signal, start_long_run, stderr, stdout, TestPyro};
 
 fn run_json(p: &TestPyro, cmd: &[&str]) -> (std::process::Output, serde_json::Value) {
     let mut args = vec!["run", "debian:12", "--isolation", "container", "--"];

@@ -15,18 +15,12 @@
 
 mod util;
 
+use util::require_containers;
+
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use util::{container_tests_enabled, stderr, TestPyro};
-
-macro_rules! require_containers {
-    () => {
-        if !container_tests_enabled(module_path!()) {
-            return;
-        }
-    };
-}
+use util::{stderr, TestPyro};
 
 /// A regex matching `s` literally.
 fn literal(s: &str) -> String {

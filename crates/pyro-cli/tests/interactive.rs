@@ -4,18 +4,12 @@
 
 mod util;
 
+use util::require_containers;
+
 use std::time::Duration;
 
 use serde_json::Value;
-use util::{container_tests_enabled, TestPyro};
-
-macro_rules! require_containers {
-    () => {
-        if !container_tests_enabled(module_path!()) {
-            return;
-        }
-    };
-}
+use util::TestPyro;
 
 fn ws(p: &TestPyro, extra: &[&str]) -> String {
     p.create_workspace(extra).0

@@ -7,6 +7,8 @@
 
 mod util;
 
+use util::require_containers;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -16,19 +18,11 @@ use util::registry::{
     registry_tests_enabled, sha256, tar_of, tar_with_modes, zstd, Layer, Proxy, Registry, INDEX,
     LAYER_GZIP, LAYER_TAR, LAYER_ZSTD, MANIFEST, TEST_PASSWORD, TEST_USER,
 };
-use util::{container_tests_enabled, stderr, stdout, vm_tests_enabled, TestPyro};
+use util::{stderr, stdout, vm_tests_enabled, TestPyro};
 
 macro_rules! require_registry {
     () => {
         if !registry_tests_enabled(module_path!()) {
-            return;
-        }
-    };
-}
-
-macro_rules! require_containers {
-    () => {
-        if !container_tests_enabled(module_path!()) {
             return;
         }
     };

@@ -6,19 +6,13 @@
 
 mod util;
 
+use util::require_containers;
+
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
-use util::{container_tests_enabled, stderr, stdout, TestPyro};
-
-macro_rules! require_containers {
-    () => {
-        if !container_tests_enabled(module_path!()) {
-            return;
-        }
-    };
-}
+use util::{stderr, stdout, TestPyro};
 
 fn json_of(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {

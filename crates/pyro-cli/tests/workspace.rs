@@ -9,21 +9,15 @@
 
 mod util;
 
+use util::require_containers;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use util::{container_tests_enabled, host_traces, stderr, stdout, TestPyro};
-
-macro_rules! require_containers {
-    () => {
-        if !container_tests_enabled(module_path!()) {
-            return;
-        }
-    };
-}
+use util::{host_traces, stderr, stdout, TestPyro};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers

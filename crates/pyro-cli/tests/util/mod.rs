@@ -11,6 +11,19 @@ use serde_json::Value;
 
 pub mod registry;
 
+/// Returns from the calling test when container tests cannot run here (saying why), or fails
+/// it under `PYRO_TEST_CONTAINER=1`: see [`container_tests_enabled`].
+#[allow(unused_macros)]
+macro_rules! require_containers {
+    () => {
+        if !$crate::util::container_tests_enabled(module_path!()) {
+            return;
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use require_containers;
+
 /// Why container tests cannot run here, if they cannot.
 pub fn container_prerequisites() -> Option<String> {
     if !nix_is_root() {
