@@ -30,6 +30,20 @@ struct Tracking {
     id: Mutex<Option<String>>,
 }
 
+impl Tracking {
+    fn new(inner: Arc<dyn Observer>) -> Arc<Tracking> {
+        Arc::new(Tracking {
+            inner,
+            id: Mutex::new(None),
+        })
+    }
+
+    /// The sandbox (or workspace) the operation recorded, if it got that far.
+    fn started(&self) -> Option<String> {
+        self.id.lock().ok().and_then(|s| s.clone())
+    }
+}
+
 impl Observer for Tracking {
     fn phase(&self, phase: &str, fields: &[(&str, String)]) {
         self.inner.phase(phase, fields);
@@ -58,14 +72,11 @@ impl Pyro {
         output: Option<&mut dyn OutputSink>,
         cancel: impl Future<Output = ()>,
     ) -> Result<Outcome<RunResult>> {
-        let tracking = Arc::new(Tracking {
-            inner: observer,
-            id: Mutex::new(None),
-        });
+        let tracking = Tracking::new(observer);
         tokio::select! {
             r = self.run(req, tracking.clone(), output) => r.map(Outcome::Done),
             () = cancel => {
-                let id = tracking.id.lock().ok().and_then(|s| s.clone());
+                let id = tracking.started();
                 Ok(Outcome::Cancelled(self.cleanup_started(id.as_deref()).await))
             }
         }
@@ -79,16 +90,13 @@ impl Pyro {
         observer: Arc<dyn Observer>,
         cancel: impl Future<Output = ()>,
     ) -> Result<Outcome<WorkspaceInfo>> {
-        let tracking = Arc::new(Tracking {
-            inner: observer,
-            id: Mutex::new(None),
-        });
+        let tracking = Tracking::new(observer);
         tokio::select! {
             r = self.workspace_create(req, tracking.clone()) => r.map(Outcome::Done),
             () = cancel => {
                 let mut report = GcReport::default();
-                if let Some(id) = tracking.id.lock().ok().and_then(|s| s.clone()) {
-                    let r = self.workspace_delete_interrupted(&id).await;
+                if let Some(id) = tracking.started() {
+                    let r = self.ws_destroy(&id, "interrupted_create").await;
                     if r.deleted {
                         report.removed.push(id);
                     } else {

@@ -762,13 +762,8 @@ impl Pyro {
         Ok(info)
     }
 
-    /// Removes a workspace whose create was cancelled midway (see `workspace_create_or_cancel`).
-    pub(crate) async fn workspace_delete_interrupted(&self, id: &str) -> DeleteResult {
-        self.ws_destroy(id, "interrupted_create").await
-    }
-
     /// Removes everything of a workspace (sandbox, snapshots, records); best effort.
-    async fn ws_destroy(&self, id: &str, reason: &str) -> DeleteResult {
+    pub(crate) async fn ws_destroy(&self, id: &str, reason: &str) -> DeleteResult {
         let mut errors = Vec::new();
         if let Ok(Some(rec)) = self.inner.store.get(id) {
             let b = self.backend_of(rec.backend);
