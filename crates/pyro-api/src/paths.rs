@@ -96,11 +96,16 @@ pub struct Paths {
     pub run: PathBuf,
 }
 
-/// `$HOME`, else `/root`.
-pub fn home_dir() -> PathBuf {
+/// `$HOME` when it is set and not empty.
+pub fn home_var() -> Option<PathBuf> {
     std::env::var_os("HOME")
         .filter(|v| !v.is_empty())
-        .map_or_else(|| PathBuf::from("/root"), PathBuf::from)
+        .map(PathBuf::from)
+}
+
+/// `$HOME`, else `/root`.
+pub fn home_dir() -> PathBuf {
+    home_var().unwrap_or_else(|| PathBuf::from("/root"))
 }
 
 impl Paths {

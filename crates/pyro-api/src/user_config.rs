@@ -74,11 +74,7 @@ pub fn path() -> PathBuf {
     if let Some(p) = crate::paths::var_path(crate::paths::Var::Config) {
         return p;
     }
-    let base = var("XDG_CONFIG_HOME").unwrap_or_else(|| {
-        var("HOME")
-            .unwrap_or_else(|| PathBuf::from("/root"))
-            .join(".config")
-    });
+    let base = var("XDG_CONFIG_HOME").unwrap_or_else(|| crate::paths::home_dir().join(".config"));
     base.join("pyro/config.toml")
 }
 

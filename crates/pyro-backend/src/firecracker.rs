@@ -47,8 +47,8 @@ pub const BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 quiet random.trust_c
 /// `scripts/setup --vm` installs the pinned build).
 pub fn find_firecracker() -> Option<PathBuf> {
     vmm::find_tool("firecracker", pyro_api::paths::Var::Firecracker).or_else(|| {
-        let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
-        Some(home.join(".cache/pyro/firecracker/firecracker")).filter(|p| p.is_file())
+        let installed = pyro_api::paths::home_dir().join(".cache/pyro/firecracker/firecracker");
+        Some(installed).filter(|p| p.is_file())
     })
 }
 

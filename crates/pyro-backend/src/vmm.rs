@@ -83,12 +83,6 @@ pub const VSOCK_SOCKET: &str = "vsock.sock";
 /// The file listing the host processes a VM sandbox started (`name pid start` lines).
 pub const PROCS_FILE: &str = "procs";
 
-fn home() -> PathBuf {
-    std::env::var_os("HOME")
-        .filter(|v| !v.is_empty())
-        .map_or_else(|| PathBuf::from("/root"), PathBuf::from)
-}
-
 /// Finds a helper program: `$<env_var>` when set (must exist), else PATH, else the directories
 /// where `scripts/setup --vm` and `cargo install` put things.
 pub fn find_tool(name: &str, env_var: Var) -> Option<PathBuf> {
@@ -98,8 +92,8 @@ pub fn find_tool(name: &str, env_var: Var) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain([
-            home().join(".cache/pyro/cargo/bin"),
-            home().join(".cargo/bin"),
+            pyro_api::paths::home_dir().join(".cache/pyro/cargo/bin"),
+            pyro_api::paths::home_dir().join(".cargo/bin"),
         ])
         .map(|d| d.join(name))
         .find(|p| p.is_file())

@@ -214,11 +214,6 @@ pub fn canonical_reference(text: &str) -> Result<String> {
     Ok(parse_reference(text)?.whole())
 }
 
-/// `$HOME` when set and not empty.
-fn var_raw_home() -> Option<String> {
-    std::env::var("HOME").ok().filter(|v| !v.is_empty())
-}
-
 /// Credentials for a registry: `PYRO_REGISTRY_USERNAME`/`PYRO_REGISTRY_PASSWORD`, else the
 /// entry for the registry in `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`, else
 /// anonymous. Credentials are never logged.
@@ -231,7 +226,7 @@ pub(crate) fn auth_for(registry: &str) -> RegistryAuth {
         return RegistryAuth::Basic(user, pass);
     }
     let config = pyro_api::paths::var_path(Var::DockerConfig)
-        .or_else(|| var_raw_home().map(|h| Path::new(&h).join(".docker")))
+        .or_else(|| pyro_api::paths::home_var().map(|h| h.join(".docker")))
         .map(|d| d.join("config.json"));
     if let Some(auth) = config
         .and_then(|p| std::fs::read(p).ok())

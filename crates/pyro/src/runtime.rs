@@ -48,10 +48,7 @@ fn err(message: impl Into<String>) -> Error {
 
 /// The install directory: `~/.cache/pyro/firecracker`.
 pub fn install_dir() -> PathBuf {
-    std::env::var_os("HOME")
-        .filter(|v| !v.is_empty())
-        .map_or_else(|| PathBuf::from("/root"), PathBuf::from)
-        .join(".cache/pyro/firecracker")
+    crate::paths::home_dir().join(".cache/pyro/firecracker")
 }
 
 fn sha256_file(path: &Path) -> Option<String> {
