@@ -393,25 +393,11 @@ impl Pyro {
         self.inner.store.touch_workspace(&w.id)?;
         let tar_path = self.tmp_file(&w.id, "export")?;
         let result = async {
-            let file = tokio::fs::File::create(&tar_path)
-                .await
-                .ctx(|| "create export archive".into())?;
             let cap = archive_cap(&limits);
-            let mut f = CappedWriter {
-                inner: file,
-                left: cap,
-                over: false,
+            let Some((entries, bytes)) = archive_out_capped(&sb, path, &tar_path, cap).await?
+            else {
+                return Err(limits.exceeded(&format!("an archive of more than {cap} bytes")));
             };
-            let (entries, bytes) = match sb.client().archive_out(path, &mut f).await {
-                Err(_) if f.over => {
-                    return Err(limits.exceeded(&format!("an archive of more than {cap} bytes")))
-                }
-                other => other?,
-            };
-            tokio::io::AsyncWriteExt::flush(&mut f.inner)
-                .await
-                .ctx(|| "flush export archive".into())?;
-            drop(f);
             let as_archive = output.extension().is_some_and(|e| e == "tar");
             let (tp, out) = (tar_path.clone(), output.to_path_buf());
             let owner = Owner::caller();
@@ -453,6 +439,29 @@ pub(crate) fn archive_cap(limits: &OutputLimits) -> u64 {
         .max_bytes
         .saturating_add(limits.max_entries.saturating_mul(TAR_OVERHEAD_PER_ENTRY))
         .saturating_add(TAR_OVERHEAD_PER_ENTRY)
+}
+
+/// Downloads the guest's tar of `guest_path` into `dest`, taking at most `cap` bytes of it: the
+/// guest decides how much it sends. `None` when it sent more (what was written is left for the
+/// caller's clean-up); else the agent's (entries, content bytes).
+pub(crate) async fn archive_out_capped(
+    sb: &Sandbox,
+    guest_path: &str,
+    dest: &Path,
+    cap: u64,
+) -> Result<Option<(u64, u64)>> {
+    let file = tokio::fs::File::create(dest)
+        .await
+        .ctx(|| format!("create {}", dest.display()))?;
+    let mut f = CappedWriter::new(file, cap);
+    let counts = match sb.client().archive_out(guest_path, &mut f).await {
+        Err(_) if f.over() => return Ok(None),
+        other => other?,
+    };
+    f.flush()
+        .await
+        .ctx(|| format!("flush {}", dest.display()))?;
+    Ok(Some(counts))
 }
 
 /// Writes at most `left` bytes, then fails and remembers why.

@@ -305,25 +305,18 @@ impl Pyro {
         let t = std::time::Instant::now();
         let tar_path = self.tmp_file(id, "snapshot")?;
         let result = async {
-            let file = tokio::fs::File::create(&tar_path)
-                .await
-                .ctx(|| "create snapshot archive".into())?;
-            // The guest decides how much it sends: the archive is capped on the way in.
             let cap = super::files::archive_cap(&OutputLimits {
                 max_bytes: MAX_ARCHIVE_BYTES,
                 max_entries: MAX_ARCHIVE_ENTRIES,
             });
-            let mut f = super::files::CappedWriter::new(file, cap);
-            match sb.client().archive_out(WORKSPACE_PATH, &mut f).await {
-                Err(_) if f.over() => {
-                    return Err(Error::SnapshotTooLarge {
-                        what: format!("an archive of more than {cap} bytes"),
-                    })
-                }
-                other => other?,
-            };
-            f.flush().await.ctx(|| "flush snapshot archive".into())?;
-            drop(f);
+            if super::files::archive_out_capped(sb, WORKSPACE_PATH, &tar_path, cap)
+                .await?
+                .is_none()
+            {
+                return Err(Error::SnapshotTooLarge {
+                    what: format!("an archive of more than {cap} bytes"),
+                });
+            }
             let objects = self.objects_dir(id);
             let tp = tar_path.clone();
             let (tree, new_bytes) = tokio::task::spawn_blocking(move || {
