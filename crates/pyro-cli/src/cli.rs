@@ -15,10 +15,10 @@ pub struct Cli {
 impl Cli {
     /// Whether `--json` was given to pyro (not to the guest command after `--`). Read from the
     /// raw arguments so that errors raised before dispatch are rendered as JSON too.
-    pub fn json_requested() -> bool {
-        std::env::args()
+    pub fn json_requested(args: &[std::ffi::OsString]) -> bool {
+        args.iter()
             .skip(1)
-            .take_while(|a| a != "--")
+            .take_while(|a| *a != "--")
             .any(|a| a == "--json")
     }
 }

@@ -21,6 +21,8 @@ use crate::profile::Profile;
 use crate::render::{counted, exec_summary, outcome, ToolError};
 use crate::roots::AllowedRoots;
 
+mod direct;
+
 /// Counts calls in progress, so shutdown can wait for them to clean up after themselves.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct InFlight {
@@ -1874,5 +1876,63 @@ mod tests {
             .await
             .unwrap();
         assert!(is_error, "{body}");
+    }
+
+    /// The transport-free calls reach every tool of the profile, and only those, with the
+    /// results and errors a session gets.
+    #[tokio::test]
+    async fn direct_calls_route_every_tool_as_a_session_does() {
+        let mut direct: Vec<_> = direct::DIRECT_TOOLS.to_vec();
+        direct.sort_unstable();
+        let mut routed = Profile::WorkspaceFull.tools();
+        routed.sort_unstable();
+        assert_eq!(direct, routed, "call_direct must name every tool");
+
+        let (_dir, tools) = server(Profile::WorkspaceFull).await;
+        let ct = CancellationToken::new;
+        let args = |v: serde_json::Value| v.as_object().cloned().unwrap();
+        let listed = tools
+            .call_direct("workspace_list", args(json!({})), ct())
+            .await
+            .unwrap();
+        assert_eq!(listed["count"], 0, "{listed}");
+        for tool in direct::DIRECT_TOOLS {
+            // Parameters are checked first: a required field missing, or none needed.
+            match tools
+                .call_direct(tool, args(json!({"bogus": 1})), ct())
+                .await
+            {
+                Ok(_) => {}
+                Err(e) => assert_ne!(e.message, format!("there is no tool {tool:?}")),
+            }
+        }
+        let e = tools
+            .call_direct("workspace_status", args(json!({})), ct())
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, "invalid_request");
+        assert!(e.message.contains("workspace_id"), "{}", e.message);
+        let e = tools
+            .call_direct(
+                "workspace_status",
+                args(json!({"workspace_id": "nope"})),
+                ct(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, "workspace_not_found");
+        assert!(e.hint.is_some());
+        let e = tools
+            .call_direct("no_such_tool", args(json!({})), ct())
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, "invalid_request");
+
+        let (_dir, core) = server(Profile::VmRun).await;
+        let e = core
+            .call_direct("workspace_list", args(json!({})), ct())
+            .await
+            .unwrap_err();
+        assert!(e.message.contains("no tool"), "{}", e.message);
     }
 }

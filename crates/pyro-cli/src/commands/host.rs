@@ -58,7 +58,12 @@ struct EntryIsolation {
     source: &'static str,
 }
 
+/// The command a client should run to start this pyro: the executable itself, or the console
+/// script that loaded pyro into Python (see [`crate::main_from`]).
 fn this_pyro() -> anyhow::Result<PathBuf> {
+    if let Some(exe) = crate::SELF_COMMAND.get() {
+        return Ok(exe.clone());
+    }
     std::env::current_exe().context("find the path of this pyro executable")
 }
 
