@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -34,10 +35,24 @@ class Request:
     on_done: Callable[[Any], None] | None = field(default=None, repr=False)
 
 
+#: MCP tool names in hints, as the SDK's methods (set by the SDK module).
+HINT_WORDS: dict[str, str] = {}
+_TOOL_NAME = re.compile(r"\b[a-z]+(?:_[a-z]+)+\b")
+
+
+def _python_hint(hint: Any) -> Any:
+    """A hint worded for MCP (it names tools) in the SDK's words (it names methods)."""
+    if not isinstance(hint, str):
+        return hint
+    hint = hint.replace(" (in the workspace-full profile)", "")
+    return _TOOL_NAME.sub(lambda m: HINT_WORDS.get(m.group(0), m.group(0)), hint)
+
+
 def _outcome(out: tuple[bool, str]) -> Any:
     ok, text = out
     body = json.loads(text)
     if not ok:
+        body["hint"] = _python_hint(body.get("hint"))
         raise error_from(body)
     return body
 

@@ -12,6 +12,7 @@ import functools
 import os
 from typing import Any, Callable, Mapping, Sequence
 
+from . import _core
 from ._core import Request, Session
 from .errors import UnsupportedError, WorkspaceNotFoundError, VmNotFoundError
 
@@ -775,6 +776,53 @@ class AsyncPyro(_Api):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+
+#: Each MCP tool as the method that calls it, for hints (which the tools word for MCP).
+_core.HINT_WORDS.update(
+    {
+        "vm_run": "run_in_vm()",
+        "vm_list_environments": "list_environments()",
+        "vm_create": "create_vm()",
+        "vm_start": "start_vm()",
+        "vm_exec": "exec_vm()",
+        "vm_stop": "stop_vm()",
+        "vm_delete": "delete_vm()",
+        "vm_status": "status_vm()",
+        "vm_network_info": "network_info_vm()",
+        "vm_reap_expired": "reap_expired()",
+        "workspace_create": "create_workspace()",
+        "workspace_list": "list_workspaces()",
+        "workspace_update": "update_workspace()",
+        "workspace_status": "status_workspace()",
+        "workspace_sync_push": "push_workspace_sync()",
+        "workspace_exec": "exec_workspace()",
+        "workspace_logs": "logs_workspace()",
+        "workspace_file_list": "list_workspace_files()",
+        "workspace_file_read": "read_workspace_file()",
+        "workspace_file_write": "write_workspace_file()",
+        "workspace_patch_apply": "apply_workspace_patch()",
+        "workspace_diff": "diff_workspace()",
+        "workspace_export": "export_workspace()",
+        "workspace_reset": "reset_workspace()",
+        "workspace_delete": "delete_workspace()",
+        "workspace_stop": "stop_workspace()",
+        "workspace_start": "start_workspace()",
+        "shell_open": "open_shell()",
+        "shell_read": "read_shell()",
+        "shell_write": "write_shell()",
+        "shell_signal": "signal_shell()",
+        "shell_close": "close_shell()",
+        "shell_list": "list_shells()",
+        "service_start": "start_service()",
+        "service_list": "list_services()",
+        "service_status": "status_service()",
+        "service_logs": "logs_service()",
+        "service_stop": "stop_service()",
+        "snapshot_create": "create_snapshot()",
+        "snapshot_list": "list_snapshots()",
+        "snapshot_delete": "delete_snapshot()",
+    }
+)
 
 for _name, _fn in list(vars(_Api).items()):
     if not _name.startswith("_") and callable(_fn):
