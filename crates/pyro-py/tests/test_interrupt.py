@@ -164,3 +164,26 @@ def test_a_cancelled_create_leaves_no_workspace(tmp_path: Path) -> None:
 
     asyncio.run(scenario())
     nothing_left(tmp_path)
+
+
+def test_a_long_call_releases_the_gil(tmp_path: Path) -> None:
+    import threading
+
+    pyro = Pyro(isolation="container", base_dir=tmp_path)
+    done = threading.Event()
+    result: dict[str, object] = {}
+
+    def call() -> None:
+        result.update(pyro.run_in_vm(environment="debian:12", command="sleep 2"))
+        done.set()
+
+    worker = threading.Thread(target=call)
+    worker.start()
+    # Python keeps running in this thread while the call is in flight.
+    spins = 0
+    while not done.is_set():
+        spins += 1
+        sum(range(1000))
+    worker.join()
+    assert result["exit_code"] == 0
+    assert spins > 100, f"the main thread ran only {spins} times during the call"
