@@ -118,3 +118,29 @@ def test_pip_install_of_the_source_directory(tmp_path: Path) -> None:
     assert out.stdout.strip() == pyro_mcp.__version__, out.stderr
     out = subprocess.run([str(venv / "bin" / "pyro"), "--version"], capture_output=True, text=True)
     assert out.stdout.strip() == f"pyro {pyro_mcp.__version__}"
+
+
+@pytest.mark.usefixtures("containers")
+def test_ctrl_c_stops_pyro_run_as_the_binary_does(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    marker = "64.321"
+    proc = subprocess.Popen(
+        [str(PYRO), "run", "debian:12", "--isolation", "container", "--", "sleep", marker],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYRO_HOME": str(tmp_path)},
+    )
+    deadline = time.monotonic() + 60
+    # The sandboxed command itself (not pyro, whose own command line names it too).
+    while not subprocess.run(
+        ["pgrep", "-f", f"^sleep {marker}$"], capture_output=True, text=True
+    ).stdout:
+        assert time.monotonic() < deadline, "the command never started"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert list((tmp_path / "sandboxes").iterdir()) == []

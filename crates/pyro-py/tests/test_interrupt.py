@@ -45,10 +45,11 @@ def wait_for_line(proc: subprocess.Popen[str], prefix: str) -> str:
     raise AssertionError(f"no {prefix!r} line; stderr: {proc.stderr.read() if proc.stderr else ''}")
 
 
-def processes_running(marker: str) -> list[str]:
-    """The command lines that contain `marker` (an exact, test-unique string)."""
-    out = subprocess.run(["pgrep", "-af", marker], capture_output=True, text=True)
-    return [line for line in out.stdout.splitlines() if "pgrep" not in line]
+def processes_running(command: str) -> list[str]:
+    """The processes whose whole command line is `command` (test-unique): the sandboxed
+    command itself, not the test's own processes that name it."""
+    out = subprocess.run(["pgrep", "-af", f"^{command}$"], capture_output=True, text=True)
+    return out.stdout.splitlines()
 
 
 def nothing_left(home: Path) -> None:
