@@ -62,18 +62,23 @@ impl From<pyro::Error> for ToolError {
 
 impl From<RootError> for ToolError {
     fn from(e: RootError) -> ToolError {
-        let kind = match e {
-            RootError::Outside { .. } => "path_not_allowed",
-            RootError::Unresolvable { .. } | RootError::Invalid(_) => "invalid_path",
+        let (kind, hint) = match e {
+            RootError::Outside { .. } => (
+                "path_not_allowed",
+                "host paths must lie under the server's allowed roots (its working directory, or \
+                 directories given with `pyro mcp serve --allow-root DIR`)",
+            ),
+            // Not about the roots at all: the path is wrong, so say that.
+            RootError::Unresolvable { .. } => (
+                "invalid_path",
+                "check that the host path exists (for an output path, its parent directory)",
+            ),
+            RootError::Invalid(_) => ("invalid_path", "name a file or directory, not `/` or `..`"),
         };
         ToolError {
             kind: kind.into(),
             message: e.to_string(),
-            hint: Some(
-                "host paths must lie under the server's allowed roots (its working directory, or \
-                 directories given with `pyro mcp serve --allow-root DIR`)"
-                    .into(),
-            ),
+            hint: Some(hint.into()),
         }
     }
 }
@@ -303,13 +308,17 @@ mod tests {
     }
 
     #[test]
-    fn root_errors_are_path_kinds_with_the_roots_hint() {
+    fn root_errors_are_path_kinds_with_a_hint_for_their_cause() {
         #[track_caller]
-        fn check(e: RootError, kind: &str) {
+        fn check(e: RootError, kind: &str, hint: &str) {
             let message = e.to_string();
             let t = ToolError::from(e);
             assert_eq!((t.kind.as_str(), t.message), (kind, message));
-            assert!(t.hint.is_some_and(|h| h.contains("--allow-root")));
+            assert!(
+                t.hint.as_ref().is_some_and(|h| h.contains(hint)),
+                "{:?}",
+                t.hint
+            );
         }
         check(
             RootError::Outside {
@@ -317,6 +326,7 @@ mod tests {
                 roots: "/srv".into(),
             },
             "path_not_allowed",
+            "--allow-root",
         );
         check(
             RootError::Unresolvable {
@@ -324,8 +334,13 @@ mod tests {
                 source: std::io::ErrorKind::NotFound.into(),
             },
             "invalid_path",
+            "exists",
         );
-        check(RootError::Invalid("/".into()), "invalid_path");
+        check(
+            RootError::Invalid("/".into()),
+            "invalid_path",
+            "name a file",
+        );
     }
 
     #[test]

@@ -1851,7 +1851,19 @@ mod tests {
             let (is_error, body) = call(&c, tool, args.clone()).await.unwrap();
             assert!(is_error, "{tool} {args}: {body}");
             assert_eq!(body["error"]["kind"], kind, "{tool} {args}: {body}");
-            says(&body["error"], "hint", "allowed roots");
+            // The hint is about the roots only when the roots are the reason.
+            let hint = match kind {
+                "path_not_allowed" => "allowed roots",
+                _ if body["error"]["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("names no") =>
+                {
+                    "name a file"
+                }
+                _ => "exists",
+            };
+            says(&body["error"], "hint", hint);
         }
         // Inside the roots, the path passes and the workspace is what is missing.
         let e = failed(

@@ -102,3 +102,17 @@ def test_seed_only_arguments_are_refused_with_a_hint() -> None:
         Pyro(backend_name="mock")
     assert e.value.hint and "container" in e.value.hint
     assert Pyro(backend_name="firecracker").isolation == "microvm"
+
+
+def test_hints_are_worded_for_python() -> None:
+    hint = _core._python_hint
+    assert hint("pass overwrite: true to replace it") == "pass overwrite=True to replace it"
+    assert (
+        hint('this host can give: container; pass isolation: "container", or …')
+        == 'this host can give: container; pass isolation="container", or …'
+    )
+    assert (
+        hint("extend its ttl with workspace_update (ttl_seconds, or clear_ttl: true), then call workspace_start")
+        == "extend its ttl with update_workspace() (ttl_seconds, or clear_ttl=True), then call start_workspace()"
+    )
+    assert hint(None) is None

@@ -37,7 +37,9 @@ class Request:
 
 #: MCP tool names in hints, as the SDK's methods (set by the SDK module).
 HINT_WORDS: dict[str, str] = {}
-_TOOL_NAME = re.compile(r"\b[a-z]+(?:_[a-z]+)+\b")
+_TOOL_NAME = re.compile(r"\b[a-z]+(?:_[a-z]+)+\b(?!=)")
+_JSON_ARG = re.compile(r'\b([a-z][a-z_]*): (true|false|null|"[^"]*"|\d+)')
+_PY_LITERALS = {"true": "True", "false": "False", "null": "None"}
 
 
 def _python_hint(hint: Any) -> Any:
@@ -45,6 +47,10 @@ def _python_hint(hint: Any) -> Any:
     if not isinstance(hint, str):
         return hint
     hint = hint.replace(" (in the workspace-full profile)", "")
+    # JSON arguments (`overwrite: true`) as keyword arguments (`overwrite=True`).
+    hint = _JSON_ARG.sub(
+        lambda m: f"{m.group(1)}={_PY_LITERALS.get(m.group(2), m.group(2))}", hint
+    )
     return _TOOL_NAME.sub(lambda m: HINT_WORDS.get(m.group(0), m.group(0)), hint)
 
 
