@@ -94,7 +94,7 @@ def test_every_tool_has_a_method_and_hints_name_methods() -> None:
 
 def test_the_package_exports() -> None:
     assert pyro_mcp.__version__ == _native.__version__
-    assert set(pyro_mcp.__all__) >= {"Pyro", "AsyncPyro", "PyroError", "errors", "__version__"}
+    assert set(pyro_mcp.__all__) >= {"Pyro", "AsyncPyro", "PyroError", "errors", "create_server", "__version__"}
 
 
 def test_seed_only_arguments_are_refused_with_a_hint() -> None:
@@ -116,3 +116,9 @@ def test_hints_are_worded_for_python() -> None:
         == "extend its ttl with update_workspace() (ttl_seconds, or clear_ttl=True), then call start_workspace()"
     )
     assert hint(None) is None
+
+
+def test_create_server_points_to_pyro_mcp_serve() -> None:
+    with pytest.raises(errors.UnsupportedError) as e:
+        pyro_mcp.create_server(profile="workspace-core")
+    assert e.value.hint and "pyro mcp serve --profile workspace-core" in e.value.hint

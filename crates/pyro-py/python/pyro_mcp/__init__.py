@@ -12,9 +12,21 @@ The import name is the seed's (``pyro_mcp``), so its code runs unchanged::
 :mod:`pyro_mcp.errors`. The package also installs the ``pyro`` command.
 """
 
+from typing import NoReturn
+
 from . import errors
 from ._native import __version__
-from .errors import PyroError
+from .errors import PyroError, UnsupportedError
 from .sdk import AsyncPyro, Pyro
 
-__all__ = ["Pyro", "AsyncPyro", "PyroError", "errors", "__version__"]
+__all__ = ["Pyro", "AsyncPyro", "PyroError", "errors", "create_server", "__version__"]
+
+
+def create_server(*, profile: str = "workspace-full") -> NoReturn:
+    """The seed's in-process FastMCP server does not exist here: pyro's MCP server is the
+    ``pyro mcp serve`` command (stdio, or ``--http ADDR``). Raises
+    :class:`~pyro_mcp.errors.UnsupportedError` saying so."""
+    raise UnsupportedError(
+        "create_server() (an in-process FastMCP server) is not available in pyro",
+        f"run `pyro mcp serve --profile {profile}` (the `pyro` command this package installs)",
+    )
