@@ -52,6 +52,13 @@ def processes_running(command: str) -> list[str]:
     return out.stdout.splitlines()
 
 
+def wait_for_process(command: str) -> None:
+    deadline = time.monotonic() + 60
+    while not processes_running(command):
+        assert time.monotonic() < deadline, f"{command!r} never started"
+        time.sleep(0.1)
+
+
 def nothing_left(home: Path) -> None:
     dirs = sorted(p.name for p in (home / "sandboxes").iterdir())
     assert dirs == [], f"sandbox directories left: {dirs}"
@@ -75,10 +82,7 @@ def test_ctrl_c_during_run_in_vm_removes_the_sandbox(tmp_path: Path) -> None:
         """
     )
     wait_for_line(proc, "calling")
-    deadline = time.monotonic() + 60
-    while not processes_running(f"sleep {marker}"):
-        assert time.monotonic() < deadline, "the command never started"
-        time.sleep(0.1)
+    wait_for_process(f"sleep {marker}")
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert "interrupted" in out, out + err
@@ -109,10 +113,7 @@ def test_ctrl_c_during_exec_workspace_stops_the_command_and_keeps_the_workspace(
         """
     )
     ws = wait_for_line(proc, "workspace ")
-    deadline = time.monotonic() + 60
-    while not processes_running(f"sleep {marker}"):
-        assert time.monotonic() < deadline, "the command never started"
-        time.sleep(0.1)
+    wait_for_process(f"sleep {marker}")
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert "interrupted" in out, out + err

@@ -46,9 +46,10 @@ def test_the_examples_type_check_with_mypy_strict() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+@pytest.mark.parametrize("name", ["run_in_vm", "vm_lifecycle"])
 @pytest.mark.usefixtures("containers")
-def test_run_in_vm(tmp_path: Path) -> None:
-    out = run_example("run_in_vm", tmp_path, "container")
+def test_git_version_examples(name: str, tmp_path: Path) -> None:
+    out = run_example(name, tmp_path, "container")
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("git version 2."), out.stdout
 
@@ -56,13 +57,6 @@ def test_run_in_vm(tmp_path: Path) -> None:
 @pytest.mark.usefixtures("vms")
 def test_run_in_vm_on_vm_emulated(tmp_path: Path) -> None:
     out = run_example("run_in_vm", tmp_path, "vm-emulated")
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("git version 2."), out.stdout
-
-
-@pytest.mark.usefixtures("containers")
-def test_vm_lifecycle(tmp_path: Path) -> None:
-    out = run_example("vm_lifecycle", tmp_path, "container")
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("git version 2."), out.stdout
 
