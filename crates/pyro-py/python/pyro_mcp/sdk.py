@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from . import _core
 from ._core import Request, Session
-from .errors import UnsupportedError, WorkspaceNotFoundError, VmNotFoundError
+from .errors import PyroError, UnsupportedError, VmNotFoundError, WorkspaceNotFoundError
 
 __all__ = ["Pyro", "AsyncPyro"]
 
@@ -735,7 +735,14 @@ class Pyro(_Api):
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        if exc[0] is None:
+            self.close()
+            return
+        # The block's own exception matters more than a failed cleanup.
+        try:
+            self.close()
+        except PyroError:
+            pass
 
 
 def _async_method(name: str, sync: Callable[..., Any]) -> Callable[..., Any]:
@@ -774,7 +781,14 @@ class AsyncPyro(_Api):
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+        if exc[0] is None:
+            await self.close()
+            return
+        # The block's own exception matters more than a failed cleanup.
+        try:
+            await self.close()
+        except PyroError:
+            pass
 
 
 #: Each MCP tool as the method that calls it, for hints (which the tools word for MCP).
