@@ -7,6 +7,7 @@
 //! GIL, a little at a time, so that the Python side can notice Ctrl-C and cancel the call (see
 //! `python/pyro_mcp/_core.py`). `cli_main` is the `pyro` command itself.
 
+use std::mem::ManuallyDrop;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -19,9 +20,30 @@ use tokio_util::sync::CancellationToken;
 /// One session with the library: its runtime, the facade and the full set of tools.
 #[pyclass(frozen, module = "pyro_mcp._native")]
 struct Client {
-    runtime: Arc<tokio::runtime::Runtime>,
-    pyro: pyro::Pyro,
-    tools: pyro_mcp::PyroTools,
+    /// Dropped by hand: see `Drop`.
+    runtime: ManuallyDrop<tokio::runtime::Runtime>,
+    pyro: ManuallyDrop<pyro::Pyro>,
+    tools: ManuallyDrop<pyro_mcp::PyroTools>,
+    /// The process that made it.
+    pid: u32,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        // After a fork (Python's multiprocessing forks by default), the child holds a copy of
+        // a runtime whose worker threads exist only in the parent: shutting it down would wait
+        // on threads that are not there. The child leaves it alone (the Python side opens a
+        // fresh client there).
+        if std::process::id() != self.pid {
+            return;
+        }
+        // SAFETY: each field is dropped once, here, and never used again.
+        unsafe {
+            ManuallyDrop::drop(&mut self.tools);
+            ManuallyDrop::drop(&mut self.pyro);
+            ManuallyDrop::drop(&mut self.runtime);
+        }
+    }
 }
 
 /// What a finished call left: `(ok, JSON)`; the JSON is the result, or `{kind, message, hint}`.
@@ -71,9 +93,10 @@ impl Client {
         let roots = pyro_mcp::AllowedRoots::new(&[PathBuf::from("/")]).map_err(runtime_error)?;
         let tools = pyro_mcp::PyroTools::new(pyro.clone(), pyro_mcp::Profile::WorkspaceFull, roots);
         Ok(Client {
-            runtime: Arc::new(runtime),
-            pyro,
-            tools,
+            runtime: ManuallyDrop::new(runtime),
+            pyro: ManuallyDrop::new(pyro),
+            tools: ManuallyDrop::new(tools),
+            pid: std::process::id(),
         })
     }
 
@@ -85,8 +108,8 @@ impl Client {
         let cancel = CancellationToken::new();
         let done = Arc::new((Mutex::new(None), Condvar::new()));
         let (tools, pyro, ct, slot) = (
-            self.tools.clone(),
-            self.pyro.clone(),
+            (*self.tools).clone(),
+            (*self.pyro).clone(),
             cancel.clone(),
             done.clone(),
         );

@@ -189,3 +189,29 @@ def test_a_long_call_releases_the_gil(tmp_path: Path) -> None:
     worker.join()
     assert result["exit_code"] == 0
     assert spins > 100, f"the main thread ran only {spins} times during the call"
+
+
+def test_a_forked_child_gets_its_own_client(tmp_path: Path) -> None:
+    # multiprocessing forks by default on Linux: a Pyro made before the fork must work in the
+    # child (which cannot use the parent's runtime threads) and still in the parent.
+    pyro = Pyro(isolation="container", base_dir=tmp_path)
+    assert pyro.run_in_vm(environment="debian:12", command="echo parent")["stdout"] == "parent\n"
+    pid = os.fork()
+    if pid == 0:
+        try:
+            r = pyro.run_in_vm(environment="debian:12", command="echo child")
+            os._exit(0 if r["stdout"] == "child\n" else 1)
+        except BaseException:
+            os._exit(2)
+    deadline = time.monotonic() + 120
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError("the forked child hung")
+        time.sleep(0.05)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert pyro.run_in_vm(environment="debian:12", command="echo again")["stdout"] == "again\n"

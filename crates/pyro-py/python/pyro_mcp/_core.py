@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -71,12 +73,18 @@ class Session:
         self._home = home
         self._cache = cache
         self._client: _native.Client | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
 
     @property
     def client(self) -> _native.Client:
-        if self._client is None:
-            self._client = _native.Client(home=self._home, cache=self._cache)
-        return self._client
+        # One per process: a client copied by fork has no runtime threads in the child, so the
+        # child opens its own (the copy is left alone, see the native Client's Drop).
+        with self._lock:
+            if self._client is None or self._pid != os.getpid():
+                self._client = _native.Client(home=self._home, cache=self._cache)
+                self._pid = os.getpid()
+            return self._client
 
     def _start(self, req: Request) -> _native.Call:
         return self.client.start(req.op, json.dumps(req.args))
