@@ -18,6 +18,9 @@ pub struct GcReport {
     pub errors: Vec<String>,
     /// Sandbox links and firewall tables removed whose sandbox was already gone.
     pub network_removed: Vec<String>,
+    /// Workspaces recorded as running whose sandbox had died: now recorded as stopped (their
+    /// files are intact; `workspace start` brings them back).
+    pub stopped: Vec<String>,
 }
 
 impl Pyro {
@@ -53,6 +56,7 @@ impl Pyro {
                 report.removed.push(id);
             }
         }
+        report.stopped = self.ws_reconcile_dead().await?;
         self.sweep_networks(&mut report).await?;
         Ok(report)
     }

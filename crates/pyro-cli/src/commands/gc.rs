@@ -22,6 +22,12 @@ pub async fn gc(pyro: &Pyro, o: OutputArgs) -> anyhow::Result<ExitCode> {
         for e in &r.errors {
             println!("- {e}");
         }
+        if !r.stopped.is_empty() {
+            println!(
+                "Recorded as stopped (their sandbox had died; `pyro workspace start ID` brings them back): {}",
+                r.stopped.join(", ")
+            );
+        }
     }
     Ok(if r.errors.is_empty() {
         ExitCode::SUCCESS

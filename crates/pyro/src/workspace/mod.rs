@@ -588,20 +588,55 @@ impl Pyro {
         let rec = self.ws_sandbox(&w.id)?;
         let backend = self.ws_backend(&w)?;
         if !rec.runtime.is_some_and(|p| p.is_alive()) {
-            // The sandbox died under us (host reboot, killed runtime): clean its runtime files
-            // and record it as stopped; its files are intact.
-            let _lock = self.ws_lock(&w.id, true).await?;
-            backend.stop(&rec).await;
-            self.inner.store.set_stopped(&w.id)?;
-            self.inner
-                .store
-                .set_workspace_state(&w.id, WorkspaceState::Stopped)?;
+            // The caller holds the workspace's lock (shared at least): taking it again here
+            // would wait on itself. Recording the death twice is harmless.
+            self.ws_record_dead(&w.id, &rec, backend.as_ref()).await?;
             return Err(Error::WorkspaceNotRunning {
                 id: w.id,
                 state: WorkspaceState::Stopped.to_string(),
             });
         }
         Ok((w, Sandbox::attach(self.inner.ctx.clone(), backend, rec)))
+    }
+
+    /// A running workspace whose sandbox died under it (host reboot, a killed runtime, a stop
+    /// cut short): cleans its runtime files and records it as stopped; its files are intact,
+    /// and `start` brings it back.
+    async fn ws_record_dead(
+        &self,
+        id: &str,
+        rec: &SandboxRecord,
+        backend: &dyn Backend,
+    ) -> Result<()> {
+        backend.stop(rec).await;
+        self.inner.store.set_stopped(id)?;
+        self.inner
+            .store
+            .set_workspace_state(id, WorkspaceState::Stopped)
+    }
+
+    /// Running workspaces whose sandbox is dead, recorded as stopped (for `gc`, so that
+    /// `list` tells the truth). One that another call holds is left to that call.
+    pub(crate) async fn ws_reconcile_dead(&self) -> Result<Vec<String>> {
+        let mut stopped = Vec::new();
+        for w in self.inner.store.workspaces()? {
+            if w.state != WorkspaceState::Running {
+                continue;
+            }
+            let Some(rec) = self.inner.store.get(&w.id)? else {
+                continue;
+            };
+            if rec.owner.is_some() || rec.runtime.is_some_and(|p| p.is_alive()) {
+                continue;
+            }
+            let Some(_lock) = self.try_ws_lock(&w.id) else {
+                continue;
+            };
+            let backend = self.ws_backend(&w)?;
+            self.ws_record_dead(&w.id, &rec, backend.as_ref()).await?;
+            stopped.push(w.id);
+        }
+        Ok(stopped)
     }
 
     /// The rootfs a workspace was created from (same digest), unpacked.
