@@ -221,8 +221,10 @@ impl Campaign {
 
     fn mcp_trial(&mut self, ws: &[String], n: u64) {
         let call = match ws.first() {
-            Some(id) if n.is_multiple_of(2) => serde_json::json!({"name": "workspace_exec", "arguments":
-                {"workspace_id": id, "command": "sleep 1; echo done"}}),
+            Some(id) if n.is_multiple_of(2) => {
+                serde_json::json!({"name": "workspace_exec", "arguments":
+                {"workspace_id": id, "command": "sleep 1; echo done"}})
+            }
             _ => serde_json::json!({"name": "vm_run", "arguments":
                 {"environment": "debian:12", "command": "sleep 1", "isolation": self.level}}),
         };
@@ -430,13 +432,48 @@ fn kill_the_guest_side(c: &mut Campaign, victim: impl Fn(&str) -> Vec<u32>) {
     assert!(out.status.success(), "create: {v}");
     let id = v["workspace_id"].as_str().unwrap().to_string();
     c.ids.insert(id.clone());
+    // A command in flight when the guest side dies must end with an error, not wait out its
+    // timeout (a dead VMM's vsock backend may hold the connection open).
+    let mut in_flight =
+        c.p.cmd(&[
+            "workspace",
+            "exec",
+            &id,
+            "--timeout",
+            "600",
+            "--json",
+            "--",
+            "sleep",
+            "500",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
     let pids = victim(&id);
     assert!(!pids.is_empty(), "found nothing to kill for {id}");
     for pid in pids {
         // SAFETY: kill(2) on a pid just read from the host; it may be gone already.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     }
-    std::thread::sleep(Duration::from_millis(300));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = in_flight.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            util::signal(&in_flight, libc::SIGKILL);
+            let _ = in_flight.wait();
+            panic!("an exec in flight when the guest side died never ended");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut in_flight.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(!status.success(), "the in-flight exec succeeded: {out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    assert!(v["error"]["message"].is_string(), "no clear error: {out}");
     let (out, v) = c.p.json(&["workspace", "exec", &id, "--", "true"]);
     assert!(
         !out.status.success(),

@@ -23,6 +23,17 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Extra time the host waits beyond an exec's own timeout before giving up on the agent.
 const EXEC_MARGIN: Duration = Duration::from_secs(15);
 
+/// Resolves once the sandbox's own first process (the VMM, or the container's init) has
+/// exited; never, when none is recorded.
+async fn runtime_exited(runtime: Option<crate::procinfo::ProcessId>) {
+    let Some(p) = runtime else {
+        return std::future::pending().await;
+    };
+    while p.is_alive() {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 pub use pyro_api::ids::new_id;
 
 /// Output collected from one exec, capped on the host side too so a misbehaving agent cannot
@@ -488,7 +499,7 @@ impl Sandbox {
             stdin: stdin.is_some(),
         };
         let mut sink = Collected::new(cap, cap, forward);
-        let mut outcome = tokio::time::timeout(
+        let exec = tokio::time::timeout(
             opts.timeout + EXEC_MARGIN,
             self.client.exec(
                 &req,
@@ -497,14 +508,23 @@ impl Sandbox {
                     .as_mut()
                     .map(|r| r.as_mut() as &mut (dyn AsyncRead + Unpin + Send)),
             ),
-        )
-        .await
-        .map_err(|_| {
-            Error::Agent(format!(
-                "no answer {} s after the exec timeout",
-                EXEC_MARGIN.as_secs()
-            ))
-        })??;
+        );
+        let mut outcome = tokio::select! {
+            r = exec => r.map_err(|_| {
+                Error::Agent(format!(
+                    "no answer {} s after the exec timeout",
+                    EXEC_MARGIN.as_secs()
+                ))
+            })??,
+            // A VMM that dies mid-command may leave its vsock backend holding the connection
+            // open: without this the call would wait out the whole timeout.
+            () = runtime_exited(self.record.runtime) => {
+                return Err(Error::Agent(format!(
+                    "the sandbox's {} process exited while the command ran",
+                    self.backend.name()
+                )));
+            }
+        };
         // The result holds at most `cap` bytes of each stream, whatever was forwarded.
         outcome.stdout_truncated |= outcome.stdout_bytes > cap;
         outcome.stderr_truncated |= outcome.stderr_bytes > cap;
