@@ -201,6 +201,36 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     Ok(())
 }
 
+/// Puts the database in WAL mode (it stays so once set). Switching needs an exclusive lock, and
+/// SQLite answers `SQLITE_BUSY` at once rather than calling the busy handler when another
+/// connection holds the file: several pyro processes opening a new database together (a burst
+/// of `workspace create`s on a fresh `PYRO_HOME`) would fail with "database is locked". So this
+/// reads the mode first (no lock needed) and retries the switch within the busy timeout.
+fn set_wal(conn: &Connection) -> Result<()> {
+    let mode = |c: &Connection| -> rusqlite::Result<String> {
+        c.query_row("PRAGMA journal_mode", [], |r| r.get(0))
+    };
+    let started = std::time::Instant::now();
+    loop {
+        let attempt = mode(conn).and_then(|m| {
+            if m.eq_ignore_ascii_case("wal") {
+                Ok(())
+            } else {
+                conn.pragma_update(None, "journal_mode", "WAL")
+            }
+        });
+        match attempt {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && started.elapsed() < BUSY_TIMEOUT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            r => return r.map_err(Error::from),
+        }
+    }
+}
+
 /// A migration step that failed, with the version it was heading for.
 #[derive(Debug)]
 struct MigrationError(u32, rusqlite::Error);
@@ -222,7 +252,7 @@ impl Store {
         }
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        set_wal(&conn)?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         migrate(&mut conn)?;
         Ok(Store {

@@ -1142,6 +1142,8 @@ impl Pyro {
     pub async fn workspace_delete(&self, id: &str) -> Result<DeleteResult> {
         let w = self.ws_row(id)?;
         let lock = self.ws_lock(&w.id, true).await?;
+        // Another delete may have won while this one waited for the lock: it is gone, say so.
+        let w = self.ws_row(&w.id)?;
         let r = self.ws_destroy(&w.id, "explicit_delete").await;
         drop(lock);
         Ok(r)
