@@ -151,7 +151,7 @@ impl Campaign {
             (0 | 1, _) | (_, true) => {
                 let mut a = vec!["workspace", "create", "debian:12", "--isolation", level];
                 if n.is_multiple_of(2) {
-                    a.extend(["--seed", self.seed_dir.to_str().unwrap()]);
+                    a.extend(["--seed-path", self.seed_dir.to_str().unwrap()]);
                 }
                 a.into_iter().map(String::from).collect()
             }
@@ -213,7 +213,7 @@ impl Campaign {
             .p
             .cmd(&args.iter().map(String::as_str).collect::<Vec<_>>())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         self.kill_at_random(child, &args.join(" "));
@@ -253,11 +253,21 @@ impl Campaign {
         drop(stdin);
     }
 
+    /// Kills `child` at a random moment; one that ends first must have succeeded (a name
+    /// picked twice at random aside).
     fn kill_at_random(&mut self, mut child: Child, what: &str) {
         self.trials += 1;
         let at = Instant::now() + Duration::from_millis(self.rng.below(self.kill_window_ms));
         loop {
-            if child.try_wait().unwrap().is_some() {
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                assert!(
+                    status.success() || err.contains("already exists"),
+                    "`pyro {what}` failed: {err}"
+                );
                 break;
             }
             if Instant::now() >= at {
