@@ -111,6 +111,15 @@ pub enum Error {
     /// ttl is extended or cleared.
     #[error("workspace {0} is past its ttl and stopped")]
     WorkspaceExpired(String),
+    /// The workspace's files on the host are gone (removed by hand, a lost disk): starting it
+    /// would silently give an empty /workspace, so it is marked broken instead.
+    #[error("workspace {id} is damaged: {what}")]
+    WorkspaceDamaged {
+        /// The workspace.
+        id: String,
+        /// What is missing.
+        what: String,
+    },
     /// A patch was refused; nothing was changed.
     #[error("{0}")]
     PatchFailed(String),
@@ -230,6 +239,7 @@ impl Error {
             Error::WorkspaceNotFound(_) => "workspace_not_found",
             Error::WorkspaceNotRunning { .. } => "workspace_not_running",
             Error::WorkspaceExpired(_) => "workspace_expired",
+            Error::WorkspaceDamaged { .. } => "workspace_damaged",
             Error::PatchFailed(_) => "patch_failed",
             Error::AlreadyExists(_) => "already_exists",
             Error::SandboxNotFound(_) => "not_found",
@@ -307,6 +317,10 @@ impl Error {
                 Surface::Cli => format!("an earlier call was interrupted; run `pyro workspace reset {id}`"),
                 Surface::Mcp => "an earlier call was interrupted; call workspace_reset".into(),
             }),
+            Error::WorkspaceDamaged { id, .. } => Some(match s {
+                Surface::Cli => format!("rebuild it from its baseline with `pyro workspace reset {id}` (or `--snapshot NAME`), or delete it"),
+                Surface::Mcp => "call workspace_reset to rebuild it from its baseline (or a named snapshot), or workspace_delete".into(),
+            }),
             Error::WorkspaceExpired(id) => Some(match s {
                 Surface::Cli => format!("extend its ttl with `pyro workspace update {id} --ttl SECONDS` (or --clear-ttl), then `pyro workspace start {id}`"),
                 Surface::Mcp => "extend its ttl with workspace_update (ttl_seconds, or clear_ttl: true), then call workspace_start".into(),
@@ -355,6 +369,8 @@ impl Error {
             }),
             Error::NetworkUnavailable(_) => Some(format!("`pyro doctor` lists what networking this host has; install iproute2 and nftables, run as root, and enable forwarding with `sysctl -w net.ipv4.ip_forward=1` (scripts/setup does all of this); or run without {}", s.pick("--network", "network"))),
             Error::Network(_) => Some("run `pyro gc` to remove what was left, then `pyro doctor`".into()),
+            Error::Store(e) if is_damaged_database(&e.to_string()) => Some("the state database ($PYRO_HOME/pyro.db) is damaged or not pyro's: move it aside (`mv pyro.db pyro.db.damaged`) and pyro starts a new one; the workspaces it recorded are forgotten, their files stay under $PYRO_HOME".into()),
+            Error::Store(e) if e.to_string().contains("locked") => Some("another pyro held the state database for longer than the busy timeout (30 s); try again".into()),
             _ => None,
         }
     }
@@ -366,6 +382,13 @@ impl Error {
             source,
         }
     }
+}
+
+/// Whether SQLite's message says the file is no (longer a) database.
+fn is_damaged_database(message: &str) -> bool {
+    ["not a database", "malformed", "corrupt"]
+        .iter()
+        .any(|w| message.contains(w))
 }
 
 /// `Result` with pyro's [`Error`].
@@ -431,6 +454,10 @@ mod tests {
                 state: "stopped".into(),
             },
             Error::WorkspaceExpired("w".into()),
+            Error::WorkspaceDamaged {
+                id: "w".into(),
+                what: "gone".into(),
+            },
             Error::PatchFailed("x".into()),
             Error::AlreadyExists("a workspace named demo".into()),
             Error::AlreadyExists("file".into()),

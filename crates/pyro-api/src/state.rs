@@ -108,6 +108,8 @@ impl WorkspaceState {
                     | (Stopped, Running)
                     | (Running | Stopped | Broken | Resetting, Resetting)
                     | (Resetting, Running | Broken)
+                    // Its files on the host were found gone (WorkspaceDamaged).
+                    | (Stopped | Running, Broken)
             )
     }
 }
@@ -166,13 +168,14 @@ mod tests {
             (Resetting, Broken),
             (Resetting, Running),
             (Stopped, Stopped),
+            (Stopped, Broken),
         ] {
             assert!(from.may_become(to), "{from} -> {to}");
         }
         for (from, to) in [
             (Creating, Stopped),
             (Broken, Running),
-            (Stopped, Broken),
+            (Broken, Stopped),
             (Running, Creating),
             (Creating, Resetting),
         ] {

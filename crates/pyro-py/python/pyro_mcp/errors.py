@@ -32,6 +32,7 @@ __all__ = [
     "WorkspaceNotFoundError",
     "WorkspaceNotRunningError",
     "WorkspaceExpiredError",
+    "WorkspaceDamagedError",
     "PatchFailedError",
     "AlreadyExistsError",
     "VmNotFoundError",
@@ -234,6 +235,13 @@ class WorkspaceExpiredError(PyroError, RuntimeError):
     kind = "workspace_expired"
 
 
+class WorkspaceDamagedError(PyroError, RuntimeError):
+    """The workspace's files on the host are gone; ``reset_workspace`` rebuilds it from a
+    snapshot."""
+
+    kind = "workspace_damaged"
+
+
 class VmNotStartedError(PyroError, RuntimeError):
     """The VM has not been started."""
 
@@ -336,6 +344,7 @@ ERROR_CLASSES: dict[str, type[PyroError]] = {
         WorkspaceNotFoundError,
         WorkspaceNotRunningError,
         WorkspaceExpiredError,
+        WorkspaceDamagedError,
         PatchFailedError,
         AlreadyExistsError,
         VmNotFoundError,

@@ -1123,6 +1123,20 @@ impl Pyro {
         let rec = self.ws_sandbox(&w.id)?;
         // Whatever is left of an earlier run (a crash) goes first.
         backend.stop(&rec).await;
+        if !rec.state_dir.is_dir() {
+            // Booting would make a new, empty writable layer: the workspace's files would be
+            // silently gone. Its snapshots (kept apart) can rebuild it.
+            self.inner
+                .store
+                .set_workspace_state(&w.id, WorkspaceState::Broken)?;
+            return Err(Error::WorkspaceDamaged {
+                id: w.id.clone(),
+                what: format!(
+                    "its files on the host ({}) are gone",
+                    rec.state_dir.display()
+                ),
+            });
+        }
         let rootfs = self.ws_rootfs(&w, backend.as_ref()).await?;
         let resources = Resources {
             vcpus: w.vcpus,
