@@ -79,15 +79,7 @@ fn a_seed_larger_than_the_home_fails_cleanly() {
     require_containers!();
     let (_fs, p) = pyro_on_tmpfs("24m");
     let seed = big_seed(&p, 40);
-    let (out, v) = p.json(&[
-        "workspace",
-        "create",
-        "debian:12",
-        "--isolation",
-        "container",
-        "--seed-path",
-        seed.to_str().unwrap(),
-    ]);
+    let (out, v) = p.try_create_workspace(&["--seed-path", seed.to_str().unwrap()]);
     assert!(!out.status.success(), "created on a full disk: {v}");
     let message = v["error"]["message"].as_str().unwrap_or_default();
     assert!(
@@ -99,16 +91,8 @@ fn a_seed_larger_than_the_home_fails_cleanly() {
     let left = p.leftovers();
     assert!(left.is_empty(), "left behind: {left:?}");
     // The space is back: a workspace without the seed fits.
-    let (out, v) = p.json(&[
-        "workspace",
-        "create",
-        "debian:12",
-        "--isolation",
-        "container",
-    ]);
-    assert!(out.status.success(), "{v}");
-    let id = v["workspace_id"].as_str().unwrap();
-    let out = p.run(&["workspace", "delete", id]);
+    let (id, _) = p.create_workspace(&[]);
+    let out = p.run(&["workspace", "delete", &id]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
 

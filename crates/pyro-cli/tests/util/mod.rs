@@ -224,9 +224,9 @@ impl Drop for TestPyro {
 }
 
 impl TestPyro {
-    /// `pyro workspace create debian:12 --isolation container --json EXTRA…`, asserting that
-    /// it made a running workspace; returns its id and the result.
-    pub fn create_workspace(&self, extra: &[&str]) -> (String, Value) {
+    /// `pyro workspace create debian:12 --isolation container --json EXTRA…`, whatever it
+    /// answers.
+    pub fn try_create_workspace(&self, extra: &[&str]) -> (Output, Value) {
         let mut args = vec![
             "workspace",
             "create",
@@ -235,7 +235,13 @@ impl TestPyro {
             "container",
         ];
         args.extend_from_slice(extra);
-        let (out, v) = self.json(&args);
+        self.json(&args)
+    }
+
+    /// [`TestPyro::try_create_workspace`], asserting that it made a running workspace;
+    /// returns its id and the result.
+    pub fn create_workspace(&self, extra: &[&str]) -> (String, Value) {
+        let (out, v) = self.try_create_workspace(extra);
         assert_eq!(
             out.status.code(),
             Some(0),
