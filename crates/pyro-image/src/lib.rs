@@ -52,6 +52,22 @@ pub use registry::{
 use crate::error::{Error, IoContext, Result};
 use oci::{Descriptor, Index, OciLayout, ANN_CREATED, ANN_RECIPE_HASH, ANN_REF_NAME};
 
+/// Entry points for the fuzz targets (`fuzz/`): the parsers of OCI documents that come from
+/// registries and image layouts, which are otherwise internal.
+#[doc(hidden)]
+pub mod fuzz {
+    /// Parses `bytes` as every OCI document pyro reads (index, manifest, image config) and,
+    /// as text, as an image reference; the results are dropped.
+    pub fn oci_documents(bytes: &[u8]) {
+        let _ = serde_json::from_slice::<crate::oci::Index>(bytes);
+        let _ = serde_json::from_slice::<crate::oci::Manifest>(bytes);
+        let _ = crate::defaults::ImageDefaults::from_config(bytes);
+        if let Ok(text) = std::str::from_utf8(bytes) {
+            let _ = crate::registry::parse_reference(text);
+        }
+    }
+}
+
 /// Logs older than this are removed by [`EnvCache::prune`].
 const LOG_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// A scratch directory whose lock is free is only treated as abandoned once it is this old, so
