@@ -214,3 +214,46 @@ fn a_workspace_whose_files_were_deleted_is_refused_and_reset_rebuilds_it() {
     let left = p.leftovers();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+#[test]
+fn an_environment_build_onto_a_full_cache_fails_cleanly() {
+    require_containers!();
+    let cache = Tmpfs::new("64m");
+    let mut p = TestPyro::new();
+    p.cache = cache.path().to_path_buf();
+    let (out, v) = p.json(&["env", "build", "debian:12-base"]);
+    // pyro itself reports the failure (mmdebstrap signals its whole process group when it
+    // fails; pyro used to die with it, by SIGHUP, leaving its scratch files).
+    assert_eq!(out.status.code(), Some(1), "{v}\n{}", stderr(&out));
+    assert_eq!(error_kind(&v), "build_failed", "{v}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("No space left"), "{v}");
+    // Nothing half-built is installed or left: only the build's log and its lock file.
+    let (_, list) = p.json(&["env", "list"]);
+    let base = list["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "debian:12-base")
+        .cloned()
+        .unwrap();
+    assert_eq!(base["installed"], false, "{base}");
+    let mut left = Vec::new();
+    for top in std::fs::read_dir(cache.path()).unwrap().flatten() {
+        let name = top.file_name().to_string_lossy().into_owned();
+        match name.as_str() {
+            "logs" | "locks" => {}
+            "tmp" => left.extend(
+                std::fs::read_dir(top.path())
+                    .unwrap()
+                    .flatten()
+                    .map(|e| e.path().display().to_string()),
+            ),
+            _ => left.push(name),
+        }
+    }
+    assert!(
+        left.is_empty(),
+        "half-built files left in the cache: {left:?}"
+    );
+}

@@ -102,7 +102,10 @@ pub(crate) fn run_mmdebstrap(
         .args(&args)
         .stdin(Stdio::null())
         .stdout(stdout)
-        .stderr(stderr);
+        .stderr(stderr)
+        // mmdebstrap signals its whole process group when it fails (HUP, then TERM): in
+        // pyro's group that killed pyro too, before it could report or clean up.
+        .process_group(0);
     // SAFETY: the closure runs in the forked child before exec and only calls prctl, which is
     // async-signal-safe. It makes mmdebstrap get SIGTERM (and clean up its chroot) if pyro dies.
     unsafe {
