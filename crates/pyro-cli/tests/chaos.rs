@@ -7,6 +7,9 @@
 //! (container) or the VMM (vm-emulated) killed under a live workspace must give a clear error
 //! and a workspace that `reset` brings back.
 //!
+//! Operations: create (with and without a seed), run, exec, sync push, snapshot, reset,
+//! service start, shell open, env pull, stop, start, delete, and an MCP tool call.
+//!
 //! CI-sized by default (16 trials on the container level, 6 on vm-emulated). A long run:
 //! `PYRO_CHAOS_TRIALS=200 PYRO_CHAOS_VM_TRIALS=40 cargo nextest run -p pyro-cli --test chaos
 //! --no-capture`; `PYRO_CHAOS_SEED` replays a run (each prints its seed and a report).
@@ -138,16 +141,18 @@ impl Campaign {
 
     /// One random operation, killed at a random moment if it is still running then.
     fn trial(&mut self) {
-        let ws: Vec<String> = self
-            .workspaces()
-            .into_iter()
-            .filter(|(_, s)| s == "running")
-            .map(|(id, _)| id)
-            .collect();
+        let all = self.workspaces();
+        let of = |state: &str| -> Vec<String> {
+            all.iter()
+                .filter(|(_, s)| s == state)
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        let (ws, stopped) = (of("running"), of("stopped"));
         let pick = |rng: &mut Rng| ws[rng.below(ws.len() as u64) as usize].clone();
         let n = self.rng.next();
         let level = self.level;
-        let args: Vec<String> = match (self.rng.below(12), ws.is_empty()) {
+        let args: Vec<String> = match (self.rng.below(14), ws.is_empty()) {
             (0 | 1, _) | (_, true) => {
                 let mut a = vec!["workspace", "create", "debian:12", "--isolation", level];
                 if n.is_multiple_of(2) {
@@ -204,6 +209,13 @@ impl Campaign {
             ],
             (9, _) => vec!["env".into(), "pull".into(), "debian:12".into()],
             (10, _) => vec!["workspace".into(), "stop".into(), pick(&mut self.rng)],
+            (11, _) if !stopped.is_empty() => {
+                let id = stopped[self.rng.below(stopped.len() as u64) as usize].clone();
+                vec!["workspace".into(), "start".into(), id]
+            }
+            (12, _) if ws.len() > 2 => {
+                vec!["workspace".into(), "delete".into(), pick(&mut self.rng)]
+            }
             _ => {
                 // The MCP server, killed while a tool call runs.
                 return self.mcp_trial(&ws, n);
