@@ -72,19 +72,52 @@ fn create_at_once(p: &Arc<TestPyro>, level: &str, n: usize) -> Vec<String> {
 
 /// `clients` processes at a time, each running `execs` execs over the workspaces in turn;
 /// returns every latency, and checks that each exec ran and was recorded.
-fn exec_storm(p: &Arc<TestPyro>, ids: &[String], clients: usize, execs: usize) -> Vec<Duration> {
+/// The workspace-lock waits an exec logged (`waited_ms=N`), in milliseconds.
+fn lock_waits(stderr: &str) -> Vec<u64> {
+    stderr
+        .lines()
+        .filter(|l| l.contains("workspace lock"))
+        .filter_map(|l| {
+            l.split("waited_ms=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// Latencies of every exec, and every lock wait they logged (ms).
+fn exec_storm(
+    p: &Arc<TestPyro>,
+    ids: &[String],
+    clients: usize,
+    execs: usize,
+) -> (Vec<Duration>, Vec<u64>) {
     let latencies = Arc::new(Mutex::new(Vec::new()));
+    let waits: Arc<Mutex<Vec<u64>>> = Arc::default();
     let sent: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
     let handles: Vec<_> = (0..clients)
         .map(|c| {
-            let (p, ids, latencies, sent) =
-                (p.clone(), ids.to_vec(), latencies.clone(), sent.clone());
+            let (p, ids, latencies, sent, waits) = (
+                p.clone(),
+                ids.to_vec(),
+                latencies.clone(),
+                sent.clone(),
+                waits.clone(),
+            );
             std::thread::spawn(move || {
                 for i in 0..execs {
                     let id = &ids[(c * 7 + i) % ids.len()];
                     let t = Instant::now();
-                    let out = p.run(&["workspace", "exec", id, "--", "echo", &format!("{c}-{i}")]);
+                    let out = p
+                        .cmd(&["workspace", "exec", id, "--", "echo", &format!("{c}-{i}")])
+                        .env("PYRO_LOG", "pyro::workspace=debug")
+                        .output()
+                        .unwrap();
                     let took = t.elapsed();
+                    waits.lock().unwrap().extend(lock_waits(&stderr(&out)));
                     assert!(
                         out.status.success(),
                         "exec {c}-{i} on {id}: {}",
@@ -108,7 +141,9 @@ fn exec_storm(p: &Arc<TestPyro>, ids: &[String], clients: usize, execs: usize) -
     }
     let mut l = latencies.lock().unwrap().clone();
     l.sort();
-    l
+    let mut w = waits.lock().unwrap().clone();
+    w.sort_unstable();
+    (l, w)
 }
 
 /// Snapshots, resets and execs race on one workspace; then two deletes race. Each call either
@@ -190,15 +225,20 @@ fn campaign(level: &str, workspaces: usize, clients: usize, execs: usize) {
         "every workspace is listed: {v}"
     );
     let used = before.saturating_sub(mem_available_mib());
-    let l = exec_storm(&p, &ids, clients, execs);
+    let (l, waits) = exec_storm(&p, &ids, clients, execs);
+    assert!(!waits.is_empty(), "no exec logged its lock wait");
     race_on_one(&p, &ids[0]);
     eprintln!(
         "load {level}: {workspaces} workspaces created at once in {:.1} s, {} MiB of host memory \
-         in use with them; {clients} clients x {execs} execs: p50 {} ms, p99 {} ms, 0 errors",
+         in use with them; {clients} clients x {execs} execs: p50 {} ms, p99 {} ms, 0 errors; \
+         workspace-lock waits: {} of {} over 1 ms, longest {} ms",
         created_in.as_secs_f64(),
         used,
         percentile(&l, 0.5).as_millis(),
-        percentile(&l, 0.99).as_millis()
+        percentile(&l, 0.99).as_millis(),
+        waits.iter().filter(|w| **w > 1).count(),
+        waits.len(),
+        waits.last().copied().unwrap_or(0)
     );
     for id in &ids[1..] {
         let out = p.run(&["workspace", "delete", id]);

@@ -513,7 +513,8 @@ impl Pyro {
     /// Takes the workspace's lock, shared or exclusive, waiting for it.
     pub(crate) async fn ws_lock(&self, id: &str, exclusive: bool) -> Result<WsLock> {
         let dir = self.ws_dir(id);
-        tokio::task::spawn_blocking(move || {
+        let asked = Instant::now();
+        let lock = tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&dir).ctx(|| format!("create {}", dir.display()))?;
             let f = std::fs::OpenOptions::new()
                 .create(true)
@@ -525,7 +526,15 @@ impl Pyro {
             Ok(WsLock(f))
         })
         .await
-        .map_err(|e| Error::InvalidRequest(format!("lock task failed: {e}")))?
+        .map_err(|e| Error::InvalidRequest(format!("lock task failed: {e}")))?;
+        // The load test reads these (PYRO_LOG=pyro::workspace=debug) to report lock waits.
+        tracing::debug!(
+            workspace = id,
+            exclusive,
+            waited_ms = asked.elapsed().as_millis() as u64,
+            "workspace lock"
+        );
+        lock
     }
 
     fn try_ws_lock(&self, id: &str) -> Option<WsLock> {
