@@ -26,7 +26,7 @@ use crate::jailer::{self, Layout};
 pub use crate::jailer::{find_jailer, jail_problems, on_nodev_mount, JAIL_UID};
 use crate::qemu::destroy_vm;
 use crate::vmm::{self, vm_err, AGENT_PORT, VSOCK_SOCKET};
-use crate::{Backend, CleanupReport, Endpoint, Isolation, LimitsReport, SandboxSpec, Started};
+use crate::{Backend, CleanupReport, Endpoint, Isolation, SandboxSpec, Started};
 use pyro_api::sandbox::SandboxRecord;
 
 const NAME: &str = "firecracker";
@@ -350,27 +350,15 @@ impl Backend for FirecrackerBackend {
             ));
         }
         self.configure(&lay, spec, &initrd, &rw_disk).await?;
-        let mut not_applied = vec![
-            "pids: bounded by the VM's memory, not counted (the guest kernel has no cgroups)"
-                .to_string(),
-        ];
-        if !jailed {
-            not_applied.push("vmm: Firecracker runs without the jailer (needs root)".into());
-        }
-        let vsock = lay.vsock_host.clone();
+        let unjailed =
+            (!jailed).then(|| "vmm: Firecracker runs without the jailer (needs root)".to_string());
         Ok(Started {
             runtime,
             endpoint: Endpoint::HybridVsock {
-                uds: vsock,
+                uds: lay.vsock_host.clone(),
                 port: AGENT_PORT,
             },
-            limits: LimitsReport {
-                cgroup: "none".into(),
-                memory_bytes: Some(spec.resources.mem_mib << 20),
-                pids_max: None,
-                cpus: Some(f64::from(spec.resources.vcpus)),
-                not_applied,
-            },
+            limits: vmm::vm_limits(&spec.resources, unjailed),
             ready: Some(ready),
         })
     }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use crate::agent_client::AgentClient;
 use crate::error::{IoContext, Result};
 use crate::vmm::{self, vm_err, AGENT_PORT, VSOCK_SOCKET};
-use crate::{Backend, CleanupReport, Endpoint, Isolation, LimitsReport, SandboxSpec, Started};
+use crate::{Backend, CleanupReport, Endpoint, Isolation, SandboxSpec, Started};
 use pyro_api::sandbox::SandboxRecord;
 
 const NAME: &str = "qemu";
@@ -358,23 +358,13 @@ impl Backend for QemuBackend {
                 format!("qemu exited at once: {}", text.trim()),
             ));
         }
-        let mem_bytes = spec.resources.mem_mib << 20;
         Ok(Started {
             runtime,
             endpoint: Endpoint::HybridVsock {
                 uds: vsock,
                 port: AGENT_PORT,
             },
-            limits: LimitsReport {
-                cgroup: "none".into(),
-                memory_bytes: Some(mem_bytes),
-                pids_max: None,
-                cpus: Some(f64::from(spec.resources.vcpus)),
-                not_applied: vec![
-                    "pids: bounded by the VM's memory, not counted (the guest kernel has no cgroups)"
-                        .into(),
-                ],
-            },
+            limits: vmm::vm_limits(&spec.resources, None),
             ready: Some(ready),
         })
     }

@@ -327,6 +327,22 @@ pub fn remove_vm_sandbox(run_dir: &Path, state_dir: Option<&Path>, errors: &mut 
     }
 }
 
+/// What a VM enforces of `resources`: its memory and vCPUs, no cgroup; `more` adds what this
+/// VMM could not apply beside the process count.
+pub fn vm_limits(resources: &crate::Resources, more: Option<String>) -> crate::LimitsReport {
+    let mut not_applied = vec![
+        "pids: bounded by the VM's memory, not counted (the guest kernel has no cgroups)".into(),
+    ];
+    not_applied.extend(more);
+    crate::LimitsReport {
+        cgroup: "none".into(),
+        memory_bytes: Some(resources.mem_mib << 20),
+        pids_max: None,
+        cpus: Some(f64::from(resources.vcpus)),
+        not_applied,
+    }
+}
+
 /// A backend error.
 pub fn vm_err(backend: &'static str, message: impl Into<String>) -> Error {
     Error::Backend {
