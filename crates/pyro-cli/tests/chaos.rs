@@ -135,7 +135,7 @@ impl Campaign {
             }
         }
         for table in ["sandboxes", "workspaces"] {
-            self.ids.extend(db_column(&self.p.home, table, "id"));
+            self.ids.extend(util::db_column(&self.p.home, table, "id"));
         }
     }
 
@@ -346,7 +346,7 @@ impl Campaign {
         self.collect_ids();
         let mut left = self.p.leftovers();
         for table in ["workspaces", "networks"] {
-            let rows = db_column(&self.p.home, table, "rowid");
+            let rows = util::db_column(&self.p.home, table, "rowid");
             if !rows.is_empty() {
                 left.push(format!("{} {table} rows", rows.len()));
             }
@@ -417,33 +417,6 @@ impl Campaign {
             left.len()
         );
     }
-}
-
-/// One column of a table in the campaign's database (empty if it has no such table yet).
-fn db_column(home: &Path, table: &str, column: &str) -> Vec<String> {
-    let db = home.join("pyro.db");
-    if !db.exists() {
-        return Vec::new();
-    }
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import sqlite3,sys\n\
-             c = sqlite3.connect(f'file:{sys.argv[1]}?mode=ro', uri=True)\n\
-             try:\n    rows = c.execute(f'select {sys.argv[3]} from {sys.argv[2]}').fetchall()\n\
-             except sqlite3.OperationalError:\n    rows = []\n\
-             print('\\n'.join(str(r[0]) for r in rows))",
-        ])
-        .arg(&db)
-        .arg(table)
-        .arg(column)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect()
 }
 
 /// The guest side dies under a live workspace: exec fails with a clear error, and reset

@@ -172,17 +172,9 @@ impl TestPyro {
                     .map(|e| format!("state dir {}", e.path().display())),
             );
         }
-        let db = self.home.join("pyro.db");
-        if db.exists() {
-            let out = Command::new("python3")
-                .args(["-c", "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from sandboxes').fetchone()[0])"])
-                .arg(&db)
-                .output()
-                .expect("python3");
-            let n = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            if n != "0" {
-                left.push(format!("{n} sandbox records"));
-            }
+        let records = db_column(&self.home, "sandboxes", "id");
+        if !records.is_empty() {
+            left.push(format!("{} sandbox records", records.len()));
         }
         left
     }
@@ -413,4 +405,32 @@ pub fn start_long_run(
 pub fn signal(child: &std::process::Child, sig: i32) {
     // SAFETY: plain kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, sig) };
+}
+
+/// One column of a table in the state database under `home`, read-only (empty if there is
+/// no database or no such table yet).
+pub fn db_column(home: &Path, table: &str, column: &str) -> Vec<String> {
+    let db = home.join("pyro.db");
+    if !db.exists() {
+        return Vec::new();
+    }
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys\n\
+             c = sqlite3.connect(f'file:{sys.argv[1]}?mode=ro', uri=True)\n\
+             try:\n    rows = c.execute(f'select {sys.argv[3]} from {sys.argv[2]}').fetchall()\n\
+             except sqlite3.OperationalError:\n    rows = []\n\
+             print('\\n'.join(str(r[0]) for r in rows))",
+        ])
+        .arg(&db)
+        .arg(table)
+        .arg(column)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
 }
