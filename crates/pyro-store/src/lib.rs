@@ -177,6 +177,12 @@ fn schema_version(conn: &Connection) -> rusqlite::Result<Option<u32>> {
 /// write transaction: another pyro opening the same database at the same moment waits, then
 /// finds the work done.
 fn migrate(conn: &mut Connection) -> Result<()> {
+    // A current database needs no write: every pyro process opens the database, and a write
+    // here (even of an unchanged `user_version`) would take the write lock each time and fail
+    // every command, the one that would free space included, on a full disk.
+    if schema_version(conn)? == Some(SCHEMA_VERSION) {
+        return Ok(());
+    }
     let tx = write_tx(conn)?;
     match schema_version(&tx)? {
         None => tx.execute_batch(SCHEMA)?,

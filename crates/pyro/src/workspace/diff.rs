@@ -67,7 +67,7 @@ impl Pyro {
         let w = self.ws_row(id)?;
         let _lock = self.ws_lock(&w.id, false).await?;
         let (w, sb) = self.ws_running(&w.id).await?;
-        self.inner.store.touch_workspace(&w.id)?;
+        self.ws_touch(&w.id);
         let baseline: BTreeMap<String, TreeEntry> = self
             .load_tree(&w.id, BASELINE)?
             .into_iter()
@@ -240,7 +240,7 @@ impl Pyro {
         let w = self.ws_row(id)?;
         let _lock = self.ws_lock(&w.id, false).await?;
         let (w, sb) = self.ws_running(&w.id).await?;
-        self.inner.store.touch_workspace(&w.id)?;
+        self.ws_touch(&w.id);
 
         let mut originals: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
         for fp in &patches {

@@ -271,7 +271,7 @@ impl Pyro {
         let w = self.ws_row(id)?;
         let _lock = self.ws_lock(&w.id, false).await?;
         let (w, sb) = self.ws_running(&w.id).await?;
-        self.inner.store.touch_workspace(&w.id)?;
+        self.ws_touch(&w.id);
         let (bytes, size, truncated) = sb.client().read_file(path, max_bytes).await?;
         let bytes = self.redactor(&w.id)?.bytes(&bytes);
         let (content, content_base64) = crate::run::text_and_bytes(&bytes);
@@ -297,7 +297,7 @@ impl Pyro {
         let w = self.ws_row(id)?;
         let _lock = self.ws_lock(&w.id, false).await?;
         let (w, sb) = self.ws_running(&w.id).await?;
-        self.inner.store.touch_workspace(&w.id)?;
+        self.ws_touch(&w.id);
         let bytes_written = sb
             .client()
             .write_file(path, None, MAX_WRITE_BYTES, src)
@@ -319,7 +319,7 @@ impl Pyro {
         let w = self.ws_row(id)?;
         let _lock = self.ws_lock(&w.id, false).await?;
         let (w, sb) = self.ws_running(&w.id).await?;
-        self.inner.store.touch_workspace(&w.id)?;
+        self.ws_touch(&w.id);
         let (entries, truncated) = sb.client().list(path, recursive, MAX_LIST_ENTRIES).await?;
         let entries = entries
             .into_iter()
@@ -351,7 +351,7 @@ impl Pyro {
         let w = self.ws_row(id)?;
         let _lock = self.ws_lock(&w.id, false).await?;
         let (w, sb) = self.ws_running(&w.id).await?;
-        self.inner.store.touch_workspace(&w.id)?;
+        self.ws_touch(&w.id);
         let dest = dest.unwrap_or(WORKSPACE_PATH);
         let (entry_count, bytes_written) = seed.upload(self, &sb, dest).await?;
         let _ = std::fs::remove_file(self.ws_dir(&w.id).join("statcache.json"));
@@ -390,7 +390,7 @@ impl Pyro {
         let w = self.ws_row(id)?;
         let _lock = self.ws_lock(&w.id, false).await?;
         let (w, sb) = self.ws_running(&w.id).await?;
-        self.inner.store.touch_workspace(&w.id)?;
+        self.ws_touch(&w.id);
         let tar_path = self.tmp_file(&w.id, "export")?;
         let result = async {
             let cap = archive_cap(&limits);

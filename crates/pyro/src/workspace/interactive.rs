@@ -228,7 +228,7 @@ impl Pyro {
         let w = self.ws_row(id)?;
         let _lock = self.ws_lock(&w.id, false).await?;
         let (w, sb) = self.ws_running(&w.id).await?;
-        self.inner.store.touch_workspace(&w.id)?;
+        self.ws_touch(&w.id);
         let defaults = self.ws_defaults(&w)?;
         let mut env = defaults.env;
         env.extend(self.secret_env(&w.id, &req.secret_env)?);
@@ -275,7 +275,7 @@ impl Pyro {
         let w = self.ws_row(id)?;
         let _lock = self.ws_lock(&w.id, false).await?;
         let (w, sb) = self.ws_running(&w.id).await?;
-        self.inner.store.touch_workspace(&w.id)?;
+        self.ws_touch(&w.id);
         let redactor = self.redactor(&w.id)?;
         // Re-read the bytes just before the cursor so a secret split by an earlier read is
         // still recognized (and not shown by halves).
@@ -400,7 +400,7 @@ impl Pyro {
         let w = self.ws_row(id)?;
         let _lock = self.ws_lock(&w.id, false).await?;
         let (w, sb) = self.ws_running(&w.id).await?;
-        self.inner.store.touch_workspace(&w.id)?;
+        self.ws_touch(&w.id);
         match sb.client().call(&req).await? {
             Response::Shell(shell) => Ok(ShellResult {
                 workspace_id: w.id,
@@ -448,7 +448,7 @@ impl Pyro {
             }
         }
         let (w, sb) = self.ws_running(&w.id).await?;
-        self.inner.store.touch_workspace(&w.id)?;
+        self.ws_touch(&w.id);
         let defaults = self.ws_defaults(&w)?;
         let mut env = defaults.env;
         env.extend(req.env.clone());

@@ -550,6 +550,17 @@ impl Pyro {
         Some(WsLock(f))
     }
 
+    /// Marks the workspace active (for its idle TTL). Best effort: the mark only feeds the idle
+    /// TTL, and a disk too full to record it must not refuse the call, which may be the very one
+    /// that frees the space. Returns the warning for a result that carries warnings.
+    pub(crate) fn ws_touch(&self, id: &str) -> Option<String> {
+        let e = self.inner.store.touch_workspace(id).err()?;
+        tracing::warn!(workspace = id, "activity not recorded: {e}");
+        Some(format!(
+            "the workspace's activity was not recorded (its idle TTL was not refreshed): {e}"
+        ))
+    }
+
     /// The user-facing view of a workspace row, with its secret names.
     pub(crate) fn ws_info(&self, w: &WorkspaceRow) -> WorkspaceInfo {
         let mut info = WorkspaceInfo::from(w);
@@ -940,7 +951,9 @@ impl Pyro {
         let w = self.ws_row(id)?;
         let _lock = self.ws_lock(&w.id, false).await?;
         let (w, sb) = self.ws_running(&w.id).await?;
-        self.inner.store.touch_workspace(&w.id)?;
+        // The activity mark only feeds the idle TTL: a disk too full to record it must not
+        // refuse the command, which may be the very one that frees the space.
+        let mut warnings: Vec<String> = self.ws_touch(&w.id).into_iter().collect();
         let redactor = self.redactor(&w.id)?;
         let defaults = self.ws_defaults(&w)?;
         let mut opts = opts.clone();
@@ -986,7 +999,6 @@ impl Pyro {
         let cwd = opts.cwd.clone().unwrap_or_else(|| WORKSPACE_PATH.into());
         // The command has run: from here on, a bookkeeping failure must not turn its result
         // into an error (a caller that retried would run it twice).
-        let mut warnings = Vec::new();
         let logged = self.inner.store.append_log(
             &w.id,
             LogRow {

@@ -400,7 +400,7 @@ impl Pyro {
         let w = self.ws_row(id)?;
         let _lock = self.ws_lock(&w.id, false).await?;
         let (w, sb) = self.ws_running(&w.id).await?;
-        self.inner.store.touch_workspace(&w.id)?;
+        self.ws_touch(&w.id);
         self.take_snapshot(&w.id, &sb, name, "named").await
     }
 
