@@ -107,6 +107,14 @@ pub enum Error {
         /// Its state.
         state: String,
     },
+    /// The call reads a workspace's disk offline and needs it stopped.
+    #[error("workspace {id} is {state}; its disk is read only while it is stopped")]
+    WorkspaceNotStopped {
+        /// The workspace.
+        id: String,
+        /// Its state.
+        state: String,
+    },
     /// The workspace passed its absolute ttl and was stopped; it starts again only once its
     /// ttl is extended or cleared.
     #[error("workspace {0} is past its ttl and stopped")]
@@ -119,6 +127,14 @@ pub enum Error {
         id: String,
         /// What is missing.
         what: String,
+    },
+    /// A path is not on a stopped workspace's disk.
+    #[error("{path}: {why} on the workspace's disk")]
+    DiskPathNotFound {
+        /// The guest path.
+        path: String,
+        /// What was missing.
+        why: String,
     },
     /// A patch was refused; nothing was changed.
     #[error("{0}")]
@@ -238,6 +254,8 @@ impl Error {
             },
             Error::WorkspaceNotFound(_) => "workspace_not_found",
             Error::WorkspaceNotRunning { .. } => "workspace_not_running",
+            Error::WorkspaceNotStopped { .. } => "workspace_not_stopped",
+            Error::DiskPathNotFound { .. } => "not_found",
             Error::WorkspaceExpired(_) => "workspace_expired",
             Error::WorkspaceDamaged { .. } => "workspace_damaged",
             Error::PatchFailed(_) => "patch_failed",
@@ -325,6 +343,10 @@ impl Error {
                 Surface::Cli => format!("extend its ttl with `pyro workspace update {id} --ttl SECONDS` (or --clear-ttl), then `pyro workspace start {id}`"),
                 Surface::Mcp => "extend its ttl with workspace_update (ttl_seconds, or clear_ttl: true), then call workspace_start".into(),
             }),
+            Error::WorkspaceNotStopped { id, .. } => Some(match s {
+                Surface::Cli => format!("stop it first with `pyro workspace stop {id}` (its files are kept), or use `pyro workspace file` while it runs"),
+                Surface::Mcp => "call workspace_stop first (its files are kept), or use workspace_file_list/workspace_file_read while it runs".into(),
+            }),
             Error::WorkspaceNotRunning { id, .. } => Some(match s {
                 Surface::Cli => format!("start it with `pyro workspace start {id}`"),
                 Surface::Mcp => "call workspace_start (in the workspace-full profile) or workspace_reset".into(),
@@ -353,6 +375,10 @@ impl Error {
                     None
                 }
             }
+            Error::DiskPathNotFound { .. } => Some(format!(
+                "relative paths are under /workspace, absolute ones anywhere in the workspace's root; see what is there with {}",
+                s.pick("`pyro workspace disk list ID [PATH]`", "workspace_disk_list")
+            )),
             Error::SandboxNotFound(_) => Some(s.pick("it may have been deleted or reaped; see `pyro gc`", "it may have been deleted or reaped; create another").into()),
             Error::AgentRefused { kind, message } if kind == "spawn" && message.contains("/bin/sh") => Some("the environment has no usable /bin/sh: pyro runs every command with `sh -lc`, so an image used as an environment needs a shell".into()),
             Error::Registry { .. } => Some("check the reference, network access and credentials (~/.docker/config.json or PYRO_REGISTRY_USERNAME/PYRO_REGISTRY_PASSWORD); plain-HTTP registries other than loopback go in PYRO_INSECURE_REGISTRIES".into()),
@@ -454,6 +480,10 @@ mod tests {
                 state: "stopped".into(),
             },
             Error::WorkspaceExpired("w".into()),
+            Error::WorkspaceNotStopped {
+                id: "w".into(),
+                state: "running".into(),
+            },
             Error::WorkspaceDamaged {
                 id: "w".into(),
                 what: "gone".into(),

@@ -286,7 +286,7 @@ impl Backend for FirecrackerBackend {
     async fn start(&self, spec: &SandboxSpec<'_>) -> Result<Started> {
         vmm::make_private_dirs(&[spec.run_dir, spec.state_dir])?;
         let initrd = vmm::initramfs(&self.cache, spec.agent)?;
-        let rw_disk = spec.state_dir.join("rw.ext4");
+        let rw_disk = spec.state_dir.join(vmm::RW_DISK);
         vmm::ensure_scratch_disk(&rw_disk)?;
         let jailed = self.jailed();
         let lay = Layout::new(spec.run_dir, spec.id, jailed);

@@ -128,6 +128,19 @@ pub trait Backend: Send + Sync {
     }
     /// Where the host reaches the agent of a started sandbox (for calls from later processes).
     fn endpoint(&self, record: &SandboxRecord) -> Endpoint;
+    /// Where a sandbox's writable layer (the overlay's upper directory) lives, for reading a
+    /// stopped one offline: `upper/` of its state directory on the container level, `/upper` of
+    /// its writable disk on the VM levels (the agent's `vm_root` lays it out so).
+    fn writable_layer(&self, record: &SandboxRecord) -> pyro_image::overlay::LayerSource {
+        if self.wants_ext4_image() {
+            pyro_image::overlay::LayerSource::Ext4 {
+                image: record.state_dir.join(vmm::RW_DISK),
+                dir: "/upper".into(),
+            }
+        } else {
+            pyro_image::overlay::LayerSource::Dir(record.state_dir.join("upper"))
+        }
+    }
 }
 
 /// Copies an executable into `dir` (made searchable by everybody) under a name that changes

@@ -254,7 +254,7 @@ impl Backend for QemuBackend {
     async fn start(&self, spec: &SandboxSpec<'_>) -> Result<Started> {
         vmm::make_private_dirs(&[spec.run_dir, spec.state_dir])?;
         let initrd = vmm::initramfs(&self.cache, spec.agent)?;
-        let rw_disk = spec.state_dir.join("rw.ext4");
+        let rw_disk = spec.state_dir.join(vmm::RW_DISK);
         vmm::ensure_scratch_disk(&rw_disk)?;
         // vhost-device-vsock maps all guest memory and parses the guest's virtqueues, so as
         // root it too runs under the sandbox's own uid; its sockets live in a directory of

@@ -22,6 +22,9 @@ pub use pyro_api::procinfo::{signal_and_wait, terminate, wait_gone};
 
 pub use pyro_image::kernel::{find_kernel, kernel_dir, KERNEL_FRAGMENT};
 
+/// The file name of a VM sandbox's writable disk in its state directory.
+pub const RW_DISK: &str = "rw.ext4";
+
 /// The guest vsock port the agent listens on (passed as `pyro.port=` on the kernel command line).
 pub const AGENT_PORT: u32 = 1024;
 

@@ -29,6 +29,9 @@ pub enum WorkspaceCommand {
     /// Read, write or list files in /workspace.
     #[command(subcommand)]
     File(FileCommand),
+    /// Read a stopped workspace's disk offline (list, read, export), without starting it.
+    #[command(subcommand)]
+    Disk(DiskCommand),
     /// Apply a patch to /workspace.
     #[command(subcommand)]
     Patch(PatchCommand),
@@ -457,6 +460,31 @@ pub struct FileListArgs {
     /// Include subdirectories.
     #[arg(long)]
     pub recursive: bool,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DiskCommand {
+    /// List a path of a stopped workspace's disk (relative paths are under /workspace).
+    List(FileListArgs),
+    /// Print a file of a stopped workspace's disk.
+    Read(FileReadArgs),
+    /// Write a stopped workspace's writable layer (its changes over the environment) to an
+    /// ext4 image.
+    Export(DiskExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DiskExportArgs {
+    /// Workspace id or name.
+    pub id: String,
+    /// Host path of the image to write.
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Replace an existing output.
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub out: OutputArgs,
 }

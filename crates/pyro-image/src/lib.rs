@@ -25,6 +25,7 @@ pub use build::rfc3339;
 mod defaults;
 pub mod kernel;
 mod oci;
+pub mod overlay;
 mod recipe;
 mod registry;
 pub mod unpack;

@@ -521,6 +521,49 @@ pub struct WorkspaceFileReadParams {
     pub max_bytes: u64,
 }
 
+/// `workspace_disk_list`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceDiskListParams {
+    /// Workspace id or name; it must be stopped.
+    pub workspace_id: String,
+    /// Path on the workspace's disk: relative paths are under `/workspace`, absolute ones
+    /// anywhere in its root.
+    #[serde(default = "default_workspace_path")]
+    pub path: String,
+    /// List subdirectories too.
+    #[serde(default)]
+    pub recursive: bool,
+}
+
+/// `workspace_disk_read`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceDiskReadParams {
+    /// Workspace id or name; it must be stopped.
+    pub workspace_id: String,
+    /// File on the workspace's disk: relative paths are under `/workspace`, absolute ones
+    /// anywhere in its root.
+    pub path: String,
+    /// Most bytes to return from the start of the file; `truncated` says when there is more.
+    #[serde(default = "default_output")]
+    #[schemars(range(min = 0, max = 1048576))]
+    pub max_bytes: u64,
+}
+
+/// `workspace_disk_export`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceDiskExportParams {
+    /// Workspace id or name; it must be stopped.
+    pub workspace_id: String,
+    /// Host path of the ext4 image to write; must lie under the server's allowed roots.
+    pub output_path: String,
+    /// Replace output_path if it exists.
+    #[serde(default)]
+    pub overwrite: bool,
+}
+
 /// `workspace_file_write`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -52,6 +52,9 @@ const FULL_EXTRA: &[&str] = &[
     "vm_reap_expired",
     "workspace_stop",
     "workspace_start",
+    "workspace_disk_export",
+    "workspace_disk_list",
+    "workspace_disk_read",
     "snapshot_create",
     "snapshot_list",
     "snapshot_delete",
@@ -131,6 +134,6 @@ mod tests {
         assert_eq!(Profile::VmRun.tools(), ["vm_run"]);
         assert!(core.iter().all(|t| full.contains(t)));
         assert_eq!(core.len(), 16);
-        assert_eq!(full.len(), 41);
+        assert_eq!(full.len(), 44);
     }
 }

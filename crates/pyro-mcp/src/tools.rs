@@ -710,6 +710,84 @@ impl PyroTools {
     }
 
     #[tool(
+        description = "List a path on a stopped workspace's disk without starting it (relative paths under /workspace, absolute ones anywhere in its root; links listed, not followed).",
+        annotations(read_only_hint = true)
+    )]
+    async fn workspace_disk_list(
+        &self,
+        Parameters(p): Parameters<WorkspaceDiskListParams>,
+    ) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = self
+            .pyro
+            .workspace_disk_list(&p.workspace_id, &p.path, p.recursive)
+            .await
+            .map_err(ToolError::from);
+        Ok(outcome(r, |l| {
+            let mut s = format!("{} entries in {} on the disk", l.entries.len(), l.path);
+            if l.truncated {
+                s.push_str(" (list truncated; list a subdirectory to see the rest)");
+            }
+            s
+        }))
+    }
+
+    #[tool(
+        description = "Read a file on a stopped workspace's disk without starting it (up to max_bytes from its start; relative paths under /workspace, absolute ones anywhere in its root).",
+        annotations(read_only_hint = true)
+    )]
+    async fn workspace_disk_read(
+        &self,
+        Parameters(p): Parameters<WorkspaceDiskReadParams>,
+    ) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = async {
+            let max = output_cap(p.max_bytes, "max_bytes")?;
+            Ok(self
+                .pyro
+                .workspace_disk_read(&p.workspace_id, &p.path, max)
+                .await?)
+        }
+        .await;
+        Ok(outcome(r, |f| {
+            let mut s = format!("{} ({} bytes)", f.path, f.size_bytes);
+            if f.truncated {
+                s.push_str(&format!(
+                    "; only the first {} bytes returned: call again with a larger max_bytes (at most {MAX_OUTPUT_BYTES})",
+                    f.max_bytes
+                ));
+            }
+            s
+        }))
+    }
+
+    #[tool(
+        description = "Write a stopped workspace's writable layer (everything it changed over its environment, as an overlayfs upper directory at layer_dir) to an ext4 image at a host path under the server's allowed roots."
+    )]
+    async fn workspace_disk_export(
+        &self,
+        Parameters(p): Parameters<WorkspaceDiskExportParams>,
+    ) -> ToolResult {
+        let _call = self.in_flight.enter();
+        let r = async {
+            let out = self.roots.check_output(&p.output_path)?;
+            Ok(self
+                .pyro
+                .workspace_disk_export(&p.workspace_id, &out, p.overwrite)
+                .await?)
+        }
+        .await;
+        Ok(outcome(r, |e| {
+            format!(
+                "wrote the disk image {} ({} bytes, the layer at {})",
+                e.output_path.display(),
+                e.bytes_written,
+                e.layer_dir
+            )
+        }))
+    }
+
+    #[tool(
         description = "Write a text file in the workspace (whole content, atomically; parent directories are created)."
     )]
     async fn workspace_file_write(

@@ -24,7 +24,6 @@ from pyro_mcp.errors import (
     PatchFailedError,
     PyroError,
     UnknownEnvironmentError,
-    UnsupportedError,
     WorkspaceNotFoundError,
     WorkspaceNotRunningError,
     error_from,
@@ -290,26 +289,6 @@ def test_secrets_never_appear_in_results(pyro: Pyro, tmp_path: Path) -> None:
         assert value not in text, f"{call} returned the secret: {text}"
         assert file_value not in text, f"{call} returned the file secret: {text}"
     assert "[REDACTED]" in results["read_leak"]["content"]
-
-
-# What pyro does not have ----------------------------------------------------------------------
-
-
-def test_the_disk_methods_are_unsupported_with_a_hint(tmp_path: Path) -> None:
-    p = Pyro(isolation="container")
-    calls: list[Callable[[], Any]] = [
-        lambda: p.export_workspace_disk("any", output_path=tmp_path / "disk.img"),
-        lambda: p.list_workspace_disk("any"),
-        lambda: p.read_workspace_disk("any", "README.md"),
-    ]
-    for call in calls:
-        with pytest.raises(UnsupportedError) as caught:
-            call()
-        err = caught.value
-        assert err.kind == "unsupported"
-        assert isinstance(err, RuntimeError)
-        assert err.hint and "export_workspace" in err.hint
-    assert not (tmp_path / "disk.img").exists()
 
 
 # The classes -----------------------------------------------------------------------------------

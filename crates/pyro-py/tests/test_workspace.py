@@ -18,6 +18,7 @@ from pyro_mcp.errors import (
     PyroError,
     WorkspaceNotFoundError,
     WorkspaceNotRunningError,
+    WorkspaceNotStoppedError,
 )
 
 
@@ -406,6 +407,36 @@ def test_stop_and_start_keep_files(pyro: Pyro, workspace: str) -> None:
     assert started["state"] == "running"
     assert read(pyro, workspace, "keep/me.txt") == "still here\n"
     assert pyro.exec_workspace(workspace, command="cat keep/me.txt")["stdout"] == "still here\n"
+
+
+def test_a_stopped_workspaces_disk_is_read_offline(
+    pyro: Pyro, workspace: str, tmp_path: Path
+) -> None:
+    pyro.write_workspace_file(workspace, "src/app.py", text="print('hi')\n")
+    pyro.exec_workspace(workspace, command="rm /etc/issue && ln -s src/app.py main")
+    with pytest.raises(WorkspaceNotStoppedError) as caught:
+        pyro.list_workspace_disk(workspace)
+    assert caught.value.hint and "stop_workspace()" in caught.value.hint, caught.value.hint
+    pyro.stop_workspace(workspace)
+
+    listing = pyro.list_workspace_disk(workspace, recursive=True)
+    by_path = {e["path"]: e for e in listing["entries"]}
+    assert by_path["src/app.py"]["kind"] == "file"
+    assert by_path["main"]["link_target"] == "src/app.py"
+    got = pyro.read_workspace_disk(workspace, "main")
+    assert got["content"] == "print('hi')\n" and got["path"] == "/workspace/main"
+    assert "bookworm" in pyro.read_workspace_disk(workspace, "/etc/os-release")["content"]
+    with pytest.raises(NotFoundError):
+        pyro.read_workspace_disk(workspace, "/etc/issue")
+
+    image = tmp_path / "disk.ext4"
+    exported = pyro.export_workspace_disk(workspace, output_path=image)
+    assert exported["disk_format"] == "ext4"
+    assert image.stat().st_size == exported["bytes_written"]
+    # Offline: the workspace is still stopped, and starts with its files.
+    assert pyro.status_workspace(workspace)["state"] == "stopped"
+    pyro.start_workspace(workspace)
+    assert read(pyro, workspace, "src/app.py") == "print('hi')\n"
 
 
 # Shells and services -------------------------------------------------------------------------

@@ -98,6 +98,9 @@ pub async fn workspace(pyro: &Pyro, cmd: WorkspaceCommand) -> anyhow::Result<Exi
         WorkspaceCommand::File(FileCommand::Read(a)) => file_read(pyro, a).await,
         WorkspaceCommand::File(FileCommand::Write(a)) => file_write(pyro, a).await,
         WorkspaceCommand::File(FileCommand::List(a)) => file_list(pyro, a).await,
+        WorkspaceCommand::Disk(DiskCommand::List(a)) => disk_list(pyro, a).await,
+        WorkspaceCommand::Disk(DiskCommand::Read(a)) => disk_read(pyro, a).await,
+        WorkspaceCommand::Disk(DiskCommand::Export(a)) => disk_export(pyro, a).await,
         WorkspaceCommand::Patch(PatchCommand::Apply(a)) => patch_apply(pyro, a).await,
         WorkspaceCommand::Sync(SyncCommand::Push(a)) => sync_push(pyro, a).await,
         WorkspaceCommand::Diff(a) => diff(pyro, a).await,
@@ -609,8 +612,25 @@ async fn file_read(pyro: &Pyro, a: FileReadArgs) -> anyhow::Result<ExitCode> {
     let r = pyro
         .workspace_file_read(&a.id, &a.path, a.max_bytes)
         .await?;
+    print_file_read(&r, &a, "workspace-file-read")
+}
+
+async fn disk_read(pyro: &Pyro, a: FileReadArgs) -> anyhow::Result<ExitCode> {
+    let r = pyro
+        .workspace_disk_read(&a.id, &a.path, a.max_bytes)
+        .await?;
+    print_file_read(&r, &a, "workspace-disk-read")
+}
+
+/// A file read as `file read` and `disk read` print it: the content, then a summary line on
+/// stderr.
+fn print_file_read(
+    r: &pyro::workspace::FileReadResult,
+    a: &FileReadArgs,
+    phase: &str,
+) -> anyhow::Result<ExitCode> {
     if a.json {
-        print_json(&r)?;
+        print_json(r)?;
     } else {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
@@ -620,7 +640,7 @@ async fn file_read(pyro: &Pyro, a: FileReadArgs) -> anyhow::Result<ExitCode> {
                 out.write_all(b"\n")?;
             }
             phase_line(
-                "workspace-file-read",
+                phase,
                 &[
                     ("workspace_id", r.workspace_id.clone()),
                     ("path", r.path.clone()),
@@ -669,8 +689,22 @@ async fn file_list(pyro: &Pyro, a: FileListArgs) -> anyhow::Result<ExitCode> {
     let r = pyro
         .workspace_file_list(&a.id, &a.path, a.recursive)
         .await?;
+    print_file_list(&r, &a)
+}
+
+async fn disk_list(pyro: &Pyro, a: FileListArgs) -> anyhow::Result<ExitCode> {
+    let r = pyro
+        .workspace_disk_list(&a.id, &a.path, a.recursive)
+        .await?;
+    print_file_list(&r, &a)
+}
+
+fn print_file_list(
+    r: &pyro::workspace::FileListResult,
+    a: &FileListArgs,
+) -> anyhow::Result<ExitCode> {
     if a.out.json {
-        print_json(&r)?;
+        print_json(r)?;
     } else {
         for e in &r.entries {
             match &e.link_target {
@@ -683,6 +717,25 @@ async fn file_list(pyro: &Pyro, a: FileListArgs) -> anyhow::Result<ExitCode> {
         if r.truncated {
             println!("(listing truncated)");
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn disk_export(pyro: &Pyro, a: DiskExportArgs) -> anyhow::Result<ExitCode> {
+    let r = pyro
+        .workspace_disk_export(&a.id, &a.output, a.force)
+        .await?;
+    if a.out.json {
+        print_json(&r)?;
+    } else {
+        println!(
+            "[workspace-disk-export] workspace_id={} output_path={} disk_format={} layer_dir={} bytes_written={}",
+            r.workspace_id,
+            r.output_path.display(),
+            r.disk_format,
+            r.layer_dir,
+            r.bytes_written
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -27,7 +27,8 @@ CORE = {
 }
 FULL = CORE | {
     "vm_list_environments", "vm_create", "vm_start", "vm_exec", "vm_stop", "vm_delete",
-    "vm_status", "vm_network_info", "vm_reap_expired", "workspace_stop", "workspace_start", "snapshot_create",
+    "vm_status", "vm_network_info", "vm_reap_expired", "workspace_stop", "workspace_start",
+    "workspace_disk_export", "workspace_disk_list", "workspace_disk_read", "snapshot_create",
     "snapshot_list", "snapshot_delete",
     "shell_open", "shell_read", "shell_write", "shell_signal", "shell_close", "shell_list",
     "service_start", "service_list", "service_status", "service_logs", "service_stop",
@@ -227,9 +228,18 @@ async def scenario_story(args):
         await call(s, "workspace_reset", {"workspace_id": wid, "snapshot": "patched"})
         e = await call(s, "workspace_exec", {"workspace_id": wid, "command": "cat src/main.txt"})
         check("TWO" in e["stdout"], "reset to a snapshot restores it", e)
+        r = await call(s, "workspace_disk_list", {"workspace_id": wid}, ok=False)
+        check(error_kind(r) == "workspace_not_stopped", "a running workspace's disk is not read", r)
         await call(s, "workspace_stop", {"workspace_id": wid})
         r = await call(s, "workspace_exec", {"workspace_id": wid, "command": "true"}, ok=False)
         check(error_kind(r) == "workspace_not_running", "a stopped workspace refuses exec", r)
+        ls = await call(s, "workspace_disk_list", {"workspace_id": wid, "path": "src"})
+        check("main.txt" in [e["path"] for e in ls["entries"]], "the stopped disk lists src", ls)
+        f = await call(s, "workspace_disk_read", {"workspace_id": wid, "path": "src/main.txt"})
+        check(f["content"] == "one\nTWO\nthree\n", "the stopped disk reads a file", f)
+        img = await call(s, "workspace_disk_export", {"workspace_id": wid, "output_path": "disk.ext4"})
+        check(img["disk_format"] == "ext4" and os.path.getsize("disk.ext4") == img["bytes_written"],
+              "the disk exports under the root", img)
         await call(s, "workspace_start", {"workspace_id": wid})
         d = await call(s, "workspace_delete", {"workspace_id": wid})
         check(d["deleted"] is True, "delete removes it", d)

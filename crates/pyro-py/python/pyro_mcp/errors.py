@@ -31,6 +31,7 @@ __all__ = [
     "NotFoundError",
     "WorkspaceNotFoundError",
     "WorkspaceNotRunningError",
+    "WorkspaceNotStoppedError",
     "WorkspaceExpiredError",
     "WorkspaceDamagedError",
     "PatchFailedError",
@@ -229,6 +230,12 @@ class WorkspaceNotRunningError(PyroError, RuntimeError):
     kind = "workspace_not_running"
 
 
+class WorkspaceNotStoppedError(PyroError, RuntimeError):
+    """The workspace is running; the offline disk calls need it stopped first."""
+
+    kind = "workspace_not_stopped"
+
+
 class WorkspaceExpiredError(PyroError, RuntimeError):
     """The workspace reached its time to live."""
 
@@ -343,6 +350,7 @@ ERROR_CLASSES: dict[str, type[PyroError]] = {
         NotFoundError,
         WorkspaceNotFoundError,
         WorkspaceNotRunningError,
+        WorkspaceNotStoppedError,
         WorkspaceExpiredError,
         WorkspaceDamagedError,
         PatchFailedError,

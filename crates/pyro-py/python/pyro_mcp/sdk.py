@@ -53,14 +53,6 @@ def _undo_vm(result: dict[str, Any]) -> Request | None:
     return Request("vm_delete", {"vm_id": vid}) if vid else None
 
 
-def _disk_unsupported(what: str) -> UnsupportedError:
-    return UnsupportedError(
-        f"{what} (offline access to a stopped workspace's disk) is not available in pyro",
-        "start the workspace and use list_workspace_files / read_workspace_file / "
-        "export_workspace instead",
-    )
-
-
 class _Api:
     """The seed's methods, each describing its call; subclasses run it."""
 
@@ -482,23 +474,50 @@ class _Api:
         )
 
     def export_workspace_disk(
-        self, workspace_id: str, *, output_path: str | os.PathLike[str]
+        self,
+        workspace_id: str,
+        *,
+        output_path: str | os.PathLike[str],
+        overwrite: bool = False,
     ) -> Any:
-        """Not available in pyro (the seed read a stopped VM's disk offline); raises
-        :class:`~pyro_mcp.errors.UnsupportedError`."""
-        raise _disk_unsupported("export_workspace_disk")
+        """Writes a stopped workspace's writable layer (what it changed over its
+        environment, as an overlayfs upper directory at ``layer_dir`` in the image) to an
+        ext4 image at ``output_path``, without starting it:
+        ``{workspace_id, output_path, disk_format, layer_dir, bytes_written}``."""
+        return self._call(
+            Request(
+                "workspace_disk_export",
+                {
+                    "workspace_id": workspace_id,
+                    "output_path": _host_path(output_path),
+                    "overwrite": overwrite,
+                },
+            )
+        )
 
     def list_workspace_disk(
         self, workspace_id: str, *, path: str = "/workspace", recursive: bool = False
     ) -> Any:
-        """Not available in pyro; raises :class:`~pyro_mcp.errors.UnsupportedError`."""
-        raise _disk_unsupported("list_workspace_disk")
+        """Lists ``path`` on a stopped workspace's disk without starting it (relative paths
+        are under ``/workspace``, absolute ones anywhere in its root)."""
+        return self._call(
+            Request(
+                "workspace_disk_list",
+                {"workspace_id": workspace_id, "path": path, "recursive": recursive},
+            )
+        )
 
     def read_workspace_disk(
         self, workspace_id: str, path: str, *, max_bytes: int = 65536
     ) -> Any:
-        """Not available in pyro; raises :class:`~pyro_mcp.errors.UnsupportedError`."""
-        raise _disk_unsupported("read_workspace_disk")
+        """Reads a file on a stopped workspace's disk without starting it (at most
+        ``max_bytes``; ``truncated`` says whether there was more)."""
+        return self._call(
+            Request(
+                "workspace_disk_read",
+                {"workspace_id": workspace_id, "path": path, "max_bytes": max_bytes},
+            )
+        )
 
     # Snapshots ----------------------------------------------------------------------------
 
@@ -809,6 +828,9 @@ _core.HINT_WORDS.update(
         "workspace_update": "update_workspace()",
         "workspace_status": "status_workspace()",
         "workspace_sync_push": "push_workspace_sync()",
+        "workspace_disk_export": "export_workspace_disk()",
+        "workspace_disk_list": "list_workspace_disk()",
+        "workspace_disk_read": "read_workspace_disk()",
         "workspace_exec": "exec_workspace()",
         "workspace_logs": "logs_workspace()",
         "workspace_file_list": "list_workspace_files()",

@@ -12,10 +12,12 @@
 //! exclusively, so a workspace is never stopped or reset in the middle of another call.
 
 mod diff;
+mod disk;
 mod files;
 mod interactive;
 mod secrets;
 mod snapshot;
+pub use disk::DiskExportResult;
 pub use snapshot::{SnapshotDeleteResult, SnapshotInfo};
 
 use std::collections::BTreeMap;
