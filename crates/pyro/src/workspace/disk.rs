@@ -13,7 +13,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::store::WorkspaceState;
 use crate::unpack::{self, Owner};
 use crate::workspace::files::{
-    FileEntry, FileListResult, FileReadResult, MAX_LIST_ENTRIES, MAX_READ_BYTES,
+    check_read_cap, FileEntry, FileListResult, FileReadResult, MAX_LIST_ENTRIES,
 };
 use pyro_image::overlay::{self, LayerSource, OverlayView};
 
@@ -74,29 +74,14 @@ impl Pyro {
         path: &str,
         max_bytes: u64,
     ) -> Result<FileReadResult> {
-        if max_bytes > MAX_READ_BYTES {
-            return Err(Error::InvalidRequest(format!(
-                "max bytes may not exceed {MAX_READ_BYTES}"
-            )));
-        }
+        check_read_cap(max_bytes)?;
         let guest = overlay::guest_path(path)?;
         let (w, layers, _lock) = self.ws_offline_layers(id).await?;
         let g = guest.clone();
         let (bytes, size) =
             blocking(move || OverlayView::open(&layers)?.read(&g, max_bytes)).await?;
         let truncated = size > bytes.len() as u64;
-        let bytes = self.redactor(&w)?.bytes(&bytes);
-        let (content, content_base64) = crate::run::text_and_bytes(&bytes);
-        Ok(FileReadResult {
-            workspace_id: w,
-            path: guest,
-            size_bytes: size,
-            max_bytes,
-            content,
-            content_base64,
-            truncated,
-            bytes,
-        })
+        self.file_read_result(w, guest, size, max_bytes, &bytes, truncated)
     }
 
     /// Writes a stopped workspace's writable layer to `output` as an ext4 image (see

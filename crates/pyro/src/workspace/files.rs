@@ -154,6 +154,16 @@ fn to_plain_tar(seed: &Seed, out: &Path) -> Result<()> {
     std::io::Write::flush(&mut w).ctx(|| "flush archive".into())
 }
 
+/// Refuses a read cap above [`MAX_READ_BYTES`].
+pub(crate) fn check_read_cap(max_bytes: u64) -> Result<()> {
+    if max_bytes > MAX_READ_BYTES {
+        return Err(Error::InvalidRequest(format!(
+            "max bytes may not exceed {MAX_READ_BYTES}"
+        )));
+    }
+    Ok(())
+}
+
 /// A file read.
 #[derive(Debug, Clone, Serialize)]
 pub struct FileReadResult {
@@ -263,22 +273,31 @@ impl Pyro {
         path: &str,
         max_bytes: u64,
     ) -> Result<FileReadResult> {
-        if max_bytes > MAX_READ_BYTES {
-            return Err(Error::InvalidRequest(format!(
-                "max bytes may not exceed {MAX_READ_BYTES}"
-            )));
-        }
+        check_read_cap(max_bytes)?;
         let w = self.ws_row(id)?;
         let _lock = self.ws_lock(&w.id, false).await?;
         let (w, sb) = self.ws_running(&w.id).await?;
         self.ws_touch(&w.id);
         let (bytes, size, truncated) = sb.client().read_file(path, max_bytes).await?;
-        let bytes = self.redactor(&w.id)?.bytes(&bytes);
+        self.file_read_result(w.id, path.into(), size, max_bytes, &bytes, truncated)
+    }
+
+    /// A read's result, its bytes redacted of the workspace's secrets.
+    pub(crate) fn file_read_result(
+        &self,
+        workspace_id: String,
+        path: String,
+        size_bytes: u64,
+        max_bytes: u64,
+        bytes: &[u8],
+        truncated: bool,
+    ) -> Result<FileReadResult> {
+        let bytes = self.redactor(&workspace_id)?.bytes(bytes);
         let (content, content_base64) = crate::run::text_and_bytes(&bytes);
         Ok(FileReadResult {
-            workspace_id: w.id,
-            path: path.into(),
-            size_bytes: size,
+            workspace_id,
+            path,
+            size_bytes,
             max_bytes,
             content,
             content_base64,
