@@ -12,7 +12,7 @@
 //! Everything here is the guest's: names, link targets and sizes are data, symlinks are resolved
 //! inside the guest's root and never on the host, and reads are capped.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::io::Read;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -122,7 +122,8 @@ struct Node {
 pub struct OverlayView {
     layers: Vec<Layer>,
     root: Node,
-    listings: HashMap<(usize, Handle), Vec<Raw>>,
+    /// Each layer directory's entries by name, read once.
+    listings: HashMap<(usize, Handle), BTreeMap<OsString, Raw>>,
 }
 
 impl OverlayView {
@@ -130,7 +131,7 @@ impl OverlayView {
     /// never written) adds nothing.
     pub fn open(layers: &[LayerSource]) -> Result<OverlayView> {
         let mut view = OverlayView {
-            layers: Vec::new(),
+            layers: Vec::with_capacity(layers.len()),
             root: Node {
                 kind: EntryKind::Dir,
                 mode: 0o755,
@@ -141,28 +142,31 @@ impl OverlayView {
             },
             listings: HashMap::new(),
         };
-        let mut roots = Vec::new();
-        for (i, src) in layers.iter().enumerate() {
-            let root = match src {
-                LayerSource::Dir(p) => {
-                    view.layers.push(Layer::Dir);
-                    match std::fs::symlink_metadata(p) {
-                        Ok(m) if m.is_dir() => Some((Handle::Host(p.clone()), m.mode() & 0o7777)),
-                        Ok(_) => None,
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                        Err(e) => return Err(Error::io(format!("read {}", p.display()), e)),
-                    }
-                }
-                LayerSource::Ext4 { image, dir } => {
+        // Every layer first: whether a directory can hide anything depends on what is below it.
+        for src in layers {
+            view.layers.push(match src {
+                LayerSource::Dir(_) => Layer::Dir,
+                LayerSource::Ext4 { image, .. } => {
                     if !image.is_file() {
                         return Err(Error::io(
                             format!("open disk image {}", image.display()),
                             std::io::Error::from(std::io::ErrorKind::NotFound),
                         ));
                     }
-                    view.layers.push(Layer::Ext4(image.clone()));
-                    view.image_dir(i, dir)?
+                    Layer::Ext4(image.clone())
                 }
+            });
+        }
+        let mut roots = Vec::new();
+        for (i, src) in layers.iter().enumerate() {
+            let root = match src {
+                LayerSource::Dir(p) => match std::fs::symlink_metadata(p) {
+                    Ok(m) if m.is_dir() => Some((Handle::Host(p.clone()), m.mode() & 0o7777)),
+                    Ok(_) => None,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(Error::io(format!("read {}", p.display()), e)),
+                },
+                LayerSource::Ext4 { dir, .. } => view.image_dir(i, dir)?,
             };
             if let Some((h, mode)) = root {
                 if roots.is_empty() {
@@ -301,16 +305,10 @@ impl OverlayView {
 
     /// The merged children of a directory, sorted by name.
     fn children(&mut self, dir: &Node) -> Result<Vec<(OsString, Node)>> {
-        let mut names: Vec<OsString> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
+        let mut names = BTreeSet::new();
         for (layer, h) in dir.dirs.clone() {
-            for raw in self.listing(layer, &h)? {
-                if seen.insert(raw.name.clone()) {
-                    names.push(raw.name.clone());
-                }
-            }
+            names.extend(self.listing(layer, &h)?.keys().cloned());
         }
-        names.sort();
         let mut out = Vec::with_capacity(names.len());
         for n in names {
             if let Some(child) = self.child(dir, &n)? {
@@ -325,12 +323,7 @@ impl OverlayView {
     fn child(&mut self, dir: &Node, name: &OsStr) -> Result<Option<Node>> {
         let mut found: Option<Node> = None;
         for (layer, h) in dir.dirs.clone() {
-            let Some(raw) = self
-                .listing(layer, &h)?
-                .iter()
-                .find(|r| r.name == name)
-                .cloned()
-            else {
+            let Some(raw) = self.listing(layer, &h)?.get(name).cloned() else {
                 continue;
             };
             if raw.chardev && self.whiteout(layer, &raw)? {
@@ -372,7 +365,7 @@ impl OverlayView {
         Ok(found)
     }
 
-    fn listing(&mut self, layer: usize, h: &Handle) -> Result<&Vec<Raw>> {
+    fn listing(&mut self, layer: usize, h: &Handle) -> Result<&BTreeMap<OsString, Raw>> {
         let key = (layer, h.clone());
         if !self.listings.contains_key(&key) {
             let list = match (&self.layers[layer], h) {
@@ -380,7 +373,8 @@ impl OverlayView {
                 (Layer::Ext4(image), Handle::Ino(ino)) => list_ext4(image, *ino)?,
                 _ => Vec::new(),
             };
-            self.listings.insert(key.clone(), list);
+            let by_name = list.into_iter().map(|r| (r.name.clone(), r)).collect();
+            self.listings.insert(key.clone(), by_name);
         }
         Ok(&self.listings[&key])
     }
@@ -404,7 +398,12 @@ impl OverlayView {
         })
     }
 
+    /// Whether a directory hides the layers below it; the lowest layer has none to hide, so
+    /// its directories are not asked (on an image that would be a debugfs run per directory).
     fn opaque(&self, layer: usize, h: &Handle) -> Result<bool> {
+        if layer + 1 >= self.layers.len() {
+            return Ok(false);
+        }
         Ok(match (&self.layers[layer], h) {
             (Layer::Dir, Handle::Host(p)) => host_xattr(p, OPAQUE_XATTR).as_deref() == Some(b"y"),
             (Layer::Ext4(image), Handle::Ino(ino)) => {
@@ -441,12 +440,7 @@ impl OverlayView {
         let mut h = Handle::Ino(2);
         let mut mode = 0o755;
         for c in components(dir)? {
-            let Some(raw) = self
-                .listing(layer, &h)?
-                .iter()
-                .find(|r| r.name == c)
-                .cloned()
-            else {
+            let Some(raw) = self.listing(layer, &h)?.get(&c).cloned() else {
                 return Ok(None);
             };
             if raw.kind != EntryKind::Dir {
@@ -746,7 +740,7 @@ fn debugfs(image: &Path, request: &str, max: u64) -> Result<Vec<u8>> {
             .ctx(|| "read debugfs output".into())?;
     }
     let _ = child.kill();
-    let status = child.wait().ctx(|| "wait for debugfs".into())?;
+    child.wait().ctx(|| "wait for debugfs".into())?;
     let errs = errs.join().unwrap_or_default();
     let errs = String::from_utf8_lossy(&errs);
     // debugfs prints its banner on stderr and exits 0 even when a request fails; a failure to
@@ -760,7 +754,6 @@ fn debugfs(image: &Path, request: &str, max: u64) -> Result<Vec<u8>> {
             std::io::Error::other("debugfs failed"),
         ));
     }
-    let _ = status;
     Ok(out)
 }
 

@@ -15,6 +15,7 @@ use crate::unpack::{self, Owner};
 use crate::workspace::files::{
     check_read_cap, FileEntry, FileListResult, FileReadResult, MAX_LIST_ENTRIES,
 };
+use crate::workspace::files_gone;
 use pyro_image::overlay::{self, LayerSource, OverlayView};
 
 /// A disk export.
@@ -147,13 +148,7 @@ impl Pyro {
             });
         }
         if !rec.state_dir.is_dir() {
-            return Err(Error::WorkspaceDamaged {
-                id: w.id.clone(),
-                what: format!(
-                    "its files on the host ({}) are gone",
-                    rec.state_dir.display()
-                ),
-            });
+            return Err(files_gone(&w.id, &rec.state_dir));
         }
         let backend = self.ws_backend(&w)?;
         let upper = backend.writable_layer(&rec);

@@ -471,6 +471,15 @@ impl Drop for InterruptedExec<'_> {
 /// A held per-workspace lock; released on drop.
 pub(crate) struct WsLock(#[allow(dead_code)] std::fs::File);
 
+/// A workspace whose writable layer on the host is gone (removed by hand, a lost disk): what
+/// start and the offline disk calls refuse it with.
+pub(crate) fn files_gone(id: &str, state_dir: &Path) -> Error {
+    Error::WorkspaceDamaged {
+        id: id.into(),
+        what: format!("its files on the host ({}) are gone", state_dir.display()),
+    }
+}
+
 impl Pyro {
     pub(crate) fn ws_dir(&self, id: &str) -> PathBuf {
         self.inner.config.paths.home.join("workspaces").join(id)
@@ -1152,13 +1161,7 @@ impl Pyro {
             self.inner
                 .store
                 .set_workspace_state(&w.id, WorkspaceState::Broken)?;
-            return Err(Error::WorkspaceDamaged {
-                id: w.id.clone(),
-                what: format!(
-                    "its files on the host ({}) are gone",
-                    rec.state_dir.display()
-                ),
-            });
+            return Err(files_gone(&w.id, &rec.state_dir));
         }
         let rootfs = self.ws_rootfs(&w, backend.as_ref()).await?;
         let resources = Resources {
