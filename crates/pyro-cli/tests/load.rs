@@ -6,7 +6,7 @@
 //!
 //! CI-sized by default. A long run: `PYRO_LOAD_WORKSPACES=50 PYRO_LOAD_CLIENTS=10
 //! PYRO_LOAD_EXECS=200 cargo nextest run -p pyro-cli --test load --no-capture` (and
-//! `PYRO_LOAD_VM_WORKSPACES=4` for vm-emulated).
+//! `PYRO_LOAD_VM_WORKSPACES=4 PYRO_LOAD_VM_CLIENTS=10 PYRO_LOAD_VM_EXECS=200` for vm-emulated).
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -264,5 +264,10 @@ fn load_on_vm_emulated() {
     if !util::vm_tests_enabled(module_path!()) {
         return;
     }
-    campaign("vm-emulated", knob("PYRO_LOAD_VM_WORKSPACES", 3), 2, 10);
+    campaign(
+        "vm-emulated",
+        knob("PYRO_LOAD_VM_WORKSPACES", 3),
+        knob("PYRO_LOAD_VM_CLIENTS", 2),
+        knob("PYRO_LOAD_VM_EXECS", 10),
+    );
 }
